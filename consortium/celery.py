@@ -1,0 +1,11 @@
+"""The Celery app. Broker from settings: kombu's filesystem transport by default, Redis with REDIS_URL."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "consortium.settings")
+
+app = Celery("consortium")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

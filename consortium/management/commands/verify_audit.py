@@ -1,0 +1,41 @@
+"""Recompute the audit chain: exit 0 when intact, 1 naming the first broken sequence number."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from consortium.audit import verify_chain
+
+
+class Command(BaseCommand):
+    help = "Verify the hash chain of the audit log (detects edited, deleted and inserted events)."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--expect-head",
+            metavar="SEQ:HASH",
+            help="A head recorded earlier (printed by a previous run); also catches events cut from the end.",
+        )
+
+    def handle(self, *args, **options):
+        report = verify_chain()
+        if not report.intact:
+            self.stderr.write(
+                f"Audit chain BROKEN at event #{report.broken_seq}: {report.problem}. "
+                f"{report.verified} events before it verified."
+            )
+            raise SystemExit(1)
+        if options["expect_head"]:
+            self._check_head(options["expect_head"], report.verified)
+        self.stdout.write(f"Audit chain intact: {report.verified} events verified. Head: {report.verified}:{report.head_hash}")
+
+    def _check_head(self, expected: str, verified: int) -> None:
+        from consortium.models import AuditEvent
+
+        try:
+            seq_text, hash_text = expected.split(":", 1)
+            seq = int(seq_text)
+        except ValueError as exc:
+            raise CommandError("--expect-head takes SEQ:HASH, as printed by an earlier run.") from exc
+        row = AuditEvent.objects.filter(seq=seq).values_list("hash", flat=True).first()
+        if row != hash_text:
+            self.stderr.write(f"Audit chain BROKEN at event #{seq}: it is missing or differs from the recorded head.")
+            raise SystemExit(1)

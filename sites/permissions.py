@@ -1,0 +1,35 @@
+"""Who may do what to a site. Rights come from guardian object permissions, never from superuser status."""
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import QuerySet
+from guardian.shortcuts import get_objects_for_user, get_user_perms
+
+from consortium.roles import Role, has_role, sees_everything
+from sites.models import Site
+
+ADMINISTER_SITE = "administer_site"
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def can_administer(user: User, site: Site) -> bool:
+    """Site admins act only for the sites they were made admin of."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return ADMINISTER_SITE in get_user_perms(user, site)
+
+
+def can_manage_sites(user: User) -> bool:
+    """Consortium admins create sites and appoint their admins."""
+    return user.is_authenticated and (user.is_superuser or has_role(user, Role.CONSORTIUM_ADMIN))
+
+
+def sites_for(user: User, action: str = "administer") -> QuerySet[Site]:
+    """Sites the user may act for ("administer") or see ("view")."""
+    if not user.is_authenticated or not user.is_active:
+        return Site.objects.none()
+    if action == "view" and (sees_everything(user) or user.is_superuser):
+        return Site.objects.all()
+    if action not in {"administer", "view"}:
+        raise ValueError(f"unknown site action {action!r}")
+    return get_objects_for_user(user, f"sites.{ADMINISTER_SITE}", klass=Site, with_superuser=False)

@@ -1,0 +1,277 @@
+"""The gate: the one place that decides whether a study, or a site in it, may act right now.
+
+`evaluate(study, action, site=None, moment=None)` returns every check with its
+verdict and a human reason. It only reads, in a fixed number of queries whatever
+the number of sites, and services call it inside the transaction that acts on
+its answer. With no site it doubles as the dry run behind the study page: if a
+round started now, which sites would take part, and why not the others.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from sites.models import Site
+from studies.choices import (
+    PARTICIPATION_CURRENT,
+    ApprovalDecision,
+    ApprovalRole,
+    DpiaStatus,
+    GateAction,
+    ParticipationStatus,
+    StudyStatus,
+)
+from studies.models import AgreementSignature, AgreementVersion, Approval, Dpia, EthicsApproval, Participation, Study
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict: its name, whether it passed, why, the site it concerns and when it lapses."""
+
+    name: str
+    passed: bool
+    reason: str
+    site_id: int | None = None
+    site_name: str = ""
+    expires_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "reason": self.reason,
+            "site_id": self.site_id,
+            "site": self.site_name,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class SiteVerdict:
+    site_id: int
+    site_name: str
+    checks: tuple[Check, ...]
+
+    @property
+    def eligible(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if not check.passed]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's answer. `allowed` is the verdict for the action; the checks say why."""
+
+    study_id: int
+    action: str
+    moment: datetime
+    study_checks: tuple[Check, ...]
+    sites: tuple[SiteVerdict, ...]
+    site_id: int | None = None
+
+    @property
+    def checks(self) -> list[Check]:
+        return [*self.study_checks, *(check for verdict in self.sites for check in verdict.checks)]
+
+    @property
+    def allowed(self) -> bool:
+        if not all(check.passed for check in self.study_checks):
+            return False
+        if self.site_id is not None:
+            verdict = self.for_site(self.site_id)
+            return verdict is not None and verdict.eligible
+        return True
+
+    @property
+    def eligible_sites(self) -> list[SiteVerdict]:
+        return [verdict for verdict in self.sites if verdict.eligible]
+
+    @property
+    def failures(self) -> list[Check]:
+        """What blocks the action: every failing check, or for one site, the study's and that site's."""
+        if self.site_id is None:
+            return [check for check in self.checks if not check.passed]
+        verdict = self.for_site(self.site_id)
+        relevant = (*self.study_checks, *(verdict.checks if verdict else ()))
+        return [check for check in relevant if not check.passed]
+
+    def for_site(self, site_id: int) -> SiteVerdict | None:
+        return next((verdict for verdict in self.sites if verdict.site_id == site_id), None)
+
+    def expiring_within(self, days: int) -> list[Check]:
+        """Passing checks that lapse within `days` of the moment evaluated (to warn before they block)."""
+        horizon = self.moment + timedelta(days=days)
+        return sorted(
+            (c for c in self.checks if c.passed and c.expires_at and c.expires_at <= horizon),
+            key=lambda c: c.expires_at,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "study_id": self.study_id,
+            "action": self.action,
+            "moment": self.moment.isoformat(),
+            "allowed": self.allowed,
+            "eligible_site_ids": [verdict.site_id for verdict in self.eligible_sites],
+            "checks": [check.as_dict() for check in self.checks],
+        }
+
+
+def evaluate(
+    study: Study,
+    action: str = GateAction.AGGREGATE,
+    *,
+    site: Site | int | None = None,
+    moment: datetime | None = None,
+) -> GateResult:
+    """Evaluate every governance check for `action` on `study` (for `site`, if given) at `moment` (default now)."""
+    if action not in GateAction.values:
+        raise ValueError(f"Unknown gate action {action!r}; expected one of {', '.join(GateAction.values)}.")
+    moment = moment or timezone.now()
+    if timezone.is_naive(moment):
+        raise ValueError("The gate needs an aware moment: expiry is exact to the second across time zones.")
+    site_id = site.pk if isinstance(site, Site) else site
+
+    agreement = AgreementVersion.objects.filter(study=study).order_by("-version").first()
+    participations = list(
+        Participation.objects.filter(study=study, status__in=PARTICIPATION_CURRENT)
+        .filter(**({"site_id": site_id} if site_id else {}))
+        .select_related("site")
+        .order_by("site__name")
+    )
+    site_ids = [p.site_id for p in participations]
+    signed = set(
+        AgreementSignature.objects.filter(agreement=agreement, site_id__in=site_ids).values_list("site_id", flat=True)
+    ) if agreement else set()
+    ethics = _latest_ethics(study, site_ids, moment)
+
+    verdicts = [_site_verdict(p, agreement, signed, ethics.get(p.site_id), moment) for p in participations]
+    if site_id and not participations:
+        verdicts.append(_uninvited_verdict(site_id))
+
+    study_checks = [
+        _status_check(study),
+        _approvals_check(study, agreement),
+        _dpia_check(Dpia.objects.filter(study=study).first(), moment),
+    ]
+    if site_id is None or action == GateAction.AGGREGATE:
+        study_checks.append(_quorum_check(study, sum(v.eligible for v in verdicts), len(verdicts)))
+    return GateResult(study.pk, action, moment, tuple(study_checks), tuple(verdicts), site_id)
+
+
+def _latest_ethics(study: Study, site_ids: Iterable[int], moment: datetime) -> dict[int, EthicsApproval]:
+    """Per site, the approval in force at `moment`, else the most recent one (to explain why it fails)."""
+    best: dict[int, EthicsApproval] = {}
+    for approval in EthicsApproval.objects.filter(study=study, site_id__in=list(site_ids)).order_by("valid_until"):
+        current = best.get(approval.site_id)
+        in_force = approval.valid_from <= moment < approval.valid_until
+        if current is None or in_force or not (current.valid_from <= moment < current.valid_until):
+            best[approval.site_id] = approval
+    return best
+
+
+def _status_check(study: Study) -> Check:
+    if study.status == StudyStatus.ACTIVE:
+        return Check("study_active", True, "The study is approved and active.")
+    reason = f"The study is {study.get_status_display().lower()}, not active."
+    if study.status == StudyStatus.SUSPENDED and study.status_reason:
+        reason += f" Suspended: {study.status_reason}"
+    return Check("study_active", False, reason)
+
+
+def _approvals_check(study: Study, agreement: AgreementVersion | None) -> Check:
+    if agreement is None:
+        return Check("approvals", False, "The study has no data use agreement yet.")
+    live = {
+        a.role: a
+        for a in Approval.objects.filter(study=study, decision=ApprovalDecision.APPROVED, voided_at__isnull=True)
+    }
+    current_hash = study.protocol_sha256()
+    missing = [
+        role.label for role in ApprovalRole
+        if role not in live or live[role].protocol_sha256 != current_hash or live[role].agreement_id != agreement.pk
+    ]
+    if missing:
+        return Check("approvals", False, f"Missing a current approval from: {', '.join(missing)}.")
+    return Check("approvals", True, f"Approved by the PI and a DPO for this protocol and DUA v{agreement.version}.")
+
+
+def _dpia_check(dpia: Dpia | None, moment: datetime) -> Check:
+    if dpia is None:
+        return Check("dpia", False, "No DPIA has been recorded.")
+    if dpia.status != DpiaStatus.APPROVED:
+        return Check("dpia", False, f"The DPIA is {dpia.get_status_display().lower()}, not approved.")
+    if dpia.valid_until is None or dpia.valid_until <= moment:
+        when = timezone.localtime(dpia.valid_until).strftime("%Y-%m-%d %H:%M %Z") if dpia.valid_until else "never set"
+        return Check("dpia", False, f"The DPIA expired ({when}).", expires_at=dpia.valid_until)
+    return Check(
+        "dpia",
+        True,
+        f"DPIA approved ({dpia.get_risk_level_display().lower()} risk) until "
+        f"{timezone.localtime(dpia.valid_until).strftime('%Y-%m-%d %H:%M %Z')}.",
+        expires_at=dpia.valid_until,
+    )
+
+
+def _site_verdict(
+    participation: Participation,
+    agreement: AgreementVersion | None,
+    signed: set[int],
+    ethics: EthicsApproval | None,
+    moment: datetime,
+) -> SiteVerdict:
+    site = participation.site
+    here = {"site_id": site.pk, "site_name": site.name}
+    granted = participation.status == ParticipationStatus.GRANTED
+    reason = "Participation granted." if granted else f"Participation is {participation.get_status_display().lower()}."
+    if not granted and participation.reason:
+        reason += f" {participation.reason}"
+    checks = [Check("participation", granted, reason, **here)]
+
+    if agreement is None:
+        checks.append(Check("agreement_signed", False, "There is no data use agreement to sign.", **here))
+    elif site.pk in signed:
+        checks.append(Check("agreement_signed", True, f"Signed the current DUA v{agreement.version}.", **here))
+    else:
+        checks.append(Check("agreement_signed", False, f"Has not signed the current DUA v{agreement.version}.", **here))
+
+    checks.append(_ethics_check(ethics, moment, site, here))
+    return SiteVerdict(site.pk, site.name, tuple(checks))
+
+
+def _ethics_check(ethics: EthicsApproval | None, moment: datetime, site: Site, here: dict[str, Any]) -> Check:
+    if ethics is None:
+        return Check("ethics", False, "No ethics approval recorded.", **here)
+
+    def local(value: datetime) -> str:
+        return timezone.localtime(value, site.tzinfo).strftime("%Y-%m-%d %H:%M %Z")
+
+    if moment < ethics.valid_from:
+        return Check("ethics", False, f"Ethics approval {ethics.reference} starts {local(ethics.valid_from)}.", **here)
+    if ethics.valid_until <= moment:
+        return Check("ethics", False, f"Ethics approval {ethics.reference} expired {local(ethics.valid_until)}.",
+                     expires_at=ethics.valid_until, **here)
+    return Check("ethics", True, f"Ethics approval {ethics.reference} valid until {local(ethics.valid_until)}.",
+                 expires_at=ethics.valid_until, **here)
+
+
+def _uninvited_verdict(site_id: int) -> SiteVerdict:
+    name = Site.objects.filter(pk=site_id).values_list("name", flat=True).first() or f"site {site_id}"
+    check = Check("participation", False, "The site is not taking part in this study.", site_id, name)
+    return SiteVerdict(site_id, name, (check,))
+
+
+def _quorum_check(study: Study, eligible: int, invited: int) -> Check:
+    passed = eligible >= study.quorum
+    verdict = "meets" if passed else "is below"
+    return Check(
+        "quorum",
+        passed,
+        f"{eligible} of {invited} sites eligible, which {verdict} the quorum of {study.quorum}.",
+    )

@@ -1,0 +1,283 @@
+"""Studies, their agreements and approvals, and each site's participation. Data and invariants only:
+every workflow lives in `studies.services`."""
+
+import hashlib
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+from sites.models import Site
+from studies.choices import (
+    PARTICIPATION_CURRENT,
+    ApprovalDecision,
+    ApprovalRole,
+    DpiaStatus,
+    ModelKind,
+    ParticipationStatus,
+    RevocationPolicy,
+    RiskLevel,
+    Strategy,
+    StudyStatus,
+    Task,
+)
+
+# The fields an approval is bound to (the purpose and the protocol): changing any of them voids earlier approvals.
+PROTOCOL_FIELDS = (
+    "clinical_question",
+    "task",
+    "model_kind",
+    "hidden_units",
+    "strategy",
+    "rounds",
+    "local_epochs",
+    "batch_size",
+    "learning_rate",
+    "proximal_mu",
+    "server_learning_rate",
+    "trim_fraction",
+    "byzantine_sites",
+    "quorum",
+    "round_deadline_minutes",
+    "revocation_policy",
+    "dp_noise_multiplier",
+    "dp_clip_norm",
+    "label_column",
+)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def protocol_hash(protocol: dict[str, Any]) -> str:
+    return sha256_text(json.dumps(protocol, sort_keys=True, separators=(",", ":")))
+
+
+class Study(models.Model):
+    """A federated-learning study: its clinical question, its protocol and where it stands."""
+
+    title = models.CharField(max_length=200)
+    clinical_question = models.TextField()
+    pi = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="led_studies")
+    status = models.CharField(max_length=16, choices=StudyStatus.choices, default=StudyStatus.DRAFT)
+    status_reason = models.TextField(blank=True, help_text="Why the study last changed status (e.g. a suspension).")
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    status_changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    # Protocol
+    task = models.CharField(max_length=32, choices=Task.choices, default=Task.BINARY_CLASSIFICATION)
+    model_kind = models.CharField(max_length=32, choices=ModelKind.choices, default=ModelKind.LOGISTIC_REGRESSION)
+    hidden_units = models.PositiveIntegerField(default=16, validators=[MinValueValidator(1), MaxValueValidator(4096)])
+    strategy = models.CharField(max_length=32, choices=Strategy.choices, default=Strategy.FEDAVG)
+    rounds = models.PositiveIntegerField(default=20, validators=[MinValueValidator(1), MaxValueValidator(10_000)])
+    local_epochs = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(1000)])
+    batch_size = models.PositiveIntegerField(default=32, validators=[MinValueValidator(1), MaxValueValidator(65_536)])
+    learning_rate = models.FloatField(default=0.05, validators=[MinValueValidator(1e-8), MaxValueValidator(10.0)])
+    proximal_mu = models.FloatField(
+        default=0.0, validators=[MinValueValidator(0.0)], help_text="FedProx proximal term; 0 disables it."
+    )
+    server_learning_rate = models.FloatField(
+        default=0.1, validators=[MinValueValidator(1e-8)], help_text="For FedAdam, FedYogi and FedAdagrad."
+    )
+    trim_fraction = models.FloatField(
+        default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(0.49)], help_text="For trimmed mean."
+    )
+    byzantine_sites = models.PositiveIntegerField(default=0, help_text="For Krum: how many sites may be faulty.")
+    quorum = models.PositiveIntegerField(
+        default=2, validators=[MinValueValidator(1)], help_text="Minimum number of eligible sites per round."
+    )
+    round_deadline_minutes = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    revocation_policy = models.CharField(
+        max_length=16, choices=RevocationPolicy.choices, default=RevocationPolicy.EXCLUDE
+    )
+    dp_noise_multiplier = models.FloatField(
+        default=0.0, validators=[MinValueValidator(0.0)], help_text="Gaussian noise multiplier; 0 disables DP."
+    )
+    dp_clip_norm = models.FloatField(default=1.0, validators=[MinValueValidator(1e-8)])
+    label_column = models.CharField(max_length=100, default="target")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "studies"
+        permissions = [("lead_study", "Lead this study as its principal investigator")]
+
+    def __str__(self) -> str:
+        return self.title
+
+    def protocol(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in PROTOCOL_FIELDS}
+
+    def protocol_sha256(self) -> str:
+        return protocol_hash(self.protocol())
+
+
+class StudyUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
+
+
+class StudyGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
+
+
+class AgreementVersion(models.Model):
+    """One version of a study's data use agreement. Text never changes: an edit is a new version."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="agreement_versions")
+    version = models.PositiveIntegerField()
+    text = models.TextField()
+    sha256 = models.CharField(max_length=64)
+    effective_from = models.DateTimeField()
+    effective_until = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "-version"]
+        constraints = [models.UniqueConstraint(fields=["study", "version"], name="agreement_version_unique")]
+
+    def __str__(self) -> str:
+        return f"DUA v{self.version} of {self.study}"
+
+
+class AgreementSignature(models.Model):
+    """A site's signature of one agreement version, by one of its admins."""
+
+    agreement = models.ForeignKey(AgreementVersion, on_delete=models.PROTECT, related_name="signatures")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="agreement_signatures")
+    signed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    signed_at = models.DateTimeField()
+    agreement_sha256 = models.CharField(max_length=64, help_text="Hash of the text the signer saw.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agreement", "site"], name="one_signature_per_site_version")]
+
+    def __str__(self) -> str:
+        return f"{self.site} signed v{self.agreement.version}"
+
+
+class Dpia(models.Model):
+    """The study's data-protection impact assessment, kept by the DPOs."""
+
+    study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="dpia")
+    status = models.CharField(max_length=16, choices=DpiaStatus.choices, default=DpiaStatus.DRAFT)
+    risk_level = models.CharField(max_length=8, choices=RiskLevel.choices, default=RiskLevel.MEDIUM)
+    summary = models.TextField(blank=True)
+    valid_until = models.DateTimeField(null=True, blank=True)
+    prepared_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comment = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "DPIA"
+
+    def __str__(self) -> str:
+        return f"DPIA of {self.study} ({self.get_status_display()})"
+
+
+class EthicsApproval(models.Model):
+    """A site's ethics (IRB) approval for a study, valid for a period."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="ethics_approvals")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="ethics_approvals")
+    reference = models.CharField(max_length=200)
+    valid_from = models.DateTimeField()
+    valid_until = models.DateTimeField()
+    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-valid_until"]
+        constraints = [
+            models.CheckConstraint(condition=Q(valid_until__gt=models.F("valid_from")), name="ethics_period_positive")
+        ]
+
+    def __str__(self) -> str:
+        return f"Ethics {self.reference} ({self.site})"
+
+
+class Participation(models.Model):
+    """A site's place in a study, from invitation to grant, suspension, revocation or withdrawal."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="participations")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="participations")
+    status = models.CharField(max_length=16, choices=ParticipationStatus.choices, default=ParticipationStatus.INVITED)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    invited_at = models.DateTimeField()
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, help_text="Why it last changed status.")
+
+    class Meta:
+        ordering = ["site__name", "-invited_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "site"],
+                condition=Q(status__in=PARTICIPATION_CURRENT),
+                name="one_current_participation_per_site",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site} in {self.study} ({self.get_status_display()})"
+
+    @property
+    def is_current(self) -> bool:
+        return self.status in PARTICIPATION_CURRENT
+
+
+class Approval(models.Model):
+    """A PI's or DPO's decision on a study, bound to the protocol and agreement version it saw.
+
+    A later protocol edit or agreement version voids it (`voided_at`)."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="approvals")
+    role = models.CharField(max_length=8, choices=ApprovalRole.choices)
+    decision = models.CharField(max_length=16, choices=ApprovalDecision.choices)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decided_at = models.DateTimeField()
+    comment = models.TextField(blank=True)
+    protocol_sha256 = models.CharField(max_length=64)
+    protocol_snapshot = models.JSONField()
+    agreement = models.ForeignKey(AgreementVersion, on_delete=models.PROTECT, related_name="+")
+    agreement_sha256 = models.CharField(max_length=64)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    void_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-decided_at"]
+        constraints = [
+            # Four eyes: one live approval per role, and one live approval per person.
+            models.UniqueConstraint(
+                fields=["study", "role"],
+                condition=Q(decision=ApprovalDecision.APPROVED, voided_at__isnull=True),
+                name="one_live_approval_per_role",
+            ),
+            models.UniqueConstraint(
+                fields=["study", "decided_by"],
+                condition=Q(decision=ApprovalDecision.APPROVED, voided_at__isnull=True),
+                name="one_live_approval_per_person",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_role_display()} {self.get_decision_display().lower()} {self.study}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.decision == ApprovalDecision.APPROVED and self.voided_at is None

@@ -1,0 +1,105 @@
+"""Personas every test speaks of, and a helper that walks a study through the real services
+to a fully governed, active state."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from consortium.roles import Role
+from sites.models import Site
+from sites.services import site_admin_assign
+from studies import services
+from studies.models import Participation, Study
+
+User = get_user_model()
+PASSWORD = "correct horse battery staple"
+DUA_TEXT = "The parties agree to process pseudonymised data solely for the study's stated purpose."
+
+
+def make_user(username: str, *roles: Role, **extra) -> User:
+    user = User.objects.create_user(username=username, password=PASSWORD, email=f"{username}@example.org", **extra)
+    for role in roles:
+        user.groups.add(Group.objects.get_or_create(name=role.value)[0])
+    return user
+
+
+@dataclass
+class Personas:
+    pi: User
+    dpo: User
+    site_a_admin: User
+    site_b_admin: User
+    auditor: User
+    outsider: User
+    admin: User
+    site_a: Site
+    site_b: Site
+
+    def site_admin_of(self, site: Site) -> User:
+        return self.site_a_admin if site == self.site_a else self.site_b_admin
+
+
+def make_personas() -> Personas:
+    admin = make_user("admin", Role.CONSORTIUM_ADMIN)
+    site_a = Site.objects.create(name="Amsterdam UMC", code="amc", city="Amsterdam", country="NL")
+    site_b = Site.objects.create(name="Charité Berlin", code="charite", city="Berlin", country="DE",
+                                 timezone="Europe/Berlin")
+    site_a_admin = make_user("site_a_admin")
+    site_b_admin = make_user("site_b_admin")
+    site_admin_assign(actor=admin, site=site_a, user=site_a_admin)
+    site_admin_assign(actor=admin, site=site_b, user=site_b_admin)
+    return Personas(
+        pi=make_user("pi", Role.PI),
+        dpo=make_user("dpo", Role.DPO),
+        site_a_admin=site_a_admin,
+        site_b_admin=site_b_admin,
+        auditor=make_user("auditor", Role.AUDITOR),
+        outsider=make_user("outsider"),
+        admin=admin,
+        site_a=site_a,
+        site_b=site_b,
+    )
+
+
+def draft_study(p: Personas, *, title: str = "Sepsis risk", quorum: int = 2, **protocol) -> Study:
+    return services.study_create(
+        actor=p.pi, title=title, clinical_question="Can we predict sepsis within 48 h of admission?",
+        agreement_text=DUA_TEXT, quorum=quorum, **protocol,
+    )
+
+
+def govern_site(p: Personas, study: Study, site: Site, *, days: int = 365) -> Participation:
+    """Invite, grant, sign the current DUA and record ethics for one site, as its admin would."""
+    admin = p.site_admin_of(site)
+    participation = services.participation_invite(actor=p.pi, study=study, site=site)
+    services.participation_grant(actor=admin, participation=participation)
+    agreement = study.agreement_versions.order_by("-version").first()
+    services.agreement_sign(actor=admin, agreement=agreement, participation=participation)
+    now = timezone.now()
+    services.ethics_record(actor=admin, participation=participation, reference=f"IRB-{site.code}-1",
+                           valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=days))
+    return participation
+
+
+def approve_dpia(p: Personas, study: Study, *, days: int = 365) -> None:
+    services.dpia_save(actor=p.dpo, study=study, summary="Pseudonymised vitals; weights only leave sites.",
+                       risk_level="medium", valid_until=timezone.now() + timedelta(days=days))
+    services.dpia_submit(actor=p.dpo, study=study)
+    services.dpia_approve(actor=p.dpo, study=study)
+
+
+def active_study(p: Personas, **protocol) -> Study:
+    """A study with both sites fully governed, a DPIA, both approvals, and activated."""
+    study = draft_study(p, **protocol)
+    for site in (p.site_a, p.site_b):
+        govern_site(p, study, site)
+    approve_dpia(p, study)
+    services.study_submit(actor=p.pi, study=study)
+    services.study_approve(actor=p.pi, study=study)
+    services.study_approve(actor=p.dpo, study=study)
+    services.study_activate(actor=p.pi, study=study)
+    study.refresh_from_db()
+    return study

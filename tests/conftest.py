@@ -1,0 +1,22 @@
+import os
+
+import pytest
+
+from tests.base import Personas, make_personas
+
+
+def services_required() -> bool:
+    """Under REQUIRE_SERVICES=1 (CI) a missing service fails a test instead of skipping it."""
+    return os.environ.get("REQUIRE_SERVICES", "") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    if services_required():
+        pytest.fail(f"{reason} (REQUIRE_SERVICES=1: this must not be skipped)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def p(db) -> Personas:
+    """The personas: pi, dpo, site_a_admin, site_b_admin, auditor, outsider, admin, site_a, site_b."""
+    return make_personas()

@@ -9,5 +9,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/", include("consortium.api_urls")),
+    path("studies/", include("studies.urls")),
+    path("sites/", include("sites.urls")),
     path("", include("consortium.web_urls")),
 ]

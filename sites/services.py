@@ -19,7 +19,13 @@ def _require_manager(actor: AbstractBaseUser) -> None:
 
 @audited_service("sites.site.create")
 def site_create(
-    *, actor: AbstractBaseUser, name: str, code: str, city: str = "", country: str = "", timezone: str = "Europe/Amsterdam"
+    *,
+    actor: AbstractBaseUser,
+    name: str,
+    code: str,
+    city: str = "",
+    country: str = "",
+    timezone: str = "Europe/Amsterdam",
 ) -> Site:
     """Register a hospital site."""
     _require_manager(actor)

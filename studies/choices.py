@@ -45,7 +45,11 @@ class ParticipationStatus(models.TextChoices):
 
 
 PARTICIPATION_TRANSITIONS: dict[str, set[str]] = {
-    ParticipationStatus.INVITED: {ParticipationStatus.GRANTED, ParticipationStatus.REVOKED, ParticipationStatus.WITHDRAWN},
+    ParticipationStatus.INVITED: {
+        ParticipationStatus.GRANTED,
+        ParticipationStatus.REVOKED,
+        ParticipationStatus.WITHDRAWN,
+    },
     ParticipationStatus.GRANTED: {
         ParticipationStatus.SUSPENDED,
         ParticipationStatus.REVOKED,

@@ -24,10 +24,12 @@ class Command(BaseCommand):
             )
             raise SystemExit(1)
         if options["expect_head"]:
-            self._check_head(options["expect_head"], report.verified)
-        self.stdout.write(f"Audit chain intact: {report.verified} events verified. Head: {report.verified}:{report.head_hash}")
+            self._check_head(options["expect_head"])
+        self.stdout.write(
+            f"Audit chain intact: {report.verified} events verified. Head: {report.verified}:{report.head_hash}"
+        )
 
-    def _check_head(self, expected: str, verified: int) -> None:
+    def _check_head(self, expected: str) -> None:
         from consortium.models import AuditEvent
 
         try:

@@ -22,5 +22,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(response.data, dict) and "detail" in response.data and len(response.data) == 1:
         response.data = {"error": code, "detail": str(response.data["detail"])}
     elif response.status_code == status.HTTP_400_BAD_REQUEST:
-        response.data = {"error": "validation_failed", "detail": "The request is not valid.", "fields": response.data}
+        response.data = {"error": "validation_failed", "detail": summarise(response.data), "fields": response.data}
     return response
+
+
+def summarise(errors: Any, prefix: str = "") -> str:
+    """The first field error as one sentence ("valid_until: Give the UTC offset too ..."), so a client
+    that shows only `detail` still tells its user what to fix; `fields` keeps them all."""
+    if isinstance(errors, dict):
+        for field, value in errors.items():
+            label = "" if field == "non_field_errors" else f"{prefix}{field}"
+            return summarise(value, f"{label}." if label else "")
+    if isinstance(errors, list) and errors:
+        if isinstance(errors[0], (dict, list)):
+            return summarise(errors[0], prefix)
+        message = str(errors[0])
+        return f"{prefix.rstrip('.')}: {message}" if prefix else message
+    return "The request is not valid."

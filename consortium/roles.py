@@ -30,3 +30,11 @@ def has_role(user: AbstractBaseUser | AnonymousUser, role: Role) -> bool:
 def sees_everything(user: AbstractBaseUser | AnonymousUser) -> bool:
     """DPOs, auditors and consortium admins oversee every study (read access)."""
     return bool(roles_of(user) & {Role.DPO.value, Role.AUDITOR.value, Role.CONSORTIUM_ADMIN.value})
+
+
+def ensure_role_groups(*, using: str = "default", **kwargs: object) -> None:
+    """Create the group of every role (after `migrate`), so the consortium admin picks roles in the admin."""
+    from django.contrib.auth.models import Group
+
+    for role in Role:
+        Group.objects.using(using).get_or_create(name=role.value)

@@ -1,13 +1,65 @@
-"""Writes that span the consortium: recording reads of the audit log itself."""
+"""Writes that span the consortium: reads of the audit log, role changes, API tokens and refused lookups."""
 
+from collections.abc import Iterable
 from typing import Any
 
+from django.contrib.auth import authenticate
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from rest_framework.authtoken.models import Token
 
-from consortium.audit import record
+from consortium.audit import ActorRef, record, record_denial
+from consortium.errors import ValidationFailed
+from consortium.models import AuditActorKind, AuditEvent
+
+BAD_CREDENTIALS = "Unable to log in with that username and password."
 
 
 def audit_log_read(*, actor: AbstractBaseUser, via: str, filters: dict[str, Any], count: int) -> None:
     """Record that someone read or exported the audit log ("who saw what" includes the log itself)."""
     record(actor=actor, action=f"consortium.audit.{via}", study=filters.get("study_id"),
            details={"filters": filters, "events": count})
+
+
+def user_roles_changed(
+    *, actor: Any, user: AbstractBaseUser, before: Iterable[str], after: Iterable[str], via: str
+) -> AuditEvent | None:
+    """Record a change of a user's groups (global roles), if there was one.
+
+    Users and their groups are managed in the Django admin (and created by `seed_demo`), not by a
+    service, so those two callers report the change here, inside the transaction that made it.
+    """
+    old, new = sorted(set(before)), sorted(set(after))
+    if old == new:
+        return None
+    return record(actor=actor, action="consortium.user.roles_changed", target=user,
+                  details={"user": user.get_username(), "before": old, "after": new,
+                           "added": sorted(set(new) - set(old)), "removed": sorted(set(old) - set(new)),
+                           "via": via})
+
+
+def access_denied(
+    *, actor: Any, action: str, reason: str, code: str, study: Any = None, site: Any = None, target: Any = None
+) -> AuditEvent:
+    """Record a refused read or lookup (an invisible object, a forbidden read) that no write service saw.
+
+    Services audit their own refusals; adapters call this when a selector refuses before any service
+    runs, so "the attempt is audited" holds for crafted requests too.
+    """
+    return record_denial(actor=actor, action=action, reason=reason, study=study, site=site, target=target,
+                         details={"code": code})
+
+
+def api_token_obtain(*, username: str, password: str) -> Token:
+    """Exchange a username and password for the user's API token (created once, then reused)."""
+    user = authenticate(username=username, password=password)
+    if user is None or not user.is_active:
+        record_denial(actor=ActorRef(kind=AuditActorKind.USER, label=username or "anonymous"),
+                      action="consortium.api_token.obtain", reason=BAD_CREDENTIALS,
+                      details={"code": ValidationFailed.code})
+        raise ValidationFailed(BAD_CREDENTIALS)
+    with transaction.atomic():
+        token, created = Token.objects.get_or_create(user=user)
+        record(actor=user, action="consortium.api_token.issued" if created else "consortium.api_token.reissued",
+               target=user, details={"user": user.get_username()})
+    return token

@@ -148,10 +148,14 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 15 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 14 * 60)
 
 REST_FRAMEWORK = {
+    # Token first: DRF takes the WWW-Authenticate challenge from the first class, so an anonymous or
+    # bad-token request gets 401 (session auth alone would answer 403). Browsers still use their session.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
+    # JSON only: errors are never HTML, whatever the client accepts (Swagger UI lives at /api/docs/).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "consortium.api_errors.exception_handler",
@@ -167,6 +171,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Three models have a `status` field with different choices: name each enum after its machine.
+    "ENUM_NAME_OVERRIDES": {
+        "StudyStatusEnum": "studies.choices.StudyStatus",
+        "ParticipationStatusEnum": "studies.choices.ParticipationStatus",
+        "DpiaStatusEnum": "studies.choices.DpiaStatus",
+    },
 }
 
 # Warn about approvals and agreements expiring within this many days.

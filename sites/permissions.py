@@ -25,10 +25,11 @@ def can_manage_sites(user: User) -> bool:
 
 
 def sites_for(user: User, action: str = "administer") -> QuerySet[Site]:
-    """Sites the user may act for ("administer") or see ("view")."""
+    """Sites the user may act for ("administer") or see ("view": also every site, for PIs and overseers)."""
     if not user.is_authenticated or not user.is_active:
         return Site.objects.none()
-    if action == "view" and (sees_everything(user) or user.is_superuser):
+    # PIs see every site too: they pick the sites they invite to their studies.
+    if action == "view" and (sees_everything(user) or has_role(user, Role.PI) or user.is_superuser):
         return Site.objects.all()
     if action not in {"administer", "view"}:
         raise ValueError(f"unknown site action {action!r}")

@@ -16,7 +16,6 @@ from django.utils import timezone
 
 from sites.models import Site
 from studies.choices import (
-    PARTICIPATION_CURRENT,
     ApprovalDecision,
     ApprovalRole,
     DpiaStatus,
@@ -139,12 +138,8 @@ def evaluate(
     site_id = site.pk if isinstance(site, Site) else site
 
     agreement = AgreementVersion.objects.filter(study=study).order_by("-version").first()
-    participations = list(
-        Participation.objects.filter(study=study, status__in=PARTICIPATION_CURRENT)
-        .filter(**({"site_id": site_id} if site_id else {}))
-        .select_related("site")
-        .order_by("site__name")
-    )
+    # Every site, even when one is asked about: the quorum counts all eligible sites.
+    participations = _latest_participations(study)
     site_ids = [p.site_id for p in participations]
     signed = set(
         AgreementSignature.objects.filter(agreement=agreement, site_id__in=site_ids).values_list("site_id", flat=True)
@@ -152,8 +147,9 @@ def evaluate(
     ethics = _latest_ethics(study, site_ids, moment)
 
     verdicts = [_site_verdict(p, agreement, signed, ethics.get(p.site_id), moment) for p in participations]
-    if site_id and not participations:
-        verdicts.append(_uninvited_verdict(site_id))
+    current = [v for v, p in zip(verdicts, participations, strict=True) if p.is_current]
+    if site_id:
+        verdicts = [v for v in verdicts if v.site_id == site_id] or [_uninvited_verdict(site_id)]
 
     study_checks = [
         _status_check(study),
@@ -161,8 +157,19 @@ def evaluate(
         _dpia_check(Dpia.objects.filter(study=study).first(), moment),
     ]
     if site_id is None or action == GateAction.AGGREGATE:
-        study_checks.append(_quorum_check(study, sum(v.eligible for v in verdicts), len(verdicts)))
+        study_checks.append(_quorum_check(study, sum(v.eligible for v in current), len(current)))
     return GateResult(study.pk, action, moment, tuple(study_checks), tuple(verdicts), site_id)
+
+
+def _latest_participations(study: Study) -> list[Participation]:
+    """Per site, its current participation, else its latest one (a revoked site stays visible, in red)."""
+    latest: dict[int, Participation] = {}
+    rows = Participation.objects.filter(study=study).select_related("site").order_by("site__name", "-invited_at")
+    for participation in rows:
+        kept = latest.get(participation.site_id)
+        if kept is None or (participation.is_current and not kept.is_current):
+            latest[participation.site_id] = participation
+    return list(latest.values())
 
 
 def _latest_ethics(study: Study, site_ids: Iterable[int], moment: datetime) -> dict[int, EthicsApproval]:

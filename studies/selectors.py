@@ -3,12 +3,14 @@
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
 from consortium.errors import NotFound
+from consortium.roles import sees_everything
+from sites.models import Site
 from sites.permissions import sites_for
-from studies.choices import ApprovalDecision
-from studies.models import AgreementVersion, Approval, Participation, Study
+from studies.choices import STUDY_REVIEWABLE, ApprovalDecision, DpiaStatus, StudyStatus
+from studies.models import AgreementVersion, Approval, Dpia, EthicsApproval, Participation, Study
 from studies.permissions import studies_for
 
 User = AbstractBaseUser | AnonymousUser
@@ -24,12 +26,12 @@ def protocol_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, di
 
 
 def study_list(user: User) -> QuerySet[Study]:
-    return studies_for(user).select_related("pi", "dpia").order_by("-created_at")
+    return studies_for(user).select_related("pi", "dpia", "status_changed_by").order_by("-created_at")
 
 
 def study_get(user: User, pk: int) -> Study:
     """The study if the user may see it; otherwise NotFound, exactly as if it did not exist."""
-    study = studies_for(user).select_related("pi", "dpia").filter(pk=pk).first()
+    study = studies_for(user).select_related("pi", "dpia", "status_changed_by").filter(pk=pk).first()
     if study is None:
         raise NotFound("No such study.")
     return study
@@ -88,3 +90,86 @@ def invitations_for(user: User) -> QuerySet[Participation]:
         .select_related("site", "study", "study__pi")
         .order_by("status", "-invited_at")
     )
+
+
+def study_ethics(study: Study) -> list[EthicsApproval]:
+    """Every ethics approval of the study, per site, latest expiry first."""
+    return list(
+        EthicsApproval.objects.filter(study=study)
+        .select_related("site", "recorded_by")
+        .order_by("site__name", "-valid_until")
+    )
+
+
+def studies_awaiting_review(user: User) -> QuerySet[Study]:
+    """Visible studies awaiting approval, or suspended and awaiting approval to resume (a DPO's queue)."""
+    return study_list(user).filter(status__in=STUDY_REVIEWABLE)
+
+
+def studies_in_preparation(user: User) -> QuerySet[Study]:
+    """Studies the user leads that are still drafts or awaiting approval (a PI's queue)."""
+    led = studies_for(user, "lead")
+    return study_list(user).filter(pk__in=led.values("pk"), status__in=[StudyStatus.DRAFT, StudyStatus.SUBMITTED])
+
+
+def dpias_under_review(user: User) -> QuerySet[Dpia]:
+    """DPIAs under review in studies the user may see."""
+    return (
+        Dpia.objects.filter(study__in=studies_for(user), status=DpiaStatus.UNDER_REVIEW)
+        .select_related("study", "prepared_by")
+        .order_by("updated_at")
+    )
+
+
+def site_participations(user: User, site: Site) -> list[Participation]:
+    """The site's participations across the studies the user may see, current first, with study and people."""
+    return list(
+        Participation.objects.filter(site=site, study__in=studies_for(user))
+        .select_related("site", "study", "study__pi", "invited_by", "decided_by")
+        .order_by("status", "-invited_at")
+    )
+
+
+def participations_for(user: User) -> QuerySet[Participation]:
+    """Participations the user may see one by one: of studies they lead, of sites they administer, or
+    all for those who oversee every study. A site admin does not see another site's participation."""
+    if sees_everything(user):
+        return Participation.objects.filter(study__in=studies_for(user))
+    return Participation.objects.filter(
+        Q(study__in=studies_for(user, "lead")) | Q(site__in=sites_for(user), study__in=studies_for(user))
+    )
+
+
+def participation_scoped_get(user: User, pk: int) -> Participation:
+    """The participation if `participations_for` lets the user see it; otherwise NotFound (404), also
+    for another site's participation in a study the user can see."""
+    participation = participations_for(user).filter(pk=pk).select_related("site", "study").first()
+    if participation is None:
+        raise NotFound("No such participation.")
+    return participation
+
+
+def study_participations_for(user: User, study: Study) -> list[Participation]:
+    """The study's participations, current and past, that the user may see."""
+    return list(
+        participations_for(user)
+        .filter(study=study)
+        .select_related("site", "invited_by", "decided_by")
+        .order_by("site__name", "-invited_at")
+    )
+
+
+def study_dpia(study: Study) -> Dpia:
+    """The study's DPIA; NotFound while none has been drafted."""
+    dpia = Dpia.objects.filter(study=study).select_related("prepared_by", "decided_by").first()
+    if dpia is None:
+        raise NotFound("No DPIA has been drafted for this study yet.", study=study)
+    return dpia
+
+
+def agreement_version_get(study: Study, version: int) -> AgreementVersion:
+    """One version of the study's data use agreement; NotFound if it has no such version."""
+    agreement = AgreementVersion.objects.filter(study=study, version=version).first()
+    if agreement is None:
+        raise NotFound(f"This study has no data use agreement v{version}.", study=study)
+    return agreement

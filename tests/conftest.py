@@ -16,6 +16,12 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    """Personas are made per test; the production hasher would cost ~0.25 s per user."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def p(db) -> Personas:
     """The personas: pi, dpo, site_a_admin, site_b_admin, auditor, outsider, admin, site_a, site_b."""

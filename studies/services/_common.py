@@ -38,7 +38,7 @@ def move(study: Study, to: StudyStatus, *, actor: AbstractBaseUser, reason: str 
     """Apply one state-machine step; refuse an illegal one with a clear message. Returns the old status."""
     if to not in STUDY_TRANSITIONS[study.status]:
         raise InvalidTransition(
-            f"A {study.get_status_display().lower()} study cannot become {StudyStatus(to).label.lower()}.",
+            f"A study that is {study.get_status_display().lower()} cannot become {StudyStatus(to).label.lower()}.",
             study=study,
         )
     before = study.status

@@ -38,7 +38,7 @@ def _move(actor: AbstractBaseUser, participation: Participation, to: Participati
     """One participation step: guard the transition, record who, when and why, and audit it."""
     if to not in PARTICIPATION_TRANSITIONS[participation.status]:
         raise InvalidTransition(
-            f"A {participation.get_status_display().lower()} participation cannot become "
+            f"A participation that is {participation.get_status_display().lower()} cannot become "
             f"{ParticipationStatus(to).label.lower()}."
             + (" Taking part again needs a new invitation." if not participation.is_current else ""),
             study=participation.study, site=participation.site, target=participation,

@@ -8,7 +8,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
 from consortium.audit import audited_service, record
-from consortium.errors import Forbidden, ValidationFailed
+from consortium.errors import Forbidden, InvalidTransition, ValidationFailed
 from consortium.roles import Role, has_role
 from studies.choices import STUDY_EDITABLE, StudyStatus
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Study, sha256_text
@@ -88,6 +88,10 @@ def study_activate(*, actor: AbstractBaseUser, study: Study) -> Study:
     """The PI starts an approved study; from now on the gate may let rounds run."""
     study = lock_study(actor, study)
     require_lead(actor, study, "activate it")
+    if study.status == StudyStatus.SUSPENDED:
+        # The state machine allows suspended -> active, but only through both approvals (study_approve).
+        raise InvalidTransition("A study that is suspended cannot become active by the PI alone: resuming it "
+                                "needs the PI's and a DPO's approval again.", study=study)
     before = move(study, StudyStatus.ACTIVE, actor=actor)
     record(actor=actor, action="studies.study.activated", target=study, study=study,
            details={"before": before, "after": study.status})

@@ -1,0 +1,85 @@
+"""Django admin for what spans the consortium: users and their roles, and the audit log (read-only).
+
+The consortium admin manages users and roles (groups) here. Governed models are shown
+read-only everywhere in the admin: their writes go through the services, which check
+permission and state and write the audit event [ZU "raw saves"].
+"""
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import Model
+from django.forms import ModelForm
+from django.http import HttpRequest
+
+from consortium.models import AuditEvent
+from consortium.services import audit_log_read, user_roles_changed
+
+User = get_user_model()
+
+admin.site.site_header = "Consortium administration"
+admin.site.site_title = "Consortium admin"
+admin.site.index_title = "Sites, users and roles; governed records (read-only)"
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Look, filter and search; never add, change or delete. Change views render read-only and refuse POST."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    """The hash-chained audit log. Append-only: the model, the admin and (on PostgreSQL) a trigger refuse edits."""
+
+    list_display = ("seq", "created_at", "actor_label", "action", "outcome", "object_repr", "study_id", "site_id")
+    list_filter = ("outcome", "actor_kind", "created_at")
+    search_fields = ("action", "actor_label", "object_repr", "object_id")
+    date_hierarchy = "created_at"
+    ordering = ("-seq",)
+    list_per_page = 100
+    show_full_result_count = False  # counting a long log on every page is slow; the chain's length is in verify_audit
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None):
+        # "Who saw what" includes the audit log itself, whichever page it is read through.
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if request.method == "GET" and response.status_code == 200 and changelist is not None:
+            audit_log_read(actor=request.user, via="admin_viewed", filters=dict(request.GET.items()),
+                           count=len(changelist.result_list))
+        return response
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class ConsortiumUserAdmin(UserAdmin):
+    """Django's user admin, plus an audit event whenever a user's roles (groups) change."""
+
+    list_display = ("username", "first_name", "last_name", "email", "roles", "is_active", "is_staff")
+
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).prefetch_related("groups")
+
+    @admin.display(description="Roles")
+    def roles(self, user: Any) -> str:
+        return ", ".join(sorted(group.name for group in user.groups.all()))
+
+    def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
+        # The admin's change view runs in one transaction, so the event commits with the change.
+        user = form.instance
+        before = list(user.groups.values_list("name", flat=True)) if change else []
+        super().save_related(request, form, formsets, change)
+        after = list(user.groups.values_list("name", flat=True))
+        user.__dict__.pop("_consortium_roles", None)
+        user_roles_changed(actor=request.user, user=user, before=before, after=after, via="admin")

@@ -1,0 +1,143 @@
+"""What the study pages show, assembled from selectors, the gate and the policy. Read-only: nothing here writes."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.utils.text import capfirst
+
+from sites.models import Site
+from sites.selectors import administered_site_ids, site_directory
+from studies import selectors
+from studies.choices import PARTICIPATION_TRANSITIONS, ParticipationStatus
+from studies.governance import GateResult, SiteVerdict, evaluate
+from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, Study
+from studies.permissions import allowed_actions
+
+# What a site admin may do to a participation, by the status it would move to (transitions are data).
+SITE_ADMIN_MOVES = {
+    ParticipationStatus.SUSPENDED: "suspend",
+    ParticipationStatus.REVOKED: "revoke",
+}
+
+
+def _display(name: str, value: Any) -> Any:
+    """A protocol value as people read it: the label of a choice, else the value itself."""
+    field = Study._meta.get_field(name)
+    if field.choices:
+        return dict(field.flatchoices).get(value, value)
+    return value
+
+
+def _label(name: str) -> str:
+    return capfirst(Study._meta.get_field(name).verbose_name) if name != "title" else "Title"
+
+
+def protocol_rows(protocol: dict[str, Any]) -> list[dict[str, Any]]:
+    """The protocol as (field, label, value) rows, in the order of PROTOCOL_FIELDS."""
+    return [
+        {"name": name, "label": _label(name), "value": _display(name, protocol.get(name))} for name in PROTOCOL_FIELDS
+    ]
+
+
+def diff_rows(diff: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """`protocol_diff` output as rows with labels and readable before/after values."""
+    return [
+        {
+            "name": name,
+            "label": _label(name),
+            "before": _display(name, change["before"]),
+            "after": _display(name, change["after"]),
+        }
+        for name, change in diff.items()
+    ]
+
+
+@dataclass(frozen=True)
+class GateRow:
+    """One site's line in the gate panel: its verdict and the code the browser test hooks on."""
+
+    verdict: SiteVerdict
+    code: str
+
+
+def gate_context(study: Study, participations: list[Participation]) -> dict[str, Any]:
+    """The gate evaluated now for "aggregate" (the dry run of the next round) and what lapses soon."""
+    gate: GateResult = evaluate(study, "aggregate")
+    codes = {p.site_id: p.site.code for p in participations}
+    return {
+        "gate": gate,
+        "gate_rows": [GateRow(verdict, codes.get(verdict.site_id, "")) for verdict in gate.sites],
+        "expiring": gate.expiring_within(settings.EXPIRY_WARNING_DAYS),
+        "expiry_days": settings.EXPIRY_WARNING_DAYS,
+    }
+
+
+def participation_actions(
+    participation: Participation, *, administers: bool, may_withdraw: bool, signed_current: bool
+) -> list[str]:
+    """The buttons a participation row offers this user. Services check again on every request."""
+    moves = PARTICIPATION_TRANSITIONS[participation.status]
+    found: list[str] = []
+    if administers:
+        if ParticipationStatus.GRANTED in moves:
+            found.append("resume" if participation.status == ParticipationStatus.SUSPENDED else "grant")
+        found += [action for status, action in SITE_ADMIN_MOVES.items() if status in moves]
+        if participation.is_current:
+            found += ["ethics"] + ([] if signed_current else ["sign"])
+    if may_withdraw and ParticipationStatus.WITHDRAWN in moves:
+        found.append("withdraw")
+    return found
+
+
+@dataclass(frozen=True)
+class ParticipationRow:
+    participation: Participation
+    actions: list[str]
+
+
+def participation_rows(
+    user: AbstractBaseUser, participations: list[Participation], *, actions: set[str], current: AgreementVersion | None
+) -> list[ParticipationRow]:
+    administered = administered_site_ids(user)
+    signed = {s.site_id for s in current.signatures.all()} if current else set()
+    return [
+        ParticipationRow(
+            p,
+            participation_actions(
+                p,
+                administers=p.site_id in administered,
+                may_withdraw="withdraw_site" in actions,
+                signed_current=p.site_id in signed,
+            ),
+        )
+        for p in participations
+    ]
+
+
+def study_context(user: AbstractBaseUser, study: Study) -> dict[str, Any]:
+    """Everything the study page shows, in a number of queries that does not grow with the sites."""
+    actions = allowed_actions(user, study)
+    participations = selectors.study_participations(study)
+    agreements = selectors.study_agreements(study)
+    current = agreements[0] if agreements else None
+    return {
+        "study": study,
+        "actions": actions,
+        "protocol": protocol_rows(study.protocol()),
+        "protocol_sha256": study.protocol_sha256(),
+        "agreement": current,
+        "older_agreements": agreements[1:],
+        "dpia": getattr(study, "dpia", None),
+        "ethics": selectors.study_ethics(study),
+        "participation_rows": participation_rows(user, participations, actions=actions, current=current),
+        "approvals": selectors.study_approvals(study),
+        "invitable_sites": _invitable_sites(participations) if "invite_site" in actions else [],
+        **gate_context(study, participations),
+    }
+
+
+def _invitable_sites(participations: list[Participation]) -> list[Site]:
+    taking_part = [p.site_id for p in participations if p.is_current]
+    return list(site_directory(exclude_ids=taking_part))

@@ -1,0 +1,112 @@
+"""`manage.py seed_demo`: the demo consortium, built through the services, and safe to run twice."""
+
+from io import StringIO
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from consortium.audit import verify_chain
+from consortium.models import AuditEvent
+from consortium.roles import Role
+from sites.models import Site
+from sites.permissions import can_administer
+from studies.choices import ApprovalDecision, DpiaStatus, StudyStatus
+from studies.governance import evaluate
+from studies.management.commands.seed_demo import ACTIVE_TITLE, DEMO_PASSWORD, PENDING_TITLE
+from studies.models import Approval, Study
+
+User = get_user_model()
+
+
+def seed(*args: str) -> str:
+    out = StringIO()
+    call_command("seed_demo", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_it_creates_four_sites_with_their_admins_and_the_roles():
+    seed()
+    sites = list(Site.objects.all())
+    assert len(sites) == 4
+    assert len({site.timezone for site in sites}) == 4
+    for site in sites:
+        admin = User.objects.get(username=f"admin_{site.code}")
+        assert can_administer(admin, site)
+        assert admin.groups.filter(name=Role.SITE_ADMIN.value).exists()
+    consortium_admin = User.objects.get(username="admin")
+    assert consortium_admin.is_staff and consortium_admin.is_superuser
+    for username, role in [("pi", Role.PI), ("dpo", Role.DPO), ("auditor", Role.AUDITOR),
+                           ("admin", Role.CONSORTIUM_ADMIN)]:
+        assert User.objects.get(username=username).groups.filter(name=role.value).exists()
+    assert User.objects.get(username="pi").check_password(DEMO_PASSWORD)
+
+
+@pytest.mark.django_db
+def test_it_makes_the_active_study_pass_the_gate_with_four_sites():
+    seed()
+    study = Study.objects.get(title=ACTIVE_TITLE)
+    assert study.status == StudyStatus.ACTIVE
+    assert (study.quorum, study.rounds, study.label_column) == (3, 20, "target")
+    result = evaluate(study, "aggregate")
+    assert result.allowed, [check.reason for check in result.failures]
+    assert len(result.eligible_sites) == 4
+    expiring = [check for check in result.expiring_within(30) if check.name == "ethics"]
+    assert [check.site_name for check in expiring] == ["Helsinki University Hospital"]
+
+
+@pytest.mark.django_db
+def test_it_leaves_the_other_study_awaiting_approval():
+    seed()
+    study = Study.objects.get(title=PENDING_TITLE)
+    assert study.status == StudyStatus.SUBMITTED
+    assert study.dpia.status == DpiaStatus.UNDER_REVIEW
+    assert not Approval.objects.filter(study=study, decision=ApprovalDecision.APPROVED).exists()
+    assert not evaluate(study, "aggregate").allowed
+    assert study.participations.count() == 4
+
+
+@pytest.mark.django_db
+def test_it_records_everything_in_an_intact_audit_chain():
+    seed()
+    report = verify_chain()
+    assert report.intact and report.verified == AuditEvent.objects.count()
+    actions = set(AuditEvent.objects.values_list("action", flat=True))
+    assert {"sites.site.created", "sites.admin.assigned", "studies.study.approved", "studies.study.activated",
+            "studies.agreement.signed", "studies.ethics.recorded", "consortium.user.roles_changed"} <= actions
+    assert not AuditEvent.objects.filter(outcome="denied").exists()
+
+
+@pytest.mark.django_db
+def test_it_is_harmless_to_run_twice():
+    seed()
+    counts = (User.objects.count(), Site.objects.count(), Study.objects.count(), AuditEvent.objects.count())
+    output = seed()
+    assert "already exists" in output
+    assert DEMO_PASSWORD in output and "http://127.0.0.1:8000/" in output
+    assert (User.objects.count(), Site.objects.count(), Study.objects.count(), AuditEvent.objects.count()) == counts
+    assert verify_chain().intact
+
+
+@pytest.mark.django_db
+def test_it_uses_the_password_given():
+    output = seed("--password", "another-demo-secret")
+    assert "another-demo-secret" in output
+    assert User.objects.get(username="admin_hus").check_password("another-demo-secret")
+    assert "(set when first seeded)" in seed()
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_database_that_already_uses_the_demo_names():
+    User.objects.create_user(username="pi", password="x" * 12)
+    with pytest.raises(CommandError, match="already exist"):
+        seed()
+    assert not Site.objects.exists() and not AuditEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_weak_password():
+    with pytest.raises(CommandError, match="--password"):
+        seed("--password", "short")
+    assert not User.objects.exists()

@@ -1,0 +1,107 @@
+"""Assertions the service tests share: what a success wrote to the audit log, and that a refusal
+changed nothing but the denial event. Plus `study_in`, which walks a study to any status."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from django.db.models import Max
+
+from consortium.models import AuditEvent, AuditOutcome
+from sites.models import Site, SiteUserObjectPermission
+from studies import services
+from studies.choices import StudyStatus
+from studies.models import (
+    AgreementSignature,
+    AgreementVersion,
+    Approval,
+    Dpia,
+    EthicsApproval,
+    Participation,
+    Study,
+    StudyUserObjectPermission,
+)
+from tests.base import Personas, active_study, draft_study
+
+# Every table a service may write besides the audit log.
+GOVERNED = (
+    Site,
+    SiteUserObjectPermission,
+    Study,
+    StudyUserObjectPermission,
+    AgreementVersion,
+    AgreementSignature,
+    Dpia,
+    EthicsApproval,
+    Participation,
+    Approval,
+)
+
+
+def last_seq() -> int:
+    return AuditEvent.objects.aggregate(top=Max("seq"))["top"] or 0
+
+
+def events_after(seq: int) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(seq__gt=seq).order_by("seq"))
+
+
+def actions_after(seq: int) -> list[str]:
+    return [event.action for event in events_after(seq)]
+
+
+def snapshot() -> dict[str, list[dict[str, Any]]]:
+    """Every governed row, as stored: equal snapshots mean nothing was written."""
+    return {model._meta.label: list(model.objects.order_by("pk").values()) for model in GOVERNED}
+
+
+@dataclass
+class Refusal:
+    error: BaseException | None = None
+    event: AuditEvent | None = None
+    events: list[AuditEvent] = field(default_factory=list)
+
+
+@contextmanager
+def refused(error: type[Exception], match: str, *, action: str) -> Iterator[Refusal]:
+    """The block must raise `error` (message matching `match`), change no governed row, and leave
+    exactly one audit event: the denial named `action`, carrying the refusal's message."""
+    before, mark, outcome = snapshot(), last_seq(), Refusal()
+    with pytest.raises(error, match=match) as info:
+        yield outcome
+    outcome.error = info.value
+    assert snapshot() == before, "a refused request changed governed data"
+    outcome.events = events_after(mark)
+    assert [(e.action, e.outcome) for e in outcome.events] == [(action, AuditOutcome.DENIED)]
+    outcome.event = outcome.events[0]
+    assert outcome.event.details["reason"] == str(info.value)
+    assert outcome.event.details["code"] == info.value.code
+
+
+def only_event(mark: int, action: str) -> AuditEvent:
+    """The one event written since `mark`, which must be a success named `action`."""
+    events = events_after(mark)
+    assert [(e.action, e.outcome) for e in events] == [(action, AuditOutcome.OK)], [e.action for e in events]
+    return events[0]
+
+
+def study_in(p: Personas, status: StudyStatus, **protocol: Any) -> Study:
+    """A study brought to `status` through the real services (no sites or DPIA unless active)."""
+    if status == StudyStatus.ACTIVE:
+        return active_study(p, **protocol)
+    study = draft_study(p, **protocol)
+    if status == StudyStatus.CLOSED:
+        services.study_close(actor=p.pi, study=study, reason="Abandoned.")
+    if status in {StudyStatus.SUBMITTED, StudyStatus.APPROVED, StudyStatus.SUSPENDED}:
+        services.study_submit(actor=p.pi, study=study)
+    if status in {StudyStatus.APPROVED, StudyStatus.SUSPENDED}:
+        services.study_approve(actor=p.pi, study=study)
+        services.study_approve(actor=p.dpo, study=study)
+    if status == StudyStatus.SUSPENDED:
+        services.study_activate(actor=p.pi, study=study)
+        services.study_suspend(actor=p.dpo, study=study, justification="Data leak suspected.")
+    study.refresh_from_db()
+    assert study.status == status
+    return study

@@ -12,10 +12,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from consortium.api_base import StrictSerializer, errors, select_or_deny
+from consortium.api_base import StrictSerializer, errors
 from consortium.models import AuditEvent
 from consortium.selectors import audit_csv, audit_events_for
-from consortium.services import api_token_obtain, audit_log_read
+from consortium.services import api_token_obtain, audit_log_read, select_or_deny
 
 AUDIT = ["audit"]
 
@@ -70,7 +70,7 @@ def _events(request: Request, via: str) -> tuple[Any, dict[str, Any]]:
     query = AuditFilterSerializer(data=request.query_params)
     query.is_valid(raise_exception=True)
     filters = query.selector_kwargs()
-    events = select_or_deny(request, f"consortium.audit.{via}", lambda: audit_events_for(request.user, **filters))
+    events = select_or_deny(request.user, f"consortium.audit.{via}", lambda: audit_events_for(request.user, **filters))
     return events, filters
 
 

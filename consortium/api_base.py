@@ -4,21 +4,14 @@ API classes stay thin (parse, call a service or selector, serialize); what is he
 input or records that a lookup was refused, never decides anything a service decides.
 """
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema_field, inline_serializer
 from rest_framework import serializers
-from rest_framework.request import Request
-
-from consortium.errors import DomainError
-from consortium.services import access_denied
-
-T = TypeVar("T")
 
 
 class StrictMixin:
@@ -94,14 +87,3 @@ def errors(*codes: int, public: bool = False) -> dict[int, Any]:
     return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in codes}
 
 
-def select_or_deny(request: Request, attempt: str, select: Callable[[], T], *, study: Any = None,
-                   site: Any = None) -> T:
-    """Run a selector; if it refuses (an invisible object, a forbidden read), audit the attempt as
-    `attempt` and let the refusal through, so the caller answers 404 or 403 and nothing changed."""
-    try:
-        return select()
-    except DomainError as exc:
-        access_denied(actor=request.user, action=attempt, reason=exc.message, code=exc.code,
-                      study=exc.study if exc.study is not None else study,
-                      site=exc.site if exc.site is not None else site, target=exc.target)
-        raise

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, ParamSpec, TypeVar
 
+from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
 from django.utils import timezone
 
@@ -177,7 +178,8 @@ def verify_chain(events: Iterable[AuditEvent] | None = None) -> ChainReport:
 
 
 def audited_service(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Run a service in one transaction; if it refuses (DomainError), roll back and record the denial.
+    """Run a service in one transaction; if it refuses (DomainError, or a model's ValidationError),
+    roll back and record the denial.
 
     The denial names `action` with outcome "denied" and the refusal's reason, and is
     written after the rollback so it survives it. Study and site come from the
@@ -201,10 +203,22 @@ def audited_service(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                     details={"code": exc.code},
                 )
                 raise
+            except ValidationError as exc:
+                # A model's own validation (full_clean) refusing the input is a denied attempt too.
+                record_denial(actor=kwargs.get("actor"), action=action, reason=_validation_reason(exc),
+                              target=_first_model(kwargs), study=_context(kwargs, "study"),
+                              site=_context(kwargs, "site"), details={"code": "validation_failed"})
+                raise
 
         return wrapper
 
     return decorate
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    if hasattr(exc, "error_dict"):
+        return " ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
+    return " ".join(exc.messages)
 
 
 def _first_model(kwargs: dict[str, Any]) -> models.Model | None:

@@ -1,7 +1,7 @@
 """Writes that span the consortium: reads of the audit log, role changes, API tokens and refused lookups."""
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import AbstractBaseUser
@@ -9,10 +9,11 @@ from django.db import transaction
 from rest_framework.authtoken.models import Token
 
 from consortium.audit import ActorRef, record, record_denial
-from consortium.errors import ValidationFailed
+from consortium.errors import DomainError, ValidationFailed
 from consortium.models import AuditActorKind, AuditEvent
 
 BAD_CREDENTIALS = "Unable to log in with that username and password."
+T = TypeVar("T")
 
 
 def audit_log_read(*, actor: AbstractBaseUser, via: str, filters: dict[str, Any], count: int) -> None:
@@ -63,3 +64,15 @@ def api_token_obtain(*, username: str, password: str) -> Token:
         record(actor=user, action="consortium.api_token.issued" if created else "consortium.api_token.reissued",
                target=user, details={"user": user.get_username()})
     return token
+
+
+def select_or_deny(actor: Any, attempt: str, select: Callable[[], T], *, study: Any = None, site: Any = None) -> T:
+    """Run a selector for a page or an API call; if it refuses (an invisible object, a forbidden read),
+    audit the attempt as `attempt` and let the refusal through, so the caller answers 404 or 403."""
+    try:
+        return select()
+    except DomainError as exc:
+        access_denied(actor=actor, action=attempt, reason=exc.message, code=exc.code,
+                      study=exc.study if exc.study is not None else study,
+                      site=exc.site if exc.site is not None else site, target=exc.target)
+        raise

@@ -126,7 +126,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Only for `collectstatic` in production; pages are served from the apps through WhiteNoise's finders.
+STATIC_ROOT = env_str("STATIC_ROOT", "") or None
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps: no collectstatic step for the demo
 

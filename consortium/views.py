@@ -12,8 +12,8 @@ from consortium.audit import verify_chain
 from consortium.forms import AuditFilterForm
 from consortium.permissions import can_read_audit
 from consortium.roles import Role, has_role
-from consortium.services import audit_log_read
-from consortium.web import domain_errors, select_or_deny
+from consortium.services import audit_log_read, select_or_deny
+from consortium.web import domain_errors
 from studies import selectors as study_selectors
 from studies.choices import ParticipationStatus
 from studies.governance import evaluate
@@ -55,8 +55,7 @@ def _filters(request: HttpRequest) -> dict[str, Any]:
 def _events(request: HttpRequest, via: str) -> tuple[Any, dict[str, Any]]:
     """The filtered log; a non-reader gets a 403 (the page's existence is no secret) and the attempt is audited."""
     filters = _filters(request)
-    events = select_or_deny(
-        request,
+    events = select_or_deny(request.user,
         f"consortium.audit.{via}",
         lambda: selectors.audit_events_for(
             request.user, study_id=filters["study_id"], action_prefix=filters["action_prefix"]

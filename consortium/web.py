@@ -7,7 +7,7 @@ sentence on the page the user came from, so they can read it and try again.
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from django import forms
 from django.contrib import messages
@@ -17,10 +17,8 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from consortium.errors import DomainError, Forbidden, NotFound
-from consortium.services import access_denied
 
 View = Callable[..., HttpResponse]
-T = TypeVar("T")
 
 
 def safe_next(request: HttpRequest, fallback: str) -> str:
@@ -29,24 +27,6 @@ def safe_next(request: HttpRequest, fallback: str) -> str:
     if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
         return target
     return fallback
-
-
-def select_or_deny(request: HttpRequest, attempt: str, select: Callable[[], T], *, study: Any = None) -> T:
-    """Run a selector; if it refuses (an invisible study, a forbidden read), audit the attempt as `attempt`
-    and let the refusal through. Services audit their own refusals; this covers those no service saw."""
-    try:
-        return select()
-    except DomainError as exc:
-        access_denied(
-            actor=request.user,
-            action=attempt,
-            reason=exc.message,
-            code=exc.code,
-            study=exc.study if exc.study is not None else study,
-            site=exc.site,
-            target=exc.target,
-        )
-        raise
 
 
 def _referer_or_home(request: HttpRequest) -> str:

@@ -22,8 +22,8 @@ from consortium.api_base import (
     StrictMixin,
     StrictSerializer,
     errors,
-    select_or_deny,
 )
+from consortium.services import select_or_deny
 from sites.selectors import site_get
 from studies import services
 from studies.choices import GateAction, RiskLevel
@@ -41,7 +41,7 @@ from studies.models import (
 from studies.permissions import allowed_actions
 from studies.selectors import (
     agreement_version_get,
-    participation_scoped_get,
+    participation_get,
     study_agreements,
     study_approvals,
     study_dpia,
@@ -57,12 +57,12 @@ PARTICIPATION = ["participation"]
 
 def _study(request: Request, pk: int, attempt: str) -> Study:
     """The study as the caller sees it; an invisible one is a 404, and the attempt is audited."""
-    return select_or_deny(request, attempt, lambda: study_get(request.user, pk), study=pk)
+    return select_or_deny(request.user, attempt, lambda: study_get(request.user, pk), study=pk)
 
 
 def _participation(request: Request, pk: int, attempt: str) -> Participation:
     """The participation as the caller sees it (another site's is a 404); the refusal is audited."""
-    return select_or_deny(request, attempt, lambda: participation_scoped_get(request.user, pk))
+    return select_or_deny(request.user, attempt, lambda: participation_get(request.user, pk))
 
 
 # --- Output serializers shared by several endpoints -------------------------------------------------
@@ -366,8 +366,7 @@ class AgreementSignApi(APIView):
         participation = _participation(request, pk, "studies.agreement.sign")
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        agreement = select_or_deny(
-            request, "studies.agreement.sign",
+        agreement = select_or_deny(request.user, "studies.agreement.sign",
             lambda: agreement_version_get(participation.study, serializer.validated_data["version"]),
             site=participation.site,
         )
@@ -390,7 +389,7 @@ class DpiaDetailApi(APIView):
     @extend_schema(tags=GOVERNANCE, summary="The study's DPIA", responses={200: DpiaOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         study = _study(request, pk, "studies.dpia.view")
-        dpia = select_or_deny(request, "studies.dpia.view", lambda: study_dpia(study))
+        dpia = select_or_deny(request.user, "studies.dpia.view", lambda: study_dpia(study))
         return Response(DpiaOutputSerializer(dpia).data)
 
     @extend_schema(tags=GOVERNANCE, summary="Create or edit the DPIA while it is a draft (DPO)",
@@ -507,7 +506,7 @@ class ParticipationListInviteApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         site_id = serializer.validated_data["site"]
-        site = select_or_deny(request, "studies.participation.invite", lambda: site_get(request.user, site_id),
+        site = select_or_deny(request.user, "studies.participation.invite", lambda: site_get(request.user, site_id),
                               study=study)
         participation = services.participation_invite(actor=request.user, study=study, site=site)
         return Response(ParticipationOutputSerializer(participation).data, status=status.HTTP_201_CREATED)

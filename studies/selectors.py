@@ -74,15 +74,6 @@ def last_voided_snapshot(approvals: list[Approval]) -> dict[str, Any] | None:
     return None
 
 
-def participation_get(user: User, pk: int) -> Participation:
-    participation = (
-        Participation.objects.filter(pk=pk, study__in=studies_for(user)).select_related("site", "study").first()
-    )
-    if participation is None:
-        raise NotFound("No such participation.")
-    return participation
-
-
 def invitations_for(user: User) -> QuerySet[Participation]:
     """Participations of the sites the user administers, current first."""
     return (
@@ -140,7 +131,7 @@ def participations_for(user: User) -> QuerySet[Participation]:
     )
 
 
-def participation_scoped_get(user: User, pk: int) -> Participation:
+def participation_get(user: User, pk: int) -> Participation:
     """The participation if `participations_for` lets the user see it; otherwise NotFound (404), also
     for another site's participation in a study the user can see."""
     participation = participations_for(user).filter(pk=pk).select_related("site", "study").first()

@@ -16,7 +16,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from consortium.errors import DomainError, NotFound
-from consortium.web import domain_errors, error_response, form_errors_text, safe_next, select_or_deny
+from consortium.services import select_or_deny
+from consortium.web import domain_errors, error_response, form_errors_text, safe_next
 from studies import forms, selectors, services
 from studies.choices import StudyStatus
 from studies.models import Participation
@@ -143,7 +144,7 @@ def study_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
 
 
 def _participation_in(request: HttpRequest, pk: int, participation_pk: int) -> Participation:
-    """A participation of a study the user may see (its row is on that study's page), in study `pk`."""
+    """A participation the user may act on or see in study `pk`; another site's is a 404, as in the API."""
     participation = selectors.participation_get(request.user, participation_pk)
     if participation.study_id != pk:
         raise NotFound("No such participation in this study.", study=pk)
@@ -158,7 +159,7 @@ def participation_action(request: HttpRequest, pk: int, participation_pk: int, a
     if spec is None:
         raise Http404("No such action.")
     participation = select_or_deny(
-        request, spec.attempt, lambda: _participation_in(request, pk, participation_pk), study=pk
+        request.user, spec.attempt, lambda: _participation_in(request, pk, participation_pk), study=pk
     )
     back = safe_next(request, reverse("studies:detail", args=[pk]))
     return _run(request, spec, spec.form(request.POST, target=participation), back, participation=participation)

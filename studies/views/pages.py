@@ -11,7 +11,8 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from consortium.roles import Role, has_role
-from consortium.web import call_or_form_error, domain_errors, forbidden, select_or_deny
+from consortium.services import select_or_deny
+from consortium.web import call_or_form_error, domain_errors, forbidden
 from studies import selectors, services
 from studies.forms import AgreementForm, DpiaForm, ProtocolForm, StudyCreateForm
 from studies.models import PROTOCOL_FIELDS, Study
@@ -21,7 +22,7 @@ from studies.views._context import diff_rows, gate_context, protocol_rows, study
 
 def visible_study(request: HttpRequest, pk: int, attempt: str = "studies.study.view") -> Study:
     """The study as the user sees it; an invisible one is a 404 and the attempt is audited as `attempt`."""
-    return select_or_deny(request, attempt, lambda: selectors.study_get(request.user, pk), study=pk)
+    return select_or_deny(request.user, attempt, lambda: selectors.study_get(request.user, pk), study=pk)
 
 
 def _attempt(request: HttpRequest, writing: str) -> str:

@@ -83,11 +83,11 @@ def test_it_requires_a_reason_to_revoke(p):
     assert participation.status == ParticipationStatus.INVITED
 
 
-def test_it_refuses_another_sites_participation_and_audits_it(p):
+def test_it_answers_404_for_another_sites_participation_and_audits_it(p):
+    """Another site's participation is not the site admin's object: 404, as in the API."""
     _, [a, b] = invited(p, p.site_a, p.site_b)
     response = act(p.site_a_admin, b, "revoke", {"reason": "Not mine to revoke"})
-    assert response.status_code == 403
-    assert "Only an admin of Charité Berlin may revoke its participation." in page(response)
+    assert response.status_code == 404
     b.refresh_from_db()
     assert b.status == ParticipationStatus.INVITED
     assert denied("studies.participation.revoke", p.site_a_admin)
@@ -139,7 +139,7 @@ def test_it_refuses_a_signature_of_a_superseded_version(p):
 def test_it_refuses_signing_for_another_site(p):
     study, [a, b] = invited(p, p.site_a, p.site_b)
     response = act(p.site_a_admin, b, "sign", {"agreement": study.agreement_versions.get().pk})
-    assert response.status_code == 403
+    assert response.status_code == 404
     assert not AgreementSignature.objects.exists()
     assert denied("studies.agreement.sign", p.site_a_admin)
 

@@ -8,7 +8,7 @@ round started now, which sites would take part, and why not the others.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -130,57 +130,97 @@ def evaluate(
     moment: datetime | None = None,
 ) -> GateResult:
     """Evaluate every governance check for `action` on `study` (for `site`, if given) at `moment` (default now)."""
+    moment = _checked_moment(action, moment)
+    site_id = site.pk if isinstance(site, Site) else site
+    return _judge(study, _load([study], moment)[study.pk], action, moment, site_id)
+
+
+def evaluate_many(studies: Iterable[Study], action: str = GateAction.AGGREGATE, *,
+                  moment: datetime | None = None) -> dict[int, GateResult]:
+    """The dry run for several studies at once (dashboards), in the same fixed number of queries."""
+    moment = _checked_moment(action, moment)
+    studies = list(studies)
+    facts = _load(studies, moment)
+    return {study.pk: _judge(study, facts[study.pk], action, moment, None) for study in studies}
+
+
+def _checked_moment(action: str, moment: datetime | None) -> datetime:
     if action not in GateAction.values:
         raise ValueError(f"Unknown gate action {action!r}; expected one of {', '.join(GateAction.values)}.")
     moment = moment or timezone.now()
     if timezone.is_naive(moment):
         raise ValueError("The gate needs an aware moment: expiry is exact to the second across time zones.")
-    site_id = site.pk if isinstance(site, Site) else site
+    return moment
 
-    agreement = AgreementVersion.objects.filter(study=study).order_by("-version").first()
-    # Every site, even when one is asked about: the quorum counts all eligible sites.
-    participations = _latest_participations(study)
-    site_ids = [p.site_id for p in participations]
-    signed = set(
-        AgreementSignature.objects.filter(agreement=agreement, site_id__in=site_ids).values_list("site_id", flat=True)
-    ) if agreement else set()
-    ethics = _latest_ethics(study, site_ids, moment)
 
-    verdicts = [_site_verdict(p, agreement, signed, ethics.get(p.site_id), moment) for p in participations]
-    current = [v for v, p in zip(verdicts, participations, strict=True) if p.is_current]
+@dataclass
+class _Facts:
+    """What the gate reads about one study; loaded for many studies at once by `_load`."""
+
+    agreement: AgreementVersion | None = None
+    dpia: Dpia | None = None
+    participations: list[Participation] = field(default_factory=list)
+    signed: set[int] = field(default_factory=set)
+    ethics: dict[int, EthicsApproval] = field(default_factory=dict)
+    approvals: dict[str, Approval] = field(default_factory=dict)
+
+
+def _load(studies: list[Study], moment: datetime) -> dict[int, _Facts]:
+    """Six queries, whatever the number of studies and sites."""
+    facts = {study.pk: _Facts() for study in studies}
+    ids = list(facts)
+    for agreement in AgreementVersion.objects.filter(study__in=ids).defer("text").order_by("study", "-version"):
+        facts[agreement.study_id].agreement = facts[agreement.study_id].agreement or agreement
+    for dpia in Dpia.objects.filter(study__in=ids):
+        facts[dpia.study_id].dpia = dpia
+    # Per site its current participation, else its latest one (a revoked site stays visible, in red).
+    rows = Participation.objects.filter(study__in=ids).select_related("site").order_by("site__name", "-invited_at")
+    latest: dict[tuple[int, int], Participation] = {}
+    for participation in rows:
+        kept = latest.get((participation.study_id, participation.site_id))
+        if kept is None or (participation.is_current and not kept.is_current):
+            latest[(participation.study_id, participation.site_id)] = participation
+    for (study_id, _), participation in latest.items():
+        facts[study_id].participations.append(participation)
+    agreement_study = {f.agreement.pk: study_id for study_id, f in facts.items() if f.agreement}
+    for agreement_id, site_id in AgreementSignature.objects.filter(agreement__in=agreement_study).values_list(
+        "agreement_id", "site_id"
+    ):
+        facts[agreement_study[agreement_id]].signed.add(site_id)
+    for approval in EthicsApproval.objects.filter(study__in=ids).order_by("valid_until"):
+        _keep_best_ethics(facts[approval.study_id].ethics, approval, moment)
+    live = Approval.objects.filter(study__in=ids, decision=ApprovalDecision.APPROVED, voided_at__isnull=True)
+    for approval in live:
+        facts[approval.study_id].approvals[approval.role] = approval
+    return facts
+
+
+def _keep_best_ethics(best: dict[int, EthicsApproval], approval: EthicsApproval, moment: datetime) -> None:
+    """Per site, the approval in force at `moment`, else the most recent one (to explain why it fails).
+    Approvals arrive in order of expiry."""
+    current = best.get(approval.site_id)
+    in_force = approval.valid_from <= moment < approval.valid_until
+    if current is None or in_force or not (current.valid_from <= moment < current.valid_until):
+        best[approval.site_id] = approval
+
+
+def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: int | None) -> GateResult:
+    verdicts = [
+        _site_verdict(p, facts.agreement, facts.signed, facts.ethics.get(p.site_id), moment)
+        for p in facts.participations
+    ]
+    # The quorum counts every eligible site, even when one site is asked about.
+    current = [v for v, p in zip(verdicts, facts.participations, strict=True) if p.is_current]
     if site_id:
         verdicts = [v for v in verdicts if v.site_id == site_id] or [_uninvited_verdict(site_id)]
-
     study_checks = [
         _status_check(study),
-        _approvals_check(study, agreement),
-        _dpia_check(Dpia.objects.filter(study=study).first(), moment),
+        _approvals_check(study, facts.agreement, facts.approvals),
+        _dpia_check(facts.dpia, moment),
     ]
     if site_id is None or action == GateAction.AGGREGATE:
         study_checks.append(_quorum_check(study, sum(v.eligible for v in current), len(current)))
     return GateResult(study.pk, action, moment, tuple(study_checks), tuple(verdicts), site_id)
-
-
-def _latest_participations(study: Study) -> list[Participation]:
-    """Per site, its current participation, else its latest one (a revoked site stays visible, in red)."""
-    latest: dict[int, Participation] = {}
-    rows = Participation.objects.filter(study=study).select_related("site").order_by("site__name", "-invited_at")
-    for participation in rows:
-        kept = latest.get(participation.site_id)
-        if kept is None or (participation.is_current and not kept.is_current):
-            latest[participation.site_id] = participation
-    return list(latest.values())
-
-
-def _latest_ethics(study: Study, site_ids: Iterable[int], moment: datetime) -> dict[int, EthicsApproval]:
-    """Per site, the approval in force at `moment`, else the most recent one (to explain why it fails)."""
-    best: dict[int, EthicsApproval] = {}
-    for approval in EthicsApproval.objects.filter(study=study, site_id__in=list(site_ids)).order_by("valid_until"):
-        current = best.get(approval.site_id)
-        in_force = approval.valid_from <= moment < approval.valid_until
-        if current is None or in_force or not (current.valid_from <= moment < current.valid_until):
-            best[approval.site_id] = approval
-    return best
 
 
 def _status_check(study: Study) -> Check:
@@ -192,13 +232,9 @@ def _status_check(study: Study) -> Check:
     return Check("study_active", False, reason)
 
 
-def _approvals_check(study: Study, agreement: AgreementVersion | None) -> Check:
+def _approvals_check(study: Study, agreement: AgreementVersion | None, live: dict[str, Approval]) -> Check:
     if agreement is None:
         return Check("approvals", False, "The study has no data use agreement yet.")
-    live = {
-        a.role: a
-        for a in Approval.objects.filter(study=study, decision=ApprovalDecision.APPROVED, voided_at__isnull=True)
-    }
     current_hash = study.protocol_sha256()
     missing = [
         role.label for role in ApprovalRole

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.db.models import Max
 
+from consortium.errors import DomainError
 from consortium.models import AuditEvent, AuditOutcome
 from sites.models import Site, SiteUserObjectPermission
 from studies import services
@@ -76,8 +77,10 @@ def refused(error: type[Exception], match: str, *, action: str) -> Iterator[Refu
     outcome.events = events_after(mark)
     assert [(e.action, e.outcome) for e in outcome.events] == [(action, AuditOutcome.DENIED)]
     outcome.event = outcome.events[0]
-    assert outcome.event.details["reason"] == str(info.value)
-    assert outcome.event.details["code"] == info.value.code
+    if isinstance(info.value, DomainError):
+        assert outcome.event.details == {"reason": info.value.message, "code": info.value.code}
+    else:  # a model's own validation
+        assert outcome.event.details["code"] == "validation_failed" and outcome.event.details["reason"]
 
 
 def only_event(mark: int, action: str) -> AuditEvent:

@@ -2,6 +2,7 @@
 and refused, each audited."""
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from consortium.errors import Forbidden, InvalidTransition, NotFound, ValidationFailed
 from consortium.models import AuditOutcome
@@ -40,6 +41,15 @@ def test_it_refuses_to_create_a_study_for_anyone_but_a_pi(p, who):
 def test_it_refuses_unknown_protocol_fields(p):
     with refused(ValidationFailed, "Unknown protocol fields: colour", action="studies.study.create"):
         services.study_create(actor=p.pi, title="X", clinical_question="Q?", colour="red")
+
+
+def test_it_refuses_invalid_protocol_values_and_audits_the_attempt(p):
+    with refused(ValidationError, "quorum", action="studies.study.create"):
+        services.study_create(actor=p.pi, title="X", clinical_question="Q?", quorum=0)
+    study = study_in(p, S.APPROVED)
+    with refused(ValidationError, "rounds", action="studies.study.update") as denial:
+        services.study_update_protocol(actor=p.pi, study=study, rounds=0)
+    assert denial.event.study_id == study.pk
 
 
 def test_it_submits_a_draft_for_approval(p):

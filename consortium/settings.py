@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "consortium",
     "sites",
     "studies",
+    "aggregation",
 ]
 
 MIDDLEWARE = [

@@ -47,6 +47,8 @@ PROTOCOL_FIELDS = (
     "dp_noise_multiplier",
     "dp_clip_norm",
     "label_column",
+    "num_features",
+    "federated_statistics",
 )
 
 
@@ -102,6 +104,13 @@ class Study(models.Model):
     )
     dp_clip_norm = models.FloatField(default=1.0, validators=[MinValueValidator(1e-8)])
     label_column = models.CharField(max_length=100, default="target")
+    num_features = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(100_000)],
+        help_text="Feature columns in each site's data (every column but the label).",
+    )
+    federated_statistics = models.BooleanField(
+        default=True, help_text="Run a statistics round first so every site standardizes with the global mean and SD.",
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

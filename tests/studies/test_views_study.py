@@ -89,6 +89,8 @@ def _create_data(**overrides) -> dict:
         "dp_noise_multiplier": 0,
         "dp_clip_norm": 1.0,
         "label_column": "readmitted",
+        "num_features": 12,
+        "federated_statistics": "on",
         "agreement_text": "We agree.",
     }
     return {**data, **overrides}

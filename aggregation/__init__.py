@@ -1,0 +1,1 @@
+"""Federated computation. `codec`, `zoo`, `strategies` and `privacy` import no Django: the site agent reuses them."""

@@ -1,7 +1,7 @@
 """Every REST endpoint, mounted at /api/ (the schema and Swagger UI are at /api/schema/ and /api/docs/)."""
 
 from django.http import HttpRequest, JsonResponse
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from consortium import api as consortium_api
 from sites import api as sites_api
@@ -24,6 +24,9 @@ def _participation(suffix: str, view: type, name: str) -> object:
 urlpatterns = [
     path("auth/token/", consortium_api.TokenObtainApi.as_view(), name="api-token"),
     path("sites/", sites_api.SiteListApi.as_view(), name="api-site-list"),
+    path("sites/<int:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
+         name="api-agent-token-list"),
+    path("agent-tokens/<int:pk>/revoke/", sites_api.AgentTokenRevokeApi.as_view(), name="api-agent-token-revoke"),
     path("studies/", studies_api.StudyListCreateApi.as_view(), name="api-study-list"),
     _study("", studies_api.StudyDetailApi, "api-study-detail"),
     _study("submit/", studies_api.StudySubmitApi, "api-study-submit"),
@@ -50,5 +53,6 @@ urlpatterns = [
     _participation("ethics/", studies_api.EthicsRecordApi, "api-ethics-record"),
     path("audit/events/", consortium_api.AuditEventListApi.as_view(), name="api-audit-list"),
     path("audit/events.csv", consortium_api.AuditEventExportApi.as_view(), name="api-audit-export"),
+    path("agent/", include("aggregation.api_urls")),
     re_path(r"^(?P<rest>.*)$", api_not_found, name="api-not-found"),
 ]

@@ -10,12 +10,15 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from consortium.upload_limit import UploadSizeLimit  # noqa: E402
 
 websocket_urlpatterns: list = []
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": UploadSizeLimit(django_asgi_app, limit=settings.MAX_UPDATE_BYTES, prefix="/api/agent/"),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

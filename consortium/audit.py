@@ -235,4 +235,6 @@ def _context(kwargs: dict[str, Any], name: str) -> Any:
     for key, value in kwargs.items():
         if key != "actor" and isinstance(value, models.Model) and hasattr(value, f"{name}_id"):
             return getattr(value, f"{name}_id")
+    if name == "site" and not isinstance(kwargs.get("actor"), models.Model):
+        return getattr(kwargs.get("actor"), "site_id", None)  # a site agent acts for its one site
     return None

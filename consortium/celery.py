@@ -6,6 +6,7 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "consortium.settings")
 
-app = Celery("consortium")
+# DjangoTask adds delay_on_commit: services enqueue only once their transaction commits.
+app = Celery("consortium", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

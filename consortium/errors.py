@@ -9,9 +9,13 @@ class DomainError(Exception):
     status = 400
     code = "invalid"
 
-    def __init__(self, message: str, *, study: Any = None, site: Any = None, target: Any = None, **details: Any):
+    def __init__(
+        self, message: str, *, code: str = "", study: Any = None, site: Any = None, target: Any = None, **details: Any
+    ):
         super().__init__(message)
         self.message = message
+        if code:
+            self.code = code  # a more precise code than the class's, e.g. "stale_round"
         self.study = study
         self.site = site
         self.target = target
@@ -53,8 +57,15 @@ class ValidationFailed(DomainError):
     code = "validation_failed"
 
 
-class GateRefused(DomainError):
-    """The governance gate refused the action; `details['checks']` lists why."""
+class PayloadTooLarge(DomainError):
+    """The request body is over the configured limit."""
 
-    status = 409
+    status = 413
+    code = "too_large"
+
+
+class GateRefused(DomainError):
+    """The governance gate refused the action; `details['checks']` lists the failing checks."""
+
+    status = 403
     code = "gate_refused"

@@ -12,6 +12,12 @@ class Role(models.TextChoices):
     CONSORTIUM_ADMIN = "Consortium admin", "Consortium admin"
 
 
+def is_person(user: object) -> bool:
+    """An active, logged-in user. Site agents authenticate too, but are not people: no policy grants them
+    anything (they act only through the gate, for their own site)."""
+    return isinstance(user, AbstractBaseUser) and user.is_authenticated and user.is_active
+
+
 def roles_of(user: AbstractBaseUser | AnonymousUser) -> frozenset[str]:
     """The role names a user holds, cached on the user object for the request."""
     if not user.is_authenticated or not user.is_active:

@@ -145,6 +145,10 @@ if CELERY_BROKER_URL == "filesystem://":
     _queue.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_queue), "data_folder_out": str(_queue)}
 CELERY_TASK_IGNORE_RESULT = True
+# The scheduler opens rounds for active studies and closes those past their deadline.
+CELERY_BEAT_SCHEDULE = {
+    "rounds-tick": {"task": "aggregation.tasks.rounds_tick", "schedule": float(env_int("ROUNDS_TICK_SECONDS", 5))},
+}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 15 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 14 * 60)
@@ -180,6 +184,11 @@ SPECTACULAR_SETTINGS = {
         "DpiaStatusEnum": "studies.choices.DpiaStatus",
     },
 }
+
+# Federated rounds: where tensors are stored, and the largest update a site may send.
+MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
+MAX_UPDATE_BYTES = env_int("MAX_UPDATE_BYTES", 64 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_UPDATE_BYTES + 1024 * 1024, 2_621_440)
 
 # Warn about approvals and agreements expiring within this many days.
 EXPIRY_WARNING_DAYS = env_int("EXPIRY_WARNING_DAYS", 30)

@@ -10,4 +10,7 @@ urlpatterns = [
     # Site pages list participations (studies); see sites/urls.py for why they are routed here.
     path("sites/", site_views.sites_list, name="site-list"),
     path("sites/<int:pk>/", site_views.site_detail, name="site-detail"),
+    path("sites/<int:pk>/agent-tokens/", site_views.site_agent_token_create, name="site-agent-token-create"),
+    path("sites/<int:pk>/agent-tokens/<int:token_pk>/revoke/", site_views.site_agent_token_revoke,
+         name="site-agent-token-revoke"),
 ]

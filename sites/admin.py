@@ -13,7 +13,8 @@ from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 
-from sites.models import Site, SiteUserObjectPermission
+from consortium.admin import ReadOnlyAdmin
+from sites.models import AgentToken, Site, SiteUserObjectPermission
 from sites.permissions import ADMINISTER_SITE, can_manage_sites
 from sites.services import SITE_FIELDS, site_admin_assign, site_admin_remove, site_create, site_update
 
@@ -102,3 +103,15 @@ class SiteAdmin(admin.ModelAdmin):
             site_admin_assign(actor=request.user, site=site, user=user)
         for user in sorted(current - wanted, key=lambda u: u.get_username()):
             site_admin_remove(actor=request.user, site=site, user=user)
+
+
+@admin.register(AgentToken)
+class AgentTokenAdmin(ReadOnlyAdmin):
+    """Agent tokens, read-only: site admins create and revoke them on the site page (or the API), through
+    `agent_token_create` / `agent_token_revoke`. The secret was never stored; the hash is not shown either."""
+
+    list_display = ("name", "site", "prefix", "created_by", "created_at", "last_seen_at", "revoked_at")
+    list_filter = ("site", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "prefix", "site__name", "site__code")
+    list_select_related = ("site", "created_by")
+    exclude = ("key_hash",)

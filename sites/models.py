@@ -2,8 +2,10 @@
 
 import zoneinfo
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 
@@ -47,3 +49,46 @@ class SiteUserObjectPermission(UserObjectPermissionBase):
 
 class SiteGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Site, on_delete=models.CASCADE)
+
+
+class AgentToken(models.Model):
+    """A credential the site agent of one hospital presents as `Authorization: Bearer cst_<prefix>_<secret>`.
+
+    Only the SHA-256 of the secret is stored: the secret is 32 random bytes from `secrets`, so a fast
+    hash cannot be brute-forced, and the plaintext is shown once, to the admin who created it. The
+    prefix is not secret: it finds the row and tells tokens apart on pages and in the audit log.
+    Revocation is final and takes effect on the agent's next request.
+    """
+
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="agent_tokens")
+    name = models.CharField(max_length=100, help_text="What the admin calls it, e.g. 'GPU box in radiology'.")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False, help_text="SHA-256 (hex) of the secret.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    revoke_reason = models.TextField(blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True, help_text="Last use, to the minute.")
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(revoked_at__isnull=True, revoked_by__isnull=True, revoke_reason="")
+                    | (models.Q(revoked_at__isnull=False, revoked_by__isnull=False) & ~models.Q(revoke_reason=""))
+                ),
+                name="agent_token_revocation_complete",
+                violation_error_message="A revoked token records who revoked it, when and why.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

@@ -4,7 +4,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 from guardian.shortcuts import get_objects_for_user, get_user_perms
 
-from consortium.roles import Role, has_role, sees_everything
+from consortium.roles import Role, has_role, is_person, sees_everything
 from sites.models import Site
 
 ADMINISTER_SITE = "administer_site"
@@ -14,19 +14,19 @@ User = AbstractBaseUser | AnonymousUser
 
 def can_administer(user: User, site: Site) -> bool:
     """Site admins act only for the sites they were made admin of."""
-    if not user.is_authenticated or not user.is_active:
+    if not is_person(user):
         return False
     return ADMINISTER_SITE in get_user_perms(user, site)
 
 
 def can_manage_sites(user: User) -> bool:
     """Consortium admins create sites and appoint their admins."""
-    return user.is_authenticated and (user.is_superuser or has_role(user, Role.CONSORTIUM_ADMIN))
+    return is_person(user) and (user.is_superuser or has_role(user, Role.CONSORTIUM_ADMIN))
 
 
 def sites_for(user: User, action: str = "administer") -> QuerySet[Site]:
     """Sites the user may act for ("administer") or see ("view": also every site, for PIs and overseers)."""
-    if not user.is_authenticated or not user.is_active:
+    if not is_person(user):
         return Site.objects.none()
     # PIs see every site too: they pick the sites they invite to their studies.
     if action == "view" and (sees_everything(user) or has_role(user, Role.PI) or user.is_superuser):

@@ -6,7 +6,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
 from guardian.shortcuts import get_objects_for_user, get_user_perms
 
-from consortium.roles import Role, has_role, sees_everything
+from consortium.roles import Role, has_role, is_person, sees_everything
 from sites.permissions import sites_for
 from studies.choices import (
     STUDY_EDITABLE,
@@ -21,7 +21,7 @@ User = AbstractBaseUser | AnonymousUser
 
 
 def _active(user: User) -> bool:
-    return bool(user.is_authenticated and user.is_active)
+    return is_person(user)
 
 
 def can_lead(user: User, study: Study) -> bool:

@@ -7,6 +7,13 @@ from rest_framework.test import APIClient
 EXPECTED_PATHS = {
     "/api/auth/token/": {"post"},
     "/api/sites/": {"get"},
+    "/api/sites/{id}/agent-tokens/": {"get", "post"},
+    "/api/agent-tokens/{id}/revoke/": {"post"},
+    "/api/agent/me/": {"get"},
+    "/api/agent/rounds/": {"get"},
+    "/api/agent/rounds/{round_id}/model/": {"get"},
+    "/api/agent/rounds/{round_id}/update/": {"post"},
+    "/api/agent/rounds/{round_id}/statistics/": {"post"},
     "/api/studies/": {"get", "post"},
     "/api/studies/{id}/": {"get", "patch"},
     "/api/studies/{id}/submit/": {"post"},

@@ -1,14 +1,23 @@
-"""The site admin's pages: their sites, and each site's participations across studies.
+"""The site admin's pages: their sites, each site's participations across studies, and its agent tokens.
 
 They live in `studies` because participations are a studies concept (sites must not import studies);
 `consortium/web_urls.py` routes them under /sites/."""
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
 
-from consortium.web import domain_errors
-from sites.selectors import administered_site_ids, site_get, sites_administered
+from consortium.errors import NotFound
+from consortium.services import select_or_deny
+from consortium.web import domain_errors, form_errors_text
+from sites.forms import AgentTokenCreateForm, AgentTokenRevokeForm
+from sites.models import AgentToken
+from sites.selectors import administered_site_ids, agent_token_get, site_agent_tokens, site_get, sites_administered
+from sites.services import agent_token_create, agent_token_revoke
 from studies import selectors
 from studies.views._context import participation_actions
 
@@ -35,4 +44,45 @@ def site_detail(request: HttpRequest, pk: int) -> HttpResponse:
         }
         for p in selectors.site_participations(request.user, site)
     ]
-    return render(request, "sites/detail.html", {"site": site, "rows": rows, "administers": administers})
+    context = {"site": site, "rows": rows, "administers": administers}
+    if administers:  # only its admins see the site's agent tokens, even their names
+        context |= {"agent_tokens": site_agent_tokens(request.user, site), "token_form": AgentTokenCreateForm()}
+    return render(request, "sites/detail.html", context)
+
+
+@never_cache
+@login_required
+@require_POST
+@domain_errors
+def site_agent_token_create(request: HttpRequest, pk: int) -> HttpResponse:
+    """Create a token and show it once, on this response only (never stored, never redirected with)."""
+    site = select_or_deny(request.user, "sites.agent_token.create", lambda: site_get(request.user, pk), site=pk)
+    form = AgentTokenCreateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, form_errors_text(form))
+        return redirect("site-detail", pk=site.pk)
+    token, plaintext = agent_token_create(actor=request.user, site=site, name=form.cleaned_data["name"])
+    server = request.build_absolute_uri("/").rstrip("/")
+    return render(request, "sites/agent_token_created.html",
+                  {"site": site, "token": token, "plaintext": plaintext, "server": server})
+
+
+def _token_of_site(request: HttpRequest, pk: int, token_pk: int) -> AgentToken:
+    """A token of site `pk` that the user administers; anything else is a 404, as in the API."""
+    token = agent_token_get(request.user, token_pk)
+    if token.site_id != pk:
+        raise NotFound("No such agent token on this site.", site=pk)
+    return token
+
+
+@login_required
+@require_POST
+@domain_errors
+def site_agent_token_revoke(request: HttpRequest, pk: int, token_pk: int) -> HttpResponse:
+    token = select_or_deny(request.user, "sites.agent_token.revoke", lambda: _token_of_site(request, pk, token_pk),
+                           site=pk)
+    form = AgentTokenRevokeForm(request.POST)
+    form.is_valid()  # a bare text field: always parses; the service refuses a blank reason (audited)
+    agent_token_revoke(actor=request.user, token=token, reason=form.cleaned_data.get("reason", ""))
+    messages.success(request, f"Token “{token.name}” ({token.prefix}) revoked: its agent is refused from now on.")
+    return redirect(reverse("site-detail", args=[pk]))

@@ -1,0 +1,156 @@
+"""The agent API (docs/agent-protocol.md): thin adapters over `aggregation.services`.
+
+Authenticated by agent tokens only; the gate, inside each service, decides what the site may do."""
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aggregation import selectors, services
+from consortium.api_base import StrictSerializer, errors
+from consortium.audit import record_denial
+from consortium.errors import DomainError, PayloadTooLarge, ValidationFailed
+from sites.authentication import AgentTokenAuthentication, IsAgent
+
+AGENT = ["agent"]
+
+
+class AgentApi(APIView):
+    authentication_classes = [AgentTokenAuthentication]
+    permission_classes = [IsAgent]
+
+
+class AgentMeApi(AgentApi):
+    class OutputSerializer(serializers.Serializer):
+        site = serializers.DictField()
+        token = serializers.DictField()
+
+        class Meta:
+            ref_name = "AgentMeOutput"
+
+    @extend_schema(tags=AGENT, responses={200: OutputSerializer, **errors()}, summary="Which site this agent acts for")
+    def get(self, request: Request) -> Response:
+        site, token = request.user.site, request.user.token
+        return Response({"site": {"id": site.pk, "code": site.code, "name": site.name},
+                         "token": {"prefix": token.prefix, "name": token.name, "created_at": token.created_at}})
+
+
+class AgentRoundListApi(AgentApi):
+    @extend_schema(tags=AGENT, responses={200: OpenApiTypes.OBJECT, **errors()},
+                   summary="Open rounds this site may work on now")
+    def get(self, request: Request) -> Response:
+        return Response(selectors.open_rounds_for_site(request.user.site_id))
+
+
+class AgentModelDownloadApi(AgentApi):
+    @extend_schema(tags=AGENT, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
+                                          **errors(404, 409)},
+                   summary="Download the round's global model (safetensors; audited)")
+    def get(self, request: Request, round_id: int) -> HttpResponse:
+        version, data = services.model_download(actor=request.user, round_id=round_id)
+        response = HttpResponse(data, content_type="application/octet-stream")
+        response["X-Model-SHA256"] = version.sha256
+        response["X-Model-Version"] = str(version.number)
+        filename = f"study{version.study_id}-v{version.number}.safetensors"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+
+def _header_int(request: Request, name: str) -> int:
+    raw = request.headers.get(name, "")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationFailed(f"Header {name} must be an integer (got {raw!r}).", code="bad_header") from None
+
+
+def _metrics(request: Request) -> dict[str, Any]:
+    try:
+        metrics = json.loads(request.headers.get("X-Metrics", "{}"))
+    except json.JSONDecodeError:
+        raise ValidationFailed("Header X-Metrics must be a JSON object.", code="bad_header") from None
+    if not isinstance(metrics, dict):
+        raise ValidationFailed("Header X-Metrics must be a JSON object.", code="bad_header")
+    return metrics
+
+
+def _body(request: Request) -> bytes:
+    """The upload, read no further than the limit (the ASGI middleware already refused larger bodies)."""
+    limit = settings.MAX_UPDATE_BYTES
+    if int(request.headers.get("Content-Length") or 0) > limit:
+        raise PayloadTooLarge(f"The update is over the {limit:,}-byte limit.", code="too_large")
+    data = request.stream.read(limit + 1) if request.stream is not None else b""
+    if len(data) > limit:
+        raise PayloadTooLarge(f"The update is over the {limit:,}-byte limit.", code="too_large")
+    return data
+
+
+UPDATE_HEADERS = [
+    OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True),
+    OpenApiParameter("X-Round", int, OpenApiParameter.HEADER, required=True),
+    OpenApiParameter("X-Base-Version", int, OpenApiParameter.HEADER, required=True),
+    OpenApiParameter("X-Num-Examples", int, OpenApiParameter.HEADER, required=True),
+    OpenApiParameter("X-Metrics", str, OpenApiParameter.HEADER, description="JSON object of metrics"),
+]
+
+
+class AgentUpdateSubmitApi(AgentApi):
+    class OutputSerializer(serializers.Serializer):
+        update_id = serializers.IntegerField()
+        round_id = serializers.IntegerField()
+        sha256 = serializers.CharField()
+        status = serializers.CharField()
+
+        class Meta:
+            ref_name = "AgentUpdateOutput"
+
+    @extend_schema(tags=AGENT, parameters=UPDATE_HEADERS, request={"application/octet-stream": OpenApiTypes.BINARY},
+                   responses={201: OutputSerializer, 200: OutputSerializer, **errors(400, 404, 409)},
+                   summary="Submit the site's trained weights (safetensors)")
+    def post(self, request: Request, round_id: int) -> Response:
+        try:
+            key = request.headers.get("Idempotency-Key", "").strip()
+            if not key or len(key) > 100:
+                raise ValidationFailed("Send an Idempotency-Key header (at most 100 characters).", code="bad_header")
+            parsed = {"body": _body(request), "round_number": _header_int(request, "X-Round"),
+                      "base_version": _header_int(request, "X-Base-Version"),
+                      "num_examples": _header_int(request, "X-Num-Examples"), "metrics": _metrics(request)}
+        except DomainError as exc:
+            # Refused before the service runs: audited all the same, as the service audits its refusals.
+            record_denial(actor=request.user, action="aggregation.update.submit", reason=exc.message,
+                          site=request.user.site_id, details={"code": exc.code})
+            raise
+        update, created = services.update_submit(actor=request.user, round_id=round_id, idempotency_key=key, **parsed)
+        body = {"update_id": update.pk, "round_id": update.round_id, "sha256": update.sha256, "status": "accepted"}
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class AgentStatisticsSubmitApi(AgentApi):
+    class InputSerializer(StrictSerializer):
+        features = serializers.ListField(child=serializers.CharField(), min_length=1)
+        count = serializers.IntegerField(min_value=0)
+        sum = serializers.ListField(child=serializers.FloatField())
+        sum_sq = serializers.ListField(child=serializers.FloatField())
+
+        class Meta:
+            ref_name = "AgentStatisticsInput"
+
+    @extend_schema(tags=AGENT, request=InputSerializer, responses={201: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
+                   summary="Submit the site's feature counts, sums and sums of squares")
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        row = services.statistics_submit(
+            actor=request.user, round_id=round_id, features=data.validated_data["features"],
+            count=data.validated_data["count"], sums=data.validated_data["sum"],
+            sums_of_squares=data.validated_data["sum_sq"],
+        )
+        return Response({"round_id": row.round_id, "status": "accepted"}, status=status.HTTP_201_CREATED)

@@ -1,0 +1,32 @@
+"""Round and update statuses; transitions are data."""
+
+from django.db import models
+
+
+class RoundKind(models.TextChoices):
+    STATISTICS = "statistics", "Federated statistics"
+    TRAINING = "training", "Training"
+
+
+class RoundStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    AGGREGATING = "aggregating", "Aggregating"
+    CLOSED = "closed", "Closed"
+    BLOCKED = "blocked", "Blocked by the gate"
+    FAILED = "failed", "Failed"
+
+
+ROUND_TRANSITIONS: dict[str, set[str]] = {
+    RoundStatus.OPEN: {RoundStatus.AGGREGATING, RoundStatus.CLOSED, RoundStatus.BLOCKED, RoundStatus.FAILED},
+    RoundStatus.AGGREGATING: {RoundStatus.CLOSED, RoundStatus.BLOCKED, RoundStatus.FAILED},
+    RoundStatus.CLOSED: set(),
+    RoundStatus.BLOCKED: set(),
+    RoundStatus.FAILED: set(),
+}
+ROUND_LIVE = [RoundStatus.OPEN, RoundStatus.AGGREGATING]
+
+
+class UpdateStatus(models.TextChoices):
+    ACCEPTED = "accepted", "Accepted"
+    INCLUDED = "included", "Included in the new model"
+    EXCLUDED = "excluded", "Excluded"

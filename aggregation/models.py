@@ -1,0 +1,125 @@
+"""Rounds, the updates sites submit, model versions with provenance, and federated statistics.
+Tensors live on disk as safetensors (path + SHA-256 here); workflows live in `aggregation.services`."""
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
+from sites.models import Site
+from studies.models import Study
+
+
+class ModelVersion(models.Model):
+    """One global model of a study: v0 is the initial model, each closed training round adds one."""
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="model_versions")
+    number = models.PositiveIntegerField()
+    # One version per round, enforced by the database: a task that runs twice cannot add a second.
+    round = models.OneToOneField("Round", null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="produced_version")
+    path = models.CharField(max_length=500, help_text="Relative to the data folder.")
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    spec = models.JSONField(help_text="Tensor names, shapes and dtypes every update must match.")
+    provenance = models.JSONField(default=dict)
+    evaluation = models.JSONField(default=dict, blank=True,
+                                  help_text="Sites' validation metrics of this model, and their mean.")
+    optimizer_state_path = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "number"]
+        constraints = [models.UniqueConstraint(fields=["study", "number"], name="model_version_number_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.study} v{self.number}"
+
+
+class Round(models.Model):
+    """A federated round: a statistics round, or a training round from `base_version`."""
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="rounds_run")
+    number = models.PositiveIntegerField(help_text="Every round of the study counts, from 1.")
+    kind = models.CharField(max_length=16, choices=RoundKind.choices)
+    status = models.CharField(max_length=16, choices=RoundStatus.choices, default=RoundStatus.OPEN)
+    status_reason = models.TextField(blank=True)
+    base_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="rounds_based_on")
+    opened_at = models.DateTimeField()
+    deadline = models.DateTimeField()
+    aggregation_started_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    gate_result = models.JSONField(default=dict, blank=True, help_text="The gate's verdict at aggregation.")
+
+    class Meta:
+        ordering = ["study", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "number"], name="round_number_unique"),
+            models.UniqueConstraint(fields=["study"], condition=Q(status__in=ROUND_LIVE), name="one_live_round"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study} round {self.number} ({self.get_status_display()})"
+
+
+class Update(models.Model):
+    """A site's trained weights for a round (on disk, content-addressed) with its weight and metrics."""
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="updates")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="updates")
+    base_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=16, choices=UpdateStatus.choices, default=UpdateStatus.ACCEPTED)
+    exclusion_reason = models.TextField(blank=True)
+    path = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    num_examples = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    metrics = models.JSONField(default=dict, blank=True)
+    weight_norm = models.FloatField(help_text="L2 norm of the submitted weights.")
+    delta_norm = models.FloatField(help_text="L2 norm of (submitted - base) weights.")
+    idempotency_key = models.CharField(max_length=100)
+    submitted_by = models.CharField(max_length=200, help_text="The agent credential that sent it.")
+    downloaded_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["round", "site__name"]
+        constraints = [models.UniqueConstraint(fields=["round", "site"], name="one_update_per_site_per_round")]
+
+    def __str__(self) -> str:
+        return f"Update of {self.site} for {self.round}"
+
+
+class SiteStatistics(models.Model):
+    """One site's counts, sums and sums of squares per feature for a statistics round (never rows)."""
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="statistics")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    features = models.JSONField()
+    count = models.PositiveIntegerField()
+    sums = models.JSONField()
+    sums_of_squares = models.JSONField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["round", "site"], name="one_statistics_per_site_per_round")]
+
+    def __str__(self) -> str:
+        return f"Statistics of {self.site_id} for round {self.round_id}"
+
+
+class Standardization(models.Model):
+    """The pooled mean and standard deviation every site standardizes its features with."""
+
+    study = models.OneToOneField(Study, on_delete=models.PROTECT, related_name="standardization")
+    round = models.OneToOneField(Round, on_delete=models.PROTECT, related_name="+")
+    features = models.JSONField()
+    mean = models.JSONField()
+    std = models.JSONField()
+    sites = models.PositiveIntegerField()
+    examples = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Standardization of {self.study_id} ({self.sites} sites, {self.examples} rows)"

@@ -1,0 +1,15 @@
+"""Every state change of rounds, updates and model versions."""
+
+from aggregation.services.aggregate import round_aggregate
+from aggregation.services.rounds import round_check_deadline, round_open_next, rounds_tick
+from aggregation.services.submissions import model_download, statistics_submit, update_submit
+
+__all__ = [
+    "model_download",
+    "round_aggregate",
+    "round_check_deadline",
+    "round_open_next",
+    "rounds_tick",
+    "statistics_submit",
+    "update_submit",
+]

@@ -1,0 +1,68 @@
+"""Shared steps of the round services: storage of tensors, locking, state moves, the agent's view."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from django.conf import settings
+from django.utils import timezone
+
+from aggregation import codec
+from aggregation.choices import ROUND_TRANSITIONS, RoundStatus
+from aggregation.models import ModelVersion, Round
+from consortium.audit import record
+from consortium.errors import InvalidTransition, NotFound
+from studies.models import Participation
+
+
+def store(data: bytes, kind: str, study_id: int) -> tuple[str, str]:
+    """Write safetensors bytes under the model store; returns (path relative to the store, SHA-256)."""
+    path, digest = codec.write_file(data, Path(settings.MODEL_STORE) / kind / str(study_id))
+    return str(path.relative_to(settings.MODEL_STORE)), digest
+
+
+def load_bytes(relative: str) -> bytes:
+    return (Path(settings.MODEL_STORE) / relative).read_bytes()
+
+
+def absolute(relative: str) -> Path:
+    return Path(settings.MODEL_STORE) / relative
+
+
+def version_tensors(version: ModelVersion) -> dict[str, torch.Tensor]:
+    """A stored model version's tensors, after checking the file still matches its recorded SHA-256."""
+    data = load_bytes(version.path)
+    if codec.sha256_hex(data) != version.sha256:
+        raise RuntimeError(f"Stored model v{version.number} of study {version.study_id} does not match its SHA-256.")
+    return codec.decode(data, expected=spec(version), max_bytes=len(data))
+
+
+def spec(version: ModelVersion) -> codec.TensorSpec:
+    return {name: (tuple(shape), dtype) for name, (shape, dtype) in version.spec.items()}
+
+
+def lock_round_for_site(round_id: int, site_id: int, *, lock: bool = True) -> Round:
+    """The round (under a row lock unless `lock` is False), if the site takes or took part in its study; else 404."""
+    rounds = Round.objects.select_for_update(of=("self",)) if lock else Round.objects
+    found = rounds.select_related("study", "base_version").filter(pk=round_id).first()
+    if found is None or not Participation.objects.filter(study_id=found.study_id, site_id=site_id).exists():
+        raise NotFound("No such round.")
+    return found
+
+
+def move_round(round_: Round, to: RoundStatus, *, actor: Any, reason: str = "", details: dict | None = None) -> None:
+    """One round state step, audited; an illegal one is refused."""
+    if to not in ROUND_TRANSITIONS[round_.status]:
+        raise InvalidTransition(f"Round {round_.number} is {round_.get_status_display().lower()} and cannot become "
+                                f"{RoundStatus(to).label.lower()}.", study=round_.study_id)
+    before = round_.status
+    round_.status, round_.status_reason = to, reason
+    if to in (RoundStatus.CLOSED, RoundStatus.BLOCKED, RoundStatus.FAILED):
+        round_.closed_at = timezone.now()
+    if to == RoundStatus.AGGREGATING:
+        round_.aggregation_started_at = timezone.now()
+    round_.full_clean()
+    round_.save()
+    record(actor=actor, action=f"aggregation.round.{to}", target=round_, study=round_.study_id,
+           details={"round": round_.number, "kind": round_.kind, "before": before, "after": to, "reason": reason,
+                    **(details or {})})

@@ -1,0 +1,73 @@
+"""ASGI middleware that refuses oversized uploads before Django reads them.
+
+Under ASGI, Django reads a whole request body (spooling large ones to disk) before a view runs, so
+a limit checked in the view comes too late. This middleware answers 413 from the Content-Length
+header alone, and otherwise counts the streamed bytes and answers 413 as soon as they pass the limit,
+holding at most `limit` bytes in memory. Only paths under `prefix` are limited.
+"""
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class UploadSizeLimit:
+    def __init__(self, app: Callable[..., Awaitable[None]], *, limit: int, prefix: str):
+        self.app, self.limit, self.prefix = app, limit, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix) or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        declared = self._content_length(scope)
+        if declared is not None and declared > self.limit:
+            await self._refuse(send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    @staticmethod
+    def _content_length(scope: Scope) -> int | None:
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"error": "too_large", "detail": f"The upload is over the {self.limit:,}-byte limit."})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that hands the buffered body to the app once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,71 @@
+"""DRF authentication and permission for the agent API: `Authorization: Bearer cst_<prefix>_<secret>`.
+
+Not a default authentication class: only the agent endpoints set
+`authentication_classes = [AgentTokenAuthentication]` and `permission_classes = [IsAgent]`.
+Every request re-reads the token, so a revocation is refused on the agent's very next request.
+"""
+
+from datetime import UTC
+
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from sites.agents import AgentPrincipal
+from sites.models import AgentToken
+from sites.selectors import agent_token_identify
+from sites.services import agent_token_authenticate
+
+KEYWORD = "Bearer"
+MALFORMED = "Malformed Authorization header: send 'Authorization: Bearer <agent token>'."
+UNKNOWN = "Unknown agent token."
+
+
+def refusal(raw: str) -> str:
+    """Why a presented token was refused, in words the site's admin can act on."""
+    token = agent_token_identify(raw)
+    if token is None:
+        return UNKNOWN
+    return revoked_message(token)
+
+
+def revoked_message(token: AgentToken) -> str:
+    moment = token.revoked_at.astimezone(UTC) if token.revoked_at else None
+    when = f"{moment:%Y-%m-%d %H:%M} UTC" if moment else "an unknown date"
+    reason = token.revoke_reason.strip()
+    return f"This agent token was revoked on {when}: {reason}{'' if reason.endswith(('.', '!', '?')) else '.'}"
+
+
+class AgentTokenAuthentication(BaseAuthentication):
+    """A site agent's bearer token: valid gives `(AgentPrincipal, AgentToken)`; malformed, unknown or
+    revoked is a 401 that says which. No `Bearer` header at all lets other authenticators try."""
+
+    def authenticate(self, request: Request) -> tuple[AgentPrincipal, AgentToken] | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != KEYWORD.lower().encode():
+            return None
+        if len(parts) != 2:
+            raise AuthenticationFailed(MALFORMED)
+        try:
+            raw = parts[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthenticationFailed(UNKNOWN) from None
+        token = agent_token_authenticate(raw)
+        if token is None:
+            raise AuthenticationFailed(refusal(raw))
+        return AgentPrincipal(token), token
+
+    def authenticate_header(self, request: Request) -> str:
+        # Makes DRF answer 401 (not 403) to a missing or refused token, with a challenge that names the scheme.
+        return KEYWORD
+
+
+class IsAgent(BasePermission):
+    """The caller is a site agent (authenticated by `AgentTokenAuthentication`), not a person."""
+
+    message = "Only a site agent may call this endpoint: send 'Authorization: Bearer <agent token>'."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return isinstance(request.user, AgentPrincipal)

@@ -1,0 +1,211 @@
+"""The demo consortium: four hospitals, their admins, a PI, a DPO, an auditor and two studies.
+
+Everything governed is built through the services with the person who would do it in real life as
+the actor, so the audit log records the whole story. Only users are created directly: managing them
+is the consortium admin's job in the Django admin, and there is no user service. Used by
+`seed_demo` and by the headless `run_study_demo`.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.utils import timezone
+
+from consortium.audit import SYSTEM
+from consortium.roles import Role
+from consortium.services import user_roles_changed
+from sites.models import Site
+from sites.services import site_admin_assign, site_create
+from studies import services
+from studies.models import Participation, Study
+
+DEMO_PASSWORD = "consortium-demo"
+URL = "http://127.0.0.1:8000/"
+ACTIVE_TITLE = "Breast cancer malignancy from FNA cytology"
+PENDING_TITLE = "Sepsis onset within 48 hours of ICU admission"
+
+
+@dataclass(frozen=True)
+class DemoSite:
+    code: str
+    name: str
+    city: str
+    country: str
+    timezone: str
+    ethics_reference: str
+    admin_name: tuple[str, str]
+
+
+SITES = (
+    DemoSite("amc", "Amsterdam UMC", "Amsterdam", "Netherlands", "Europe/Amsterdam", "METC 2025-0457",
+             ("Pieter", "Bakker")),
+    DemoSite("charite", "Charité – Universitätsmedizin Berlin", "Berlin", "Germany", "Europe/Berlin",
+             "EA1/118/25", ("Lena", "Schulz")),
+    DemoSite("clinic", "Hospital Clínic de Barcelona", "Barcelona", "Spain", "Europe/Madrid", "HCB/2025/0871",
+             ("Marta", "Puig")),
+    DemoSite("hus", "Helsinki University Hospital", "Helsinki", "Finland", "Europe/Helsinki", "HUS/2291/2025",
+             ("Mikko", "Virtanen")),
+)
+# This site's ethics approval for the active study lapses soon, so the study page warns about it.
+EXPIRING_SITE, EXPIRING_IN_DAYS = "hus", 19
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    username: str
+    name: tuple[str, str]
+    roles: tuple[Role, ...]
+    note: str
+    staff: bool = False
+
+
+USERS = (
+    DemoUser("pi", ("Anna", "Visser"), (Role.PI,), "leads both studies; creates, submits, approves as PI"),
+    DemoUser("dpo", ("Jonas", "Becker"), (Role.DPO,), "keeps the DPIAs; approves or rejects studies"),
+    DemoUser("auditor", ("Claire", "Dubois"), (Role.AUDITOR,), "reads everything; exports the audit log"),
+    DemoUser("admin", ("Consortium", "Administrator"), (Role.CONSORTIUM_ADMIN,),
+             "sites, users and roles in the Django admin (/admin/)", staff=True),
+    *(DemoUser(f"admin_{s.code}", s.admin_name, (), f"acts for {s.name} ({s.timezone})") for s in SITES),
+)
+
+DUA_TEXT = """Data use agreement for the study "{title}".
+
+1. Purpose. Each site processes its own pseudonymised patient data solely to train and evaluate the
+   model defined in the study protocol, and for no other purpose.
+2. Data stay at the site. No patient-level record, image or free text leaves a site. Only model
+   parameters, their updates and aggregate validation metrics are exchanged with the coordinator.
+3. Legal basis. Each site confirms its ethics committee approval and a lawful basis under Articles 6
+   and 9(2)(j) GDPR before its participation is granted, and keeps both valid for as long as it takes part.
+4. Security. Updates travel over TLS; agent credentials are personal to the site and revocable.
+5. Withdrawal. A site may suspend or revoke its participation at any time; from that moment no new
+   update of that site is used.
+6. Publication. Results are published jointly; no site is identified by its own metrics without consent.
+"""
+
+
+def seed(password: str) -> None:
+    """Build the whole demo; call inside one transaction so a failure leaves nothing half-made."""
+    users = {demo.username: _create_user(demo, password) for demo in USERS}
+    admin = users["admin"]
+    sites: dict[str, Site] = {}
+    for demo in SITES:
+        sites[demo.code] = site_create(actor=admin, name=demo.name, code=demo.code, city=demo.city,
+                                       country=demo.country, timezone=demo.timezone)
+        site_admin_assign(actor=admin, site=sites[demo.code], user=users[f"admin_{demo.code}"])
+    _active_study(users, sites)
+    _pending_study(users, sites)
+
+
+def _create_user(demo: DemoUser, password: str) -> AbstractBaseUser:
+    first, last = demo.name
+    user = get_user_model().objects.create_user(
+        username=demo.username, password=password, email=f"{demo.username}@consortium.example",
+        first_name=first, last_name=last, is_staff=demo.staff, is_superuser=demo.staff,
+    )
+    user.groups.add(*(Group.objects.get_or_create(name=role.value)[0] for role in demo.roles))
+    user_roles_changed(actor=SYSTEM, user=user, before=[], after=[r.value for r in demo.roles], via="seed_demo")
+    return user
+
+
+def _local(site: Site, days: int, at: time) -> datetime:
+    """`at` o'clock in the site's own time zone, `days` from its today: how a site admin enters dates."""
+    day = timezone.localdate(timezone.now(), site.tzinfo) + timedelta(days=days)
+    return datetime.combine(day, at, tzinfo=site.tzinfo)
+
+
+def govern(users: dict[str, AbstractBaseUser], study: Study, site: Site, *, sign: bool = True,
+            ethics_days: int | None = 730) -> Participation:
+    """The PI invites the site; its admin grants participation, signs the current DUA and records ethics."""
+    admin = users[f"admin_{site.code}"]
+    participation = services.participation_invite(actor=users["pi"], study=study, site=site)
+    services.participation_grant(actor=admin, participation=participation, reason="Approved by the site's board.")
+    if sign:
+        agreement = study.agreement_versions.order_by("-version").first()
+        services.agreement_sign(actor=admin, agreement=agreement, participation=participation)
+    if ethics_days is not None:
+        reference = next(s.ethics_reference for s in SITES if s.code == site.code)
+        services.ethics_record(actor=admin, participation=participation, reference=reference,
+                               valid_from=_local(site, -90, time(0, 0)), valid_until=_local(site, ethics_days,
+                                                                                              time(23, 59)))
+    return participation
+
+
+def _active_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) -> Study:
+    """The breast cancer study: every site governed, DPIA approved, four-eyes approved, active."""
+    pi, dpo = users["pi"], users["dpo"]
+    study = services.study_create(
+        actor=pi, title=ACTIVE_TITLE, agreement_text=DUA_TEXT.format(title=ACTIVE_TITLE),
+        clinical_question=(
+            "Can a model trained across four hospitals, without pooling their data, tell malignant from benign "
+            "breast masses using the 30 nuclear features measured on fine-needle aspirate (FNA) cytology images, "
+            "as well as a model trained on all the data in one place?"
+        ),
+        model_kind="logistic_regression", strategy="fedavg", rounds=20, local_epochs=2, batch_size=32,
+        learning_rate=0.05, quorum=3, round_deadline_minutes=30, label_column="target",
+    )
+    for code, site in sites.items():
+        govern(users, study, site, ethics_days=EXPIRING_IN_DAYS if code == EXPIRING_SITE else 730)
+    services.dpia_save(actor=dpo, study=study, risk_level="low", valid_until=timezone.now() + timedelta(days=365),
+                       summary="Pseudonymised cytology features stay at each site; only model weights and "
+                               "aggregate metrics reach the coordinator. Re-identification risk from a 31-parameter "
+                               "linear model is negligible.")
+    services.dpia_submit(actor=dpo, study=study)
+    services.dpia_approve(actor=dpo, study=study, comment="Low risk; review again in a year.")
+    services.study_submit(actor=pi, study=study)
+    services.study_approve(actor=pi, study=study, comment="Protocol as agreed with the four sites.")
+    services.study_approve(actor=dpo, study=study, comment="DPIA approved; DUA covers the processing.")
+    return services.study_activate(actor=pi, study=study)
+
+
+def _pending_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) -> Study:
+    """The sepsis study: submitted, sites at different steps, DPIA under review, no approvals yet."""
+    pi, dpo = users["pi"], users["dpo"]
+    study = services.study_create(
+        actor=pi, title=PENDING_TITLE, agreement_text=DUA_TEXT.format(title=PENDING_TITLE),
+        clinical_question=(
+            "Can routinely collected vital signs and laboratory values from the first 6 hours in intensive care "
+            "predict the onset of sepsis within 48 hours of admission?"
+        ),
+        model_kind="mlp", hidden_units=32, strategy="fedprox", proximal_mu=0.01, rounds=30, local_epochs=1,
+        batch_size=64, learning_rate=0.01, quorum=3, round_deadline_minutes=60, label_column="sepsis_48h",
+    )
+    govern(users, study, sites["amc"])
+    govern(users, study, sites["charite"])
+    govern(users, study, sites["clinic"], sign=False, ethics_days=None)  # granted; DUA and ethics still to come
+    services.participation_invite(actor=pi, study=study, site=sites["hus"])  # invited, not yet answered
+    services.dpia_save(actor=dpo, study=study, risk_level="medium", valid_until=timezone.now() + timedelta(days=365),
+                       summary="ICU vital signs and laboratory values, pseudonymised at the site. A hidden layer "
+                               "may memorise rare patients: assess membership-inference risk before approval.")
+    services.dpia_submit(actor=dpo, study=study)
+    return services.study_submit(actor=pi, study=study)
+
+
+def demo_users() -> dict[str, AbstractBaseUser]:
+    """The seeded demo users by username."""
+    names = [demo.username for demo in USERS]
+    return {user.username: user for user in get_user_model().objects.filter(username__in=names)}
+
+
+def federation_study(*, title: str, rounds: int) -> Study:
+    """A fresh, fully governed, active copy of the breast cancer study for a headless run
+    (`run_study_demo`), over the four demo sites."""
+    users = demo_users()
+    pi, dpo = users["pi"], users["dpo"]
+    study = services.study_create(
+        actor=pi, title=title, agreement_text=DUA_TEXT.format(title=title),
+        clinical_question="Headless run of the breast cancer federation: malignant or benign from FNA features?",
+        model_kind="logistic_regression", strategy="fedavg", rounds=rounds, local_epochs=2, batch_size=32,
+        learning_rate=0.05, quorum=3, round_deadline_minutes=10, label_column="target",
+    )
+    for site in Site.objects.filter(code__in=[s.code for s in SITES]):
+        govern(users, study, site)
+    services.dpia_save(actor=dpo, study=study, risk_level="low", valid_until=timezone.now() + timedelta(days=30),
+                       summary="Demo data shipped with scikit-learn; only weights and metrics leave the sites.")
+    services.dpia_submit(actor=dpo, study=study)
+    services.dpia_approve(actor=dpo, study=study)
+    services.study_submit(actor=pi, study=study)
+    services.study_approve(actor=pi, study=study)
+    services.study_approve(actor=dpo, study=study)
+    return services.study_activate(actor=pi, study=study)

@@ -63,7 +63,7 @@ def free_port() -> int:
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
-    return _spawn(["daphne", "-b", "127.0.0.1", "-p", str(port), "consortium.asgi:application"], log)
+    return spawn(["daphne", "-b", "127.0.0.1", "-p", str(port), "consortium.asgi:application"], log)
 
 
 def start_worker(log: Path, *, tick_seconds: int = 5) -> subprocess.Popen:
@@ -71,20 +71,20 @@ def start_worker(log: Path, *, tick_seconds: int = 5) -> subprocess.Popen:
     schedule = Path(settings.DATA_DIR) / "celerybeat-schedule"
     command = ["celery", "-A", "consortium", "worker", "--beat", "--schedule", str(schedule), "--concurrency", "1",
                "--loglevel", "INFO"]
-    return _spawn(command, log, ROUNDS_TICK_SECONDS=str(tick_seconds))
+    return spawn(command, log, ROUNDS_TICK_SECONDS=str(tick_seconds))
 
 
 def start_agents(server: str, tokens: dict[str, str], data: dict[str, Path], logs: Path, *, poll: float = 1.0,
                  studies: Iterable[int] = ()) -> list[subprocess.Popen]:
     only = [arg for study in studies for arg in ("--study", str(study))]
     return [
-        _spawn([sys.executable, "-m", "sites.agent", "--server", server, "--data", str(data[code]), "--poll",
+        spawn([sys.executable, "-m", "sites.agent", "--server", server, "--data", str(data[code]), "--poll",
                 str(poll), "--seed", str(index), *only], logs / f"agent_{code}.log", CONSORTIUM_AGENT_TOKEN=token)
         for index, (code, token) in enumerate(sorted(tokens.items()))
     ]
 
 
-def _spawn(command: list[str], log: Path, **env: str) -> subprocess.Popen:
+def spawn(command: list[str], log: Path, **env: str) -> subprocess.Popen:
     """A child process of this one, logging to `log`, in the project folder and the same environment."""
     log.parent.mkdir(parents=True, exist_ok=True)
     if command[0] in {"daphne", "celery"}:

@@ -21,7 +21,8 @@ class UploadSizeLimit:
         self.app, self.limit, self.prefix = app, limit, prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix) or scope["method"] != "POST":
+        # Every method: Django would spool a PUT's or PATCH's body to disk before answering 405.
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
         declared = self._content_length(scope)

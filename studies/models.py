@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -122,6 +123,13 @@ class Study(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+    def clean(self) -> None:
+        robust = {Strategy.MEDIAN, Strategy.TRIMMED_MEAN, Strategy.KRUM, Strategy.MULTI_KRUM}
+        if self.dp_noise_multiplier > 0 and self.strategy in robust:
+            # DP-FedAvg's noise is calibrated to a clipped mean; a median or Krum has another sensitivity.
+            raise ValidationError({"dp_noise_multiplier": "Differential privacy works with averaging strategies "
+                                                          "(FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad) only."})
 
     def protocol(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in PROTOCOL_FIELDS}

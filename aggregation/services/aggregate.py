@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from aggregation import codec
@@ -29,6 +29,10 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
     try:
         with transaction.atomic():
             return _aggregate(round_id, moment or timezone.now())
+    except OperationalError:
+        # Transient (a lock, a dropped connection): the round stays aggregating for the task's retry.
+        logger.warning("Aggregation of round %s hit a database error; it will be retried", round_id, exc_info=True)
+        raise
     except Exception as exc:
         logger.exception("Aggregation of round %s failed", round_id)
         with transaction.atomic():
@@ -39,7 +43,8 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
 
 
 def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
-    round_ = Round.objects.select_for_update().select_related("base_version").get(pk=round_id)
+    # `of`: PostgreSQL cannot lock the nullable side of the outer join to base_version.
+    round_ = Round.objects.select_for_update(of=("self",)).select_related("base_version").get(pk=round_id)
     if round_.status not in ROUND_LIVE:
         return ModelVersion.objects.filter(round=round_).first()
     study = Study.objects.select_for_update().get(pk=round_.study_id)
@@ -115,7 +120,7 @@ def _strategy_settings(study: Study, round_: Round) -> dict[str, Any]:
         "byzantine_sites": study.byzantine_sites,
         "dp_noise_multiplier": study.dp_noise_multiplier,
         "dp_clip_norm": study.dp_clip_norm,
-        "seed": round_.pk,  # DP noise: reproducible for an audit, different every round
+        "dp_seed": round_.pk,  # DP noise: reproducible for an audit, different every round
     }
 
 

@@ -144,6 +144,12 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
     moment = moment or timezone.now()
     for round_id in Round.objects.filter(status=RoundStatus.OPEN, deadline__lte=moment).values_list("pk", flat=True):
         round_check_deadline(round_id=round_id, moment=moment)
+    # A site that became ineligible may leave every remaining eligible site already submitted.
+    for round_id in Round.objects.filter(status=RoundStatus.OPEN, deadline__gt=moment).values_list("pk", flat=True):
+        with transaction.atomic():
+            round_ = Round.objects.select_for_update(of=("self",)).select_related("study").get(pk=round_id)
+            if round_.status == RoundStatus.OPEN:
+                round_complete_if_ready(round_, moment=moment)
     stuck = Round.objects.filter(status=RoundStatus.AGGREGATING,
                                  aggregation_started_at__lte=moment - AGGREGATION_RESCUE_AFTER)
     for round_id in stuck.values_list("pk", flat=True):

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from aggregation import demo
 from aggregation.choices import RoundKind, RoundStatus
-from aggregation.models import Round
+from aggregation.models import ModelVersion, Round
 from aggregation.selectors import AGENT_PROTOCOL_FIELDS, latest_version
 from aggregation.services._common import version_tensors
 from sites.agent import data as agent_data
@@ -67,10 +67,7 @@ class Command(BaseCommand):
             if stuck:
                 raise CommandError(f"Round {stuck.number} {stuck.get_status_display().lower()}: {stuck.status_reason}")
             if done > reported:
-                version = latest_version(study)
-                auc = (version.evaluation.get("global") or {}).get("val_auc") if version else None
-                self.stdout.write(f"  round {done}/{rounds} closed" + (f"; previous model's mean val AUC {auc:.3f}"
-                                                                        if auc is not None else ""))
+                self.stdout.write(f"  round {done}/{rounds} closed{_last_evaluation(study)}")
                 reported = done
             if done >= rounds:
                 return
@@ -112,6 +109,13 @@ def _alone(rows: agent_data.Dataset, protocol: dict[str, Any], epochs: int, test
     own = agent_data.standardization_of(rows)
     state = demo_data.train_local(rows, protocol, epochs, standardization=own)
     return demo_data.evaluate(state, test, protocol, standardization=own)["auc"]
+
+
+def _last_evaluation(study: Study) -> str:
+    """The sites' mean validation AUC of the newest model they have evaluated (they do so on download)."""
+    version = ModelVersion.objects.filter(study=study).exclude(evaluation={}).order_by("-number").first()
+    auc = (version.evaluation.get("global") or {}).get("val_auc") if version else None
+    return f"; model v{version.number}: sites' mean validation AUC {auc:.3f}" if auc is not None else ""
 
 
 def _json_line(figures: dict[str, Any]) -> str:

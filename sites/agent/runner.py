@@ -1,0 +1,233 @@
+"""The agent's loop: ask the coordinator for open rounds and do each one once. Imports no Django.
+
+A statistics round sends counts, sums and sums of squares; a training round downloads the global model,
+checks its SHA-256, evaluates it, trains from it and submits the weights. Data rows are never sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aggregation import codec
+
+from .client import (
+    AgentClient,
+    AgentError,
+    ApiError,
+    CoordinatorUnreachable,
+    ModelIntegrityError,
+    TokenRefused,
+    new_idempotency_key,
+)
+from .data import DEFAULT_LABEL, DataError, Dataset, Table, local_statistics, split, standardize
+from .training import LocalUpdate, Protocol, check_features, local_update
+
+MAX_MODEL_BYTES = 512 * 1024 * 1024
+
+
+class FatalAgentError(AgentError):
+    """The agent cannot go on at all (token refused, site refused): stop and tell the site's staff."""
+
+
+@dataclass
+class PendingUpdate:
+    """A trained update kept until the coordinator confirms it, so a later retry sends the same key and bytes."""
+
+    body: bytes
+    headers: dict[str, Any]
+    idempotency_key: str = field(default_factory=new_idempotency_key)
+
+
+@dataclass
+class PassResult:
+    """What one pass over the open rounds did."""
+
+    done: int = 0
+    failed: int = 0
+
+
+class Agent:
+    """One site's agent: one coordinator, one data table, one settled seed."""
+
+    def __init__(self, client: AgentClient, table: Table, *, label: str | None = None, val_fraction: float = 0.2,
+                 seed: int = 0, say: Callable[[str], None] = print, studies: Sequence[int] = ()):
+        self.client, self.table, self.label = client, table, label
+        self.studies = set(studies)  # empty: every study the site takes part in
+        self.val_fraction, self.seed, self.say = val_fraction, seed, say
+        self.finished: set[int] = set()  # rounds submitted, or refused for good, by this process
+        self.pending: dict[int, PendingUpdate] = {}
+        self._idle = False
+
+    def introduce(self) -> dict[str, Any]:
+        """GET /me/: proves the token works and names the site."""
+        me = _fatal_on_refusal(self.client.me)
+        site = me.get("site", {})
+        self.say(f"Connected to {self.client.server} as site {site.get('code')!r} ({site.get('name')}); data: "
+                 f"{self.table.values.shape[0]} rows and {len(self.table.columns)} columns in {self.table.source}.")
+        return me
+
+    def run(self, *, once: bool, poll: float, sleep: Callable[[float], None] = time.sleep) -> int:
+        """Poll until stopped (or one pass with `once`). Returns the process exit code.
+
+        Polling, an unreachable coordinator is waited for (it may still be starting, or restarting); with
+        `once` it ends the run. A refused token or site always ends it.
+        """
+        introduced = False
+        try:
+            while True:
+                try:
+                    if not introduced:
+                        self.introduce()
+                        introduced = True
+                    result = self.run_once()
+                except CoordinatorUnreachable as exc:
+                    if once:
+                        raise
+                    self.say(f"{exc} Trying again in {poll:g} s.")
+                    result = PassResult()
+                if once:
+                    return 1 if result.failed else 0
+                sleep(poll)
+        except (FatalAgentError, CoordinatorUnreachable) as exc:
+            self.say(f"Stopping: {exc}")
+            return 1
+
+    def run_once(self) -> PassResult:
+        """Process every open round not yet submitted, oldest first."""
+        result = PassResult()
+        rounds = _fatal_on_refusal(self.client.rounds)
+        todo = [r for r in rounds if not r.get("submitted") and r["round_id"] not in self.finished
+                and (not self.studies or r["study_id"] in self.studies)]
+        if not todo and not self._idle:
+            self.say("No open rounds for this site; waiting.")
+        self._idle = not todo  # say it once per quiet spell, not on every poll
+        for round_ in todo:
+            if self.process(round_):
+                result.done += 1
+            else:
+                result.failed += 1
+        return result
+
+    def process(self, round_: Mapping[str, Any]) -> bool:
+        """Do one round. Refusals and data problems are reported and the round is left alone from then on."""
+        title = f"round {round_['number']} of study {round_.get('study_title', round_['study_id'])!r}"
+        try:
+            if round_["kind"] == "statistics":
+                message = self.statistics_round(round_)
+            else:
+                message = self.training_round(round_)
+        except TokenRefused as exc:
+            raise FatalAgentError(str(exc)) from exc
+        except ApiError as exc:
+            self.finished.add(round_["round_id"])
+            self.pending.pop(round_["round_id"], None)
+            self.say(f"{title}: refused by the coordinator (HTTP {exc.status}): {exc.detail}{_failing_checks(exc)}")
+            return False
+        except CoordinatorUnreachable:
+            raise  # the round stays open to us: the next pass tries again, with the same idempotency key
+        except ModelIntegrityError as exc:
+            self.say(f"{title}: not done: {exc} The next pass downloads it again.")
+            return False
+        except (AgentError, DataError) as exc:
+            self.finished.add(round_["round_id"])
+            self.say(f"{title}: not done: {exc}")
+            return False
+        self.finished.add(round_["round_id"])
+        self.say(f"{title}: {message}")
+        return True
+
+    def _dataset(self, protocol: Protocol) -> Dataset:
+        dataset = self.table.dataset(self.label or protocol.label_column or DEFAULT_LABEL)
+        check_features(protocol, dataset)
+        return dataset
+
+    def statistics_round(self, round_: Mapping[str, Any]) -> str:
+        protocol = Protocol.from_json(round_["protocol"])
+        train_set, _ = split(self._dataset(protocol), self.val_fraction, self.seed)
+        self.client.submit_statistics(round_["round_id"], local_statistics(train_set))
+        return (f"sent counts, sums and sums of squares of {len(train_set.features)} features over "
+                f"{len(train_set)} training rows (no rows sent)")
+
+    def training_round(self, round_: Mapping[str, Any]) -> str:
+        round_id = round_["round_id"]
+        pending = self.pending.get(round_id)
+        if pending is None:
+            pending, summary = self._train(round_)
+            self.pending[round_id] = pending
+        else:
+            summary = "resending the update trained earlier"
+        answer = self.client.submit_update(round_id, pending.body, idempotency_key=pending.idempotency_key,
+                                           **pending.headers)
+        del self.pending[round_id]
+        status = answer.get("status", "accepted")
+        outcome = "already submitted earlier" if status == "already_submitted" else f"submitted ({status})"
+        return f"{summary}, {outcome}"
+
+    def _train(self, round_: Mapping[str, Any]) -> tuple[PendingUpdate, str]:
+        protocol = Protocol.from_json(round_["protocol"])
+        train_set, val_set = self._prepared(protocol, round_.get("standardization"))
+        model = self.client.download_model(round_["round_id"])
+        expected = codec.spec_of(protocol.initial_state())
+        try:
+            global_state = codec.decode(model.data, expected=expected, max_bytes=MAX_MODEL_BYTES)
+        except codec.UpdateRejected as exc:
+            raise AgentError(f"The downloaded model does not fit the study's protocol: {exc.message}") from exc
+        update = local_update(protocol, global_state, train_set, val_set, seed=self.seed + int(round_["number"]))
+        headers = {"round_number": int(round_["number"]), "base_version": model.version,
+                   "num_examples": update.num_examples, "metrics": _json_safe(update.metrics)}
+        return PendingUpdate(body=codec.encode(update.state), headers=headers), _describe(protocol, model, update)
+
+    def _prepared(self, protocol: Protocol, standardization: Mapping[str, Any] | None) -> tuple[Dataset, Dataset]:
+        train_set, val_set = split(self._dataset(protocol), self.val_fraction, self.seed)
+        if standardization:
+            train_set, val_set = standardize(train_set, standardization), standardize(val_set, standardization)
+        return train_set, val_set
+
+
+def _fatal_on_refusal(call: Callable[[], Any]) -> Any:
+    """401 and 403 on the site-wide endpoints mean this agent may do nothing at all."""
+    try:
+        return call()
+    except TokenRefused as exc:
+        raise FatalAgentError(str(exc)) from exc
+    except ApiError as exc:
+        if exc.status == 403:
+            raise FatalAgentError(f"The coordinator refused this site: {exc.detail}") from exc
+        raise FatalAgentError(str(exc)) from exc
+
+
+def _failing_checks(error: ApiError) -> str:
+    checks = error.body.get("checks")
+    if not isinstance(checks, list):
+        return ""
+    reasons = [str(c.get("reason") or c.get("name")) for c in checks if isinstance(c, dict) and not c.get("passed")]
+    return f" Failing checks: {'; '.join(reasons)}." if reasons else ""
+
+
+def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN is not JSON: a metric that could not be computed is sent as null."""
+    safe: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            safe[key] = _json_safe(value)
+        elif isinstance(value, float) and value != value:
+            safe[key] = None
+        else:
+            safe[key] = value
+    return safe
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _describe(protocol: Protocol, model: Any, update: LocalUpdate) -> str:
+    m = update.metrics
+    epochs = f"{protocol.local_epochs} epoch{'s' if protocol.local_epochs != 1 else ''}"
+    prox = f" with FedProx mu {protocol.proximal_mu:g}" if protocol.proximal_mu > 0 else ""
+    return (f"downloaded model v{model.version} (sha ok), base val AUC {_fmt(m['base']['val_auc'])}, "
+            f"trained {epochs}{prox} on {update.num_examples} rows in {m['training_seconds']:.3f} s, "
+            f"val AUC {_fmt(m['val_auc'])}, val accuracy {_fmt(m['val_accuracy'])}")

@@ -1,0 +1,62 @@
+"""Central DP: clipping bounds every site's influence, the noise has the stated scale, the budget is right."""
+
+import math
+
+import pytest
+import torch
+
+from aggregation import privacy
+
+
+def test_it_clips_each_delta_to_the_norm():
+    current = {"a": torch.zeros(3, 4), "b": torch.zeros(5)}
+    big = {"a": torch.full((3, 4), 10.0), "b": torch.full((5,), -10.0)}
+    assert privacy.delta_norm(current, big) == pytest.approx(10 * math.sqrt(17))
+    result = privacy.dp_fedavg(current, [(big, 1.0)], clip_norm=2.0, noise_multiplier=0.0,
+                               generator=privacy.make_generator(0))
+    assert privacy.delta_norm(current, result) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_it_leaves_small_deltas_alone_and_ignores_weights():
+    current = {"w": torch.ones(4)}
+    updates = [({"w": torch.ones(4) + 0.1}, 1.0), ({"w": torch.ones(4) - 0.3}, 1000.0)]
+    result = privacy.dp_fedavg(current, updates, clip_norm=5.0, noise_multiplier=0.0,
+                               generator=privacy.make_generator(0))
+    torch.testing.assert_close(result["w"], torch.full((4,), 0.9))
+
+
+def test_it_adds_noise_with_std_z_c_over_n():
+    current = {"w": torch.zeros(200_000)}
+    updates = [({"w": torch.zeros(200_000)}, 1.0) for _ in range(4)]
+    result = privacy.dp_fedavg(current, updates, clip_norm=2.0, noise_multiplier=1.5,
+                               generator=privacy.make_generator(7))
+    expected_std = 1.5 * 2.0 / 4
+    assert float(result["w"].std()) == pytest.approx(expected_std, rel=0.01)  # 200k samples: ~0.16% std error
+    assert abs(float(result["w"].mean())) < 5 * expected_std / math.sqrt(200_000)
+    again = privacy.dp_fedavg(current, updates, clip_norm=2.0, noise_multiplier=1.5,
+                              generator=privacy.make_generator(7))
+    assert torch.equal(result["w"], again["w"])
+
+
+def test_it_draws_fresh_noise_without_a_seed():
+    assert not torch.equal(torch.randn(8, generator=privacy.make_generator()),
+                           torch.randn(8, generator=privacy.make_generator()))
+
+
+def test_it_matches_the_closed_form_budget_for_one_round():
+    # z = 1, T = 1, delta = 1e-5: min_a a/2 + ln(1e5)/(a - 1) = 1/2 + 2 sqrt(ln(1e5)/2) = 5.29853
+    assert privacy.epsilon_spent(1.0, 1, 1e-5) == pytest.approx(5.298526, rel=1e-4)
+    z, rounds, delta = 4.0, 50, 1e-6
+    closed = rounds / (2 * z * z) + math.sqrt(2 * rounds * math.log(1 / delta)) / z
+    assert privacy.epsilon_spent(z, rounds, delta) == pytest.approx(closed, rel=1e-4)
+
+
+def test_it_grows_with_rounds_and_shrinks_with_noise():
+    by_rounds = [privacy.epsilon_spent(1.2, t, 1e-5) for t in (1, 2, 5, 20, 100)]
+    assert by_rounds == sorted(by_rounds) and len(set(by_rounds)) == 5
+    by_noise = [privacy.epsilon_spent(z, 20, 1e-5) for z in (0.5, 1.0, 2.0, 8.0)]
+    assert by_noise == sorted(by_noise, reverse=True)
+    assert privacy.epsilon_spent(0.0, 3, 1e-5) == math.inf
+    assert privacy.epsilon_spent(1.0, 0, 1e-5) == 0.0
+    with pytest.raises(ValueError):
+        privacy.epsilon_spent(1.0, 1, 0.0)

@@ -1,0 +1,276 @@
+"""Aggregating a round (`round_aggregate`): the new model version and its provenance, exactly once,
+behind the gate asked again at aggregation time, and the evaluation of each version."""
+
+import pytest
+import torch
+from django.db import IntegrityError, transaction
+
+from aggregation import codec
+from aggregation.choices import RoundStatus, UpdateStatus
+from aggregation.models import ModelVersion, Round, Update
+from aggregation.services import round_aggregate
+from aggregation.services._common import version_tensors
+from consortium.models import AuditEvent
+from consortium.version import code_version
+from studies import services as study_services
+from studies.models import AgreementVersion
+from tests.aggregation.support import (  # noqa: F401  (fixtures)
+    GOOD_METRICS,
+    agent_for,
+    fed_fixture,
+    governed_study,
+    model_store_fixture,
+    open_round,
+    record_enqueued,
+    submit,
+    third_site,
+    three_site_study,
+    update_tensors,
+)
+from tests.support import actions_after, last_seq
+
+
+@pytest.fixture(autouse=True)
+def _no_broker(monkeypatch) -> list[int]:
+    return record_enqueued(monkeypatch)
+
+
+def weighted_mean(pairs: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+    total = sum(n for _, n in pairs)
+    return {name: (sum(t[name].double() * n for t, n in pairs) / total).float() for name in pairs[0][0]}
+
+
+def assert_tensors_close(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name].dtype == torch.float32
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7)
+
+
+def test_it_aggregates_a_round_into_the_weighted_fedavg_with_its_provenance(fed):
+    round_ = open_round(fed.study)
+    tensors_a, tensors_b = update_tensors(round_, seed=11), update_tensors(round_, seed=12)
+    update_a, _ = submit(fed.agent_a, round_, body=codec.encode(tensors_a), num_examples=30)
+    update_b, _ = submit(fed.agent_b, round_, body=codec.encode(tensors_b), num_examples=90)
+    assert Round.objects.get(pk=round_.pk).status == RoundStatus.AGGREGATING
+    mark = last_seq()
+
+    version = round_aggregate(round_id=round_.pk)
+
+    assert (version.number, version.round, version.study) == (1, round_, fed.study)
+    assert_tensors_close(version_tensors(version), weighted_mean([(tensors_a, 30), (tensors_b, 90)]))
+    assert version.spec == round_.base_version.spec and version.size_bytes > 0
+    provenance = version.provenance
+    agreement = AgreementVersion.objects.get(study=fed.study)
+    assert provenance["round"] == 1
+    assert provenance["base_version"] == {"number": 0, "sha256": round_.base_version.sha256}
+    assert provenance["contributors"] == [
+        {"site_id": fed.p.site_a.pk, "site": "Amsterdam UMC", "num_examples": 30, "update_sha256": update_a.sha256,
+         "agreement_version": 1},
+        {"site_id": fed.p.site_b.pk, "site": "Charité Berlin", "num_examples": 90, "update_sha256": update_b.sha256,
+         "agreement_version": 1},
+    ]
+    assert provenance["agreement"] == {"version": 1, "sha256": agreement.sha256}
+    assert provenance["dpia"]["status"] == "approved" and provenance["dpia"]["valid_until"]
+    assert provenance["gate"]["action"] == "aggregate" and provenance["gate"]["allowed"] is True
+    assert provenance["gate"]["eligible_site_ids"] == [fed.p.site_a.pk, fed.p.site_b.pk]
+    assert provenance["strategy"]["name"] == "fedavg" and "server_learning_rate" in provenance["strategy"]["settings"]
+    assert provenance["protocol_sha256"] == fed.study.protocol_sha256()
+    assert provenance["code_version"] == code_version()
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.CLOSED and round_.gate_result["allowed"] is True
+    assert set(Update.objects.values_list("status", flat=True)) == {UpdateStatus.INCLUDED}
+    assert actions_after(mark) == ["aggregation.model_version.created", "aggregation.round.closed",
+                                   "aggregation.round.opened"]
+    created = AuditEvent.objects.filter(action="aggregation.model_version.created").last()
+    assert created.details["sites"] == [fed.p.site_a.pk, fed.p.site_b.pk]
+    assert created.details["sha256"] == version.sha256
+
+
+def test_it_produces_exactly_one_model_version_when_run_twice(fed):
+    round_ = open_round(fed.study)
+    submit(fed.agent_a, round_)
+    submit(fed.agent_b, round_)
+    first = round_aggregate(round_id=round_.pk)
+    mark = last_seq()
+    second = round_aggregate(round_id=round_.pk)
+    assert second == first
+    assert ModelVersion.objects.filter(round=round_).count() == 1
+    assert ModelVersion.objects.filter(study=fed.study).count() == 2  # v0 and v1
+    assert actions_after(mark) == []
+
+
+def test_it_refuses_a_second_model_version_for_a_round_in_the_database(fed):
+    round_ = open_round(fed.study)
+    submit(fed.agent_a, round_)
+    submit(fed.agent_b, round_)
+    version = round_aggregate(round_id=round_.pk)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.create(study=fed.study, number=version.number + 1, round=round_, path=version.path,
+                                    sha256=version.sha256, size_bytes=version.size_bytes, spec=version.spec)
+    assert ModelVersion.objects.filter(round=round_).count() == 1
+
+
+class WorkerDied(BaseException):
+    """What the service sees of a worker killed mid-task: nothing it could catch and record."""
+
+
+def test_it_finishes_with_one_version_a_round_left_aggregating_by_a_crash(fed, monkeypatch):
+    from aggregation import strategies
+
+    round_ = open_round(fed.study)
+    submit(fed.agent_a, round_)
+    submit(fed.agent_b, round_)
+    real = strategies.aggregate
+
+    def crash(*args, **kwargs):
+        raise WorkerDied
+
+    monkeypatch.setattr(strategies, "aggregate", crash)
+    with pytest.raises(WorkerDied):
+        round_aggregate(round_id=round_.pk)
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.AGGREGATING  # everything the crashed run did was rolled back
+    assert not ModelVersion.objects.filter(round=round_).exists()
+    assert set(Update.objects.values_list("status", flat=True)) == {UpdateStatus.ACCEPTED}
+
+    monkeypatch.setattr(strategies, "aggregate", real)
+    version = round_aggregate(round_id=round_.pk)
+    assert round_aggregate(round_id=round_.pk) == version
+    assert ModelVersion.objects.filter(round=round_).count() == 1 and version.number == 1
+    assert Round.objects.get(pk=round_.pk).status == RoundStatus.CLOSED
+
+
+def test_it_marks_the_round_failed_with_the_error_when_the_strategy_raises(fed, monkeypatch):
+    from aggregation import strategies
+
+    round_ = open_round(fed.study)
+    submit(fed.agent_a, round_)
+    submit(fed.agent_b, round_)
+
+    def broken(*args, **kwargs):
+        raise ValueError("Updates disagree on tensor names")
+
+    monkeypatch.setattr(strategies, "aggregate", broken)
+    with pytest.raises(ValueError):
+        round_aggregate(round_id=round_.pk)
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.FAILED
+    assert round_.status_reason == "ValueError: Updates disagree on tensor names"
+    assert not ModelVersion.objects.filter(round=round_).exists()
+    assert AuditEvent.objects.filter(action="aggregation.round.failed").count() == 1
+    assert round_aggregate(round_id=round_.pk) is None  # a failed round stays failed
+
+
+def _three_sites(p, **protocol):
+    site_c = third_site(p)
+    study = three_site_study(p, site_c, **protocol)
+    agents = [agent_for(p, site)[0] for site in (p.site_a, p.site_b, site_c)]
+    return study, site_c, agents
+
+
+def test_it_excludes_the_update_of_a_site_revoked_after_submitting_and_renormalises(p):
+    study, site_c, (agent_a, agent_b, agent_c) = _three_sites(p)
+    round_ = open_round(study)
+    tensors = {agent.site_id: update_tensors(round_, seed=agent.site_id) for agent in (agent_a, agent_b, agent_c)}
+    for agent, examples in ((agent_a, 10), (agent_b, 30), (agent_c, 60)):
+        submit(agent, round_, body=codec.encode(tensors[agent.site_id]), num_examples=examples)
+    assert Round.objects.get(pk=round_.pk).status == RoundStatus.AGGREGATING
+    study_services.participation_revoke(actor=p.site_b_admin, participation=study.participations.get(site=site_c),
+                                        reason="Consent withdrawn by the hospital board.")
+    mark = last_seq()
+
+    version = round_aggregate(round_id=round_.pk)
+
+    assert_tensors_close(version_tensors(version),
+                         weighted_mean([(tensors[agent_a.site_id], 10), (tensors[agent_b.site_id], 30)]))
+    assert [c["site_id"] for c in version.provenance["contributors"]] == [p.site_a.pk, p.site_b.pk]
+    excluded = Update.objects.get(site=site_c)
+    assert excluded.status == UpdateStatus.EXCLUDED
+    assert excluded.exclusion_reason == "Participation is revoked. Consent withdrawn by the hospital board."
+    assert actions_after(mark)[0] == "aggregation.update.excluded"
+    event = AuditEvent.objects.get(action="aggregation.update.excluded")
+    assert (event.site_id, event.study_id) == (site_c.pk, study.pk)
+    assert event.details == {"round": 1, "reason": excluded.exclusion_reason}
+    assert set(Update.objects.exclude(site=site_c).values_list("status", flat=True)) == {UpdateStatus.INCLUDED}
+
+
+def test_it_blocks_the_round_when_the_revocation_policy_is_abort(p):
+    study, site_c, agents = _three_sites(p, revocation_policy="abort")
+    round_ = open_round(study)
+    for agent in agents:
+        submit(agent, round_)
+    study_services.participation_revoke(actor=p.site_b_admin, participation=study.participations.get(site=site_c),
+                                        reason="Consent withdrawn.")
+    assert round_aggregate(round_id=round_.pk) is None
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.BLOCKED
+    assert round_.status_reason == ("Aborted: an update came from a site no longer eligible "
+                                    "(revocation policy: abort).")
+    assert not ModelVersion.objects.filter(round=round_).exists()
+    assert Update.objects.get(site=site_c).status == UpdateStatus.EXCLUDED  # the reason stays on record
+    assert AuditEvent.objects.get(action="aggregation.round.blocked").details["reason"] == round_.status_reason
+
+
+def test_it_blocks_the_round_when_exclusions_leave_fewer_updates_than_the_quorum(fed):
+    round_ = open_round(fed.study)
+    submit(fed.agent_a, round_)
+    submit(fed.agent_b, round_)
+    study_services.participation_revoke(actor=fed.p.site_a_admin, participation=fed.participation(fed.p.site_a),
+                                        reason="Consent withdrawn.")
+    assert round_aggregate(round_id=round_.pk) is None
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.BLOCKED
+    assert round_.status_reason == "Only 1 eligible updates; the quorum is 2."
+    assert round_.gate_result["allowed"] is False
+    assert not ModelVersion.objects.filter(round=round_).exists()
+    assert not Round.objects.filter(study=fed.study, number=2).exists()
+
+
+def test_it_blocks_the_round_of_a_study_suspended_before_aggregation(fed):
+    round_ = open_round(fed.study)
+    submit(fed.agent_a, round_)
+    submit(fed.agent_b, round_)
+    study_services.study_suspend(actor=fed.p.dpo, study=fed.study, justification="Possible data leak.")
+    assert round_aggregate(round_id=round_.pk) is None
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.BLOCKED
+    assert "The study is suspended, not active. Suspended: Possible data leak." in round_.status_reason
+    assert not ModelVersion.objects.filter(round=round_).exists()
+    assert set(Update.objects.values_list("status", flat=True)) == {UpdateStatus.ACCEPTED}
+
+
+def test_it_opens_each_next_round_from_the_new_version_until_the_budget_is_used(p):
+    study = governed_study(p, rounds=2)
+    (agent_a, _), (agent_b, _) = agent_for(p, p.site_a), agent_for(p, p.site_b)
+    first = open_round(study)
+    submit(agent_a, first)
+    submit(agent_b, first)
+    v1 = round_aggregate(round_id=first.pk)
+    second = Round.objects.get(study=study, number=2)
+    assert (second.status, second.base_version) == (RoundStatus.OPEN, v1)
+    submit(agent_a, second)
+    submit(agent_b, second)
+    v2 = round_aggregate(round_id=second.pk)
+    assert (v2.number, v2.provenance["base_version"]["number"]) == (2, 1)
+    assert not Round.objects.filter(study=study, number=3).exists()
+    assert list(ModelVersion.objects.filter(study=study).values_list("number", flat=True)) == [0, 1, 2]
+
+
+def test_it_evaluates_a_version_by_the_validation_weighted_mean_the_sites_report_next_round(fed):
+    first = open_round(fed.study)
+    submit(fed.agent_a, first)
+    submit(fed.agent_b, first)
+    v1 = round_aggregate(round_id=first.pk)
+    second = Round.objects.get(study=fed.study, number=2)
+    base_a = {"val_loss": 0.4, "val_accuracy": 0.9, "val_auc": 0.95, "val_examples": 30}
+    base_b = {"val_loss": 0.6, "val_accuracy": 0.7, "val_auc": 0.75, "val_examples": 10}
+    submit(fed.agent_a, second, metrics={**GOOD_METRICS, "base": base_a})
+    v1.refresh_from_db()
+    assert v1.evaluation["global"] == pytest.approx(base_a)
+    submit(fed.agent_b, second, metrics={**GOOD_METRICS, "base": base_b})
+    v1.refresh_from_db()
+    assert v1.evaluation["sites"] == {str(fed.p.site_a.pk): base_a, str(fed.p.site_b.pk): base_b}
+    assert v1.evaluation["global"] == pytest.approx(
+        {"val_loss": 0.45, "val_accuracy": 0.85, "val_auc": 0.9, "val_examples": 40})
+    assert ModelVersion.objects.get(study=fed.study, number=0).evaluation == {}

@@ -1,0 +1,100 @@
+"""The federated statistics round (`statistics_submit`, `statistics_close`): sites send counts, sums and
+sums of squares (never rows); the coordinator pools them into the mean and SD every site standardizes with."""
+
+import numpy as np
+import pytest
+
+from aggregation.choices import RoundKind, RoundStatus
+from aggregation.models import Round, SiteStatistics, Standardization
+from aggregation.services import statistics_submit
+from consortium.errors import Conflict, ValidationFailed
+from consortium.models import AuditEvent
+from tests.aggregation.support import agent_for, model_store_fixture, open_round, rejected  # noqa: F401  (fixtures)
+from tests.base import active_study
+from tests.support import actions_after, last_seq
+
+FEATURES = ["age", "heart rate", "lactate"]
+
+
+@pytest.fixture
+def stats(p):
+    study = active_study(p, federated_statistics=True, num_features=3, quorum=2)
+    round_ = open_round(study)
+    return study, round_, agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
+
+
+def rows(seed: int, count: int) -> np.ndarray:
+    generator = np.random.default_rng(seed)
+    return generator.normal(loc=[60.0, 80.0, 2.0], scale=[15.0, 12.0, 0.8], size=(count, 3))
+
+
+def send(agent, round_, data: np.ndarray, features: list[str] = FEATURES):
+    return statistics_submit(actor=agent, round_id=round_.pk, features=features, count=len(data),
+                             sums=[float(v) for v in data.sum(axis=0)],
+                             sums_of_squares=[float(v) for v in np.square(data).sum(axis=0)])
+
+
+def test_it_opens_a_statistics_round_first(stats):
+    study, round_, _, _ = stats
+    assert (round_.number, round_.kind, round_.base_version) == (1, RoundKind.STATISTICS, None)
+
+
+def test_it_pools_the_sites_sums_into_the_global_mean_and_sd_and_opens_training(stats):
+    study, round_, agent_a, agent_b = stats
+    data_a, data_b = rows(1, 40), rows(2, 75)
+    send(agent_a, round_, data_a)
+    assert Round.objects.get(pk=round_.pk).status == RoundStatus.OPEN
+    mark = last_seq()
+    send(agent_b, round_, data_b)
+
+    union = np.concatenate([data_a, data_b])
+    standardization = Standardization.objects.get(study=study)
+    assert standardization.features == FEATURES
+    assert (standardization.sites, standardization.examples) == (2, 115)
+    np.testing.assert_allclose(standardization.mean, union.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(standardization.std, union.std(axis=0), rtol=1e-9)
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.CLOSED
+    training = Round.objects.get(study=study, number=2)
+    assert (training.kind, training.status, training.base_version.number) == (RoundKind.TRAINING, RoundStatus.OPEN, 0)
+    assert actions_after(mark) == ["aggregation.statistics.accepted", "aggregation.round.closed",
+                                   "aggregation.model_version.created", "aggregation.round.opened"]
+
+
+def test_it_keeps_the_sites_figures_out_of_the_audit_log(stats):
+    study, round_, agent_a, _ = stats
+    data = rows(3, 20)
+    send(agent_a, round_, data)
+    event = AuditEvent.objects.get(action="aggregation.statistics.accepted")
+    assert event.details == {"round": 1, "count": 20, "features": 3}
+    assert event.site_id == agent_a.site_id
+    text = str(list(AuditEvent.objects.values_list("details", flat=True)))
+    assert repr(float(data.sum(axis=0)[0]))[:8] not in text
+
+
+def test_it_refuses_a_site_whose_feature_names_differ(stats):
+    study, round_, agent_a, agent_b = stats
+    send(agent_a, round_, rows(1, 30))
+    with rejected(ValidationFailed, "Your feature columns differ from the other sites'", code="feature_mismatch",
+                  status=400, action="aggregation.statistics.submit"):
+        send(agent_b, round_, rows(2, 30), features=["age", "lactate", "heart rate"])
+    assert Round.objects.get(pk=round_.pk).status == RoundStatus.OPEN
+
+
+def test_it_refuses_a_second_submission_from_the_same_site(stats):
+    study, round_, agent_a, _ = stats
+    send(agent_a, round_, rows(1, 30))
+    with rejected(Conflict, "already sent its statistics for round 1", code="duplicate_statistics", status=409,
+                  action="aggregation.statistics.submit"):
+        send(agent_a, round_, rows(9, 30))
+    assert SiteStatistics.objects.get().count == 30
+
+
+@pytest.mark.parametrize(("count", "width", "match"), [
+    (1, 3, "at least two rows"),
+    (10, 2, "The study has 3 features"),
+], ids=["one-row", "missing-feature"])
+def test_it_refuses_statistics_that_do_not_fit_the_study(stats, count, width, match):
+    study, round_, agent_a, _ = stats
+    with rejected(ValidationFailed, match, code="statistics", status=400, action="aggregation.statistics.submit"):
+        send(agent_a, round_, rows(1, count)[:, :width], features=FEATURES[:width])

@@ -1,0 +1,67 @@
+"""Only on PostgreSQL, where `select_for_update` really locks: concurrent aggregations of one round
+and concurrent submissions of one site (SQLite serialises writers, so it cannot show these races)."""
+
+import pytest
+from django.db import connection
+
+from aggregation.choices import RoundStatus
+from aggregation.models import ModelVersion, Round, Update
+from aggregation.services import round_aggregate
+from consortium.errors import Conflict
+from tests.aggregation.support import (  # noqa: F401  (fixtures)
+    agent_for,
+    governed_study,
+    model_store_fixture,
+    open_round,
+    record_enqueued,
+    submit,
+)
+from tests.base import make_personas
+from tests.integration.test_postgres import in_threads
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _postgresql_only() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: `make test` runs the suite again on PostgreSQL")
+
+
+@pytest.fixture
+def federation(transactional_db, monkeypatch):
+    record_enqueued(monkeypatch)
+    p = make_personas()
+    study = governed_study(p)
+    return study, agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
+
+
+def test_it_produces_one_model_version_when_two_workers_aggregate_a_round_at_once(federation):
+    study, agent_a, agent_b = federation
+    round_ = open_round(study)
+    submit(agent_a, round_)
+    submit(agent_b, round_)
+    results: list = []
+    errors = in_threads(2, lambda i: results.append(round_aggregate(round_id=round_.pk)))
+    assert errors == []
+    assert ModelVersion.objects.filter(round=round_).count() == 1
+    version = ModelVersion.objects.get(round=round_)
+    assert [r.pk for r in results] == [version.pk, version.pk]
+    assert Round.objects.get(pk=round_.pk).status == RoundStatus.CLOSED
+    assert Round.objects.filter(study=study, number=2, status=RoundStatus.OPEN).count() == 1
+
+
+def test_it_accepts_one_of_two_concurrent_updates_from_the_same_site(federation):
+    study, agent_a, _ = federation
+    round_ = open_round(study)
+    outcomes: list = []
+
+    def send(i: int) -> None:
+        try:
+            outcomes.append(submit(agent_a, round_, seed=10 + i, key=f"attempt-{i}")[1])
+        except Conflict as exc:
+            outcomes.append((exc.status, exc.code))
+
+    assert in_threads(2, send) == []
+    assert sorted(outcomes, key=str) == sorted([True, (409, "duplicate_update")], key=str)
+    assert Update.objects.filter(round=round_, site=agent_a.site).count() == 1

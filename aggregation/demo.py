@@ -6,6 +6,7 @@ Shared by `demo_agents` (for `make run`) and the headless `run_study_demo`.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -91,6 +92,15 @@ def spawn(command: list[str], log: Path, **env: str) -> subprocess.Popen:
         command[0] = str(Path(sys.executable).with_name(command[0]))
     return subprocess.Popen(command, cwd=settings.BASE_DIR, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             env={**os.environ, **env})
+
+
+def interrupt_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C, so the `finally` that stops the child processes runs either way."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def stop(processes: Iterable[subprocess.Popen]) -> None:

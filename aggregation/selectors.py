@@ -1,10 +1,16 @@
-"""Reads for the agent API and the study page."""
+"""Reads for the agent API and the rounds, model version and study pages (query counts bounded)."""
 
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from aggregation.choices import RoundKind, RoundStatus
-from aggregation.models import ModelVersion, Round, Standardization
-from studies.choices import PARTICIPATION_CURRENT, GateAction
+from django.db.models import Prefetch
+
+from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
+from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization, Update
+from consortium.errors import NotFound
+from sites.models import Site
+from studies.choices import PARTICIPATION_CURRENT, DpiaStatus, GateAction, RiskLevel, Strategy
 from studies.governance import evaluate
 from studies.models import Study
 
@@ -58,3 +64,187 @@ def study_rounds(study: Study) -> list[Round]:
 
 def latest_version(study: Study) -> ModelVersion | None:
     return ModelVersion.objects.filter(study=study).order_by("-number").first()
+
+
+# --- the rounds page and the study page's summary -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """One round as the rounds page shows it: the updates it received, or for a statistics round only who
+    sent figures and when (never the figures), and the model version it produced, if any."""
+
+    round: Round
+    updates: list[Update]
+    statistics: list[SiteStatistics]
+    version: ModelVersion | None
+
+
+@dataclass(frozen=True)
+class RoundsOverview:
+    """Every round of a study, newest first, with the training budget and the pooled statistics."""
+
+    rounds: list[RoundRow]
+    training_closed: int
+    budget: int
+    standardization: Standardization | None
+
+    @property
+    def budget_left(self) -> int:
+        return max(self.budget - self.training_closed, 0)
+
+    @property
+    def pooled_features(self) -> list[tuple[str, float, float]]:
+        """(feature, global mean, global SD) rows of the pooled standardization, if there is one."""
+        s = self.standardization
+        return list(zip(s.features, s.mean, s.std, strict=True)) if s else []
+
+
+def rounds_overview(study: Study) -> RoundsOverview:
+    """The rounds page's data in four queries, however many rounds and sites there are."""
+    updates = Update.objects.select_related("site").order_by("site__name")
+    # Only who sent statistics and when: the sites' own sums never leave this function.
+    statistics = SiteStatistics.objects.select_related("site").only(
+        "round", "site", "received_at", "site__name", "site__code").order_by("site__name")
+    rounds = list(
+        Round.objects.filter(study=study).select_related("base_version", "produced_version")
+        .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics))
+        .order_by("-number")
+    )
+    rows = [RoundRow(r, list(r.updates.all()), list(r.statistics.all()), getattr(r, "produced_version", None))
+            for r in rounds]
+    closed = sum(1 for r in rounds if r.kind == RoundKind.TRAINING and r.status == RoundStatus.CLOSED)
+    return RoundsOverview(rows, closed, study.rounds, Standardization.objects.filter(study=study).first())
+
+
+@dataclass(frozen=True)
+class RoundsSummary:
+    """What the study page says about rounds: the newest round, the newest model version, the budget."""
+
+    current: Round | None
+    latest_version: ModelVersion | None
+    training_closed: int
+    budget: int
+
+    @property
+    def live(self) -> bool:
+        return self.current is not None and self.current.status in ROUND_LIVE
+
+
+def rounds_summary(study: Study) -> RoundsSummary:
+    """The study page's rounds summary in three queries."""
+    current = Round.objects.filter(study=study).order_by("-number").first()
+    closed = Round.objects.filter(study=study, kind=RoundKind.TRAINING, status=RoundStatus.CLOSED).count()
+    return RoundsSummary(current, latest_version(study), closed, study.rounds)
+
+
+# --- the model version page -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateSite:
+    """One site's checks in the gate result recorded at aggregation."""
+
+    site_id: int
+    site: str
+    checks: list[dict[str, Any]]
+
+    @property
+    def eligible(self) -> bool:
+        return all(check["passed"] for check in self.checks)
+
+
+@dataclass(frozen=True)
+class SiteMetrics:
+    """One site's validation metrics of a model (reported with its next update)."""
+
+    site_id: int
+    site: str
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VersionDetail:
+    """A model version with its provenance laid out for people: who contributed under which agreement,
+    the DPIA, the gate's verdict at aggregation, the strategy, and the sites' evaluation of the model."""
+
+    version: ModelVersion
+    initial: bool
+    contributors: list[dict[str, Any]]
+    agreement: dict[str, Any] | None
+    dpia: dict[str, Any] | None
+    gate_allowed: bool | None
+    gate_moment: datetime | None
+    gate_study_checks: list[dict[str, Any]]
+    gate_sites: list[GateSite]
+    strategy: str
+    strategy_settings: list[tuple[str, Any]]
+    evaluation: list[SiteMetrics]
+    evaluation_mean: dict[str, Any]
+    base: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def model_version_get(study: Study, number: int) -> ModelVersion:
+    """Version `number` of a study the caller already may see; NotFound if there is none."""
+    version = (ModelVersion.objects.filter(study=study, number=number)
+               .select_related("round", "round__base_version").first())
+    if version is None:
+        raise NotFound("No such model version.", study=study.pk)
+    return version
+
+
+def version_detail(study: Study, number: int) -> VersionDetail:
+    """Version `number` with its provenance and evaluation shaped for the page (two queries)."""
+    version = model_version_get(study, number)
+    provenance = version.provenance or {}
+    gate = provenance.get("gate") or {}
+    checks = gate.get("checks") or []
+    strategy = provenance.get("strategy") or {}
+    return VersionDetail(
+        version=version,
+        initial=bool(provenance.get("initial")),
+        base=provenance.get("base_version"),
+        contributors=provenance.get("contributors") or [],
+        agreement=provenance.get("agreement"),
+        dpia=_dpia(provenance.get("dpia")),
+        gate_allowed=gate.get("allowed"),
+        gate_moment=_moment(gate.get("moment")),
+        gate_study_checks=[check for check in checks if check.get("site_id") is None],
+        gate_sites=_gate_sites(checks),
+        strategy=dict(Strategy.choices).get(strategy.get("name"), strategy.get("name") or ""),
+        strategy_settings=sorted((strategy.get("settings") or {}).items()),
+        evaluation=_evaluation(version.evaluation.get("sites") or {}),
+        evaluation_mean=version.evaluation.get("global") or {},
+        provenance=provenance,
+    )
+
+
+def _moment(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _dpia(dpia: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not dpia:
+        return None
+    return {**dpia, "status_label": dict(DpiaStatus.choices).get(dpia.get("status"), dpia.get("status")),
+            "risk_label": dict(RiskLevel.choices).get(dpia.get("risk_level"), dpia.get("risk_level")),
+            "valid_until": _moment(dpia.get("valid_until"))}
+
+
+def _gate_sites(checks: list[dict[str, Any]]) -> list[GateSite]:
+    """The per-site checks of a stored gate result, grouped by site in the order the gate gave them."""
+    grouped: dict[int, GateSite] = {}
+    for check in checks:
+        site_id = check.get("site_id")
+        if site_id is not None:
+            grouped.setdefault(site_id, GateSite(site_id, check.get("site") or f"Site {site_id}", [])).checks.append(
+                check)
+    return list(grouped.values())
+
+
+def _evaluation(sites: dict[str, dict[str, Any]]) -> list[SiteMetrics]:
+    """Per-site metrics keyed by site id in storage, named for people (one query)."""
+    names = dict(Site.objects.filter(pk__in=[int(key) for key in sites]).values_list("pk", "name"))
+    rows = [SiteMetrics(int(key), names.get(int(key), f"Site {key}"), metrics) for key, metrics in sites.items()]
+    return sorted(rows, key=lambda row: row.site)

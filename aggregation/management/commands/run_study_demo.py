@@ -38,6 +38,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, rounds: int, json: bool, timeout: float, **options: Any) -> None:
         if rounds < 1:
             raise CommandError("--rounds must be at least 1.")
+        demo.interrupt_on_sigterm()
         call_command("migrate", verbosity=0)
         call_command("seed_demo", stdout=io.StringIO())
         study = federation_study(title=f"Headless federation {timezone.now():%Y-%m-%d %H:%M:%S}", rounds=rounds)

@@ -29,6 +29,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, host: str, port: int, no_agents: bool, **options: Any) -> None:
         if not Study.objects.exists():
             raise CommandError("No studies yet: run `python manage.py seed_demo` first (make run does).")
+        demo.interrupt_on_sigterm()
         logs = Path(demo.demo_dir()) / "logs"
         processes = [demo.start_worker(logs / "worker.log")]
         processes.append(demo.spawn(["daphne", "-b", host, "-p", str(port), "consortium.asgi:application"],

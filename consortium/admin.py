@@ -9,12 +9,14 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.db.models import Model
 from django.forms import ModelForm
 from django.http import HttpRequest
 
 from consortium.models import AuditEvent
+from consortium.roles import Role
 from consortium.services import audit_log_read, user_roles_changed
 
 User = get_user_model()
@@ -83,3 +85,22 @@ class ConsortiumUserAdmin(UserAdmin):
         after = list(user.groups.values_list("name", flat=True))
         user.__dict__.pop("_consortium_roles", None)
         user_roles_changed(actor=request.user, user=user, before=before, after=after, via="admin")
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class RoleGroupAdmin(GroupAdmin):
+    """Role groups are the roles themselves: renaming or deleting one would silently take a role away
+    from everyone holding it, so their names are fixed and they cannot be deleted."""
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Group | None = None) -> tuple[str, ...]:
+        if obj is not None and obj.name in Role.values:
+            return ("name",)
+        return ()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Group | None = None) -> bool:
+        if obj is not None and obj.name in Role.values:
+            return False
+        return super().has_delete_permission(request, obj)

@@ -167,3 +167,11 @@ def test_it_does_not_audit_a_user_saved_with_the_same_roles(client_as_root, p):
                                    user_form(p.pi, first_name="Ada", groups=[group.pk]))
     assert response.status_code == 302, response.content
     assert AuditEvent.objects.count() == events
+
+
+def test_it_keeps_role_groups_from_being_renamed_or_deleted(client_as_root):
+    client, group = client_as_root, Group.objects.get(name=Role.DPO.value)
+    change = client.get(reverse("admin:auth_group_change", args=[group.pk]))
+    assert change.status_code == 200 and 'name="name"' not in change.content.decode()
+    assert client.post(reverse("admin:auth_group_delete", args=[group.pk]), {"post": "yes"}).status_code == 403
+    assert Group.objects.filter(name=Role.DPO.value).exists()

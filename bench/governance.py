@@ -33,6 +33,7 @@ from consortium.models import AuditEvent  # noqa: E402
 from consortium.roles import Role  # noqa: E402
 from sites.models import Site  # noqa: E402
 from studies import services  # noqa: E402
+from studies.demo import approve_and_activate  # noqa: E402
 from studies.governance import evaluate  # noqa: E402
 from studies.models import AgreementSignature, EthicsApproval, Participation  # noqa: E402
 
@@ -61,13 +62,7 @@ def _study_with_sites(n: int):
     EthicsApproval.objects.bulk_create(
         EthicsApproval(study=study, site=s, reference="IRB", valid_from=now - timedelta(days=1),
                        valid_until=now + timedelta(days=300), recorded_by=pi, recorded_at=now) for s in sites)
-    services.dpia_save(actor=dpo, study=study, summary="s", risk_level="low", valid_until=now + timedelta(days=300))
-    services.dpia_submit(actor=dpo, study=study)
-    services.dpia_approve(actor=dpo, study=study)
-    services.study_submit(actor=pi, study=study)
-    services.study_approve(actor=pi, study=study)
-    services.study_approve(actor=dpo, study=study)
-    return services.study_activate(actor=pi, study=study)
+    return approve_and_activate(pi, dpo, study, summary="bench", dpia_days=300)
 
 
 def bench_gate() -> None:

@@ -132,6 +132,19 @@ def govern(users: dict[str, AbstractBaseUser], study: Study, site: Site, *, sign
     return participation
 
 
+def approve_and_activate(pi: AbstractBaseUser, dpo: AbstractBaseUser, study: Study, *, summary: str,
+                         risk_level: str = "low", dpia_days: int = 365, comments: tuple[str, str] = ("", "")) -> Study:
+    """The DPO approves a DPIA; the study is submitted, approved by the PI and a DPO, and activated."""
+    services.dpia_save(actor=dpo, study=study, risk_level=risk_level, summary=summary,
+                       valid_until=timezone.now() + timedelta(days=dpia_days))
+    services.dpia_submit(actor=dpo, study=study)
+    services.dpia_approve(actor=dpo, study=study)
+    services.study_submit(actor=pi, study=study)
+    services.study_approve(actor=pi, study=study, comment=comments[0])
+    services.study_approve(actor=dpo, study=study, comment=comments[1])
+    return services.study_activate(actor=pi, study=study)
+
+
 def _active_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) -> Study:
     """The breast cancer study: every site governed, DPIA approved, four-eyes approved, active."""
     pi, dpo = users["pi"], users["dpo"]
@@ -147,16 +160,12 @@ def _active_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) ->
     )
     for code, site in sites.items():
         govern(users, study, site, ethics_days=EXPIRING_IN_DAYS if code == EXPIRING_SITE else 730)
-    services.dpia_save(actor=dpo, study=study, risk_level="low", valid_until=timezone.now() + timedelta(days=365),
-                       summary="Pseudonymised cytology features stay at each site; only model weights and "
-                               "aggregate metrics reach the coordinator. Re-identification risk from a 31-parameter "
-                               "linear model is negligible.")
-    services.dpia_submit(actor=dpo, study=study)
-    services.dpia_approve(actor=dpo, study=study, comment="Low risk; review again in a year.")
-    services.study_submit(actor=pi, study=study)
-    services.study_approve(actor=pi, study=study, comment="Protocol as agreed with the four sites.")
-    services.study_approve(actor=dpo, study=study, comment="DPIA approved; DUA covers the processing.")
-    return services.study_activate(actor=pi, study=study)
+    return approve_and_activate(
+        pi, dpo, study,
+        summary="Pseudonymised cytology features stay at each site; only model weights and aggregate metrics reach "
+                "the coordinator. Re-identification risk from a 31-parameter linear model is negligible.",
+        comments=("Protocol as agreed with the four sites.", "DPIA approved; DUA covers the processing."),
+    )
 
 
 def _pending_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) -> Study:
@@ -201,11 +210,5 @@ def federation_study(*, title: str, rounds: int) -> Study:
     )
     for site in Site.objects.filter(code__in=[s.code for s in SITES]):
         govern(users, study, site)
-    services.dpia_save(actor=dpo, study=study, risk_level="low", valid_until=timezone.now() + timedelta(days=30),
-                       summary="Demo data shipped with scikit-learn; only weights and metrics leave the sites.")
-    services.dpia_submit(actor=dpo, study=study)
-    services.dpia_approve(actor=dpo, study=study)
-    services.study_submit(actor=pi, study=study)
-    services.study_approve(actor=pi, study=study)
-    services.study_approve(actor=dpo, study=study)
-    return services.study_activate(actor=pi, study=study)
+    return approve_and_activate(pi, dpo, study, dpia_days=30,
+                                summary="Demo data from scikit-learn; only weights and metrics leave the sites.")

@@ -12,6 +12,7 @@ from consortium.roles import Role
 from sites.models import Site
 from sites.services import site_admin_assign
 from studies import services
+from studies.demo import approve_and_activate
 from studies.models import Participation, Study
 
 User = get_user_model()
@@ -91,15 +92,17 @@ def approve_dpia(p: Personas, study: Study, *, days: int = 365) -> None:
     services.dpia_approve(actor=p.dpo, study=study)
 
 
-def active_study(p: Personas, **protocol) -> Study:
-    """A study with both sites fully governed, a DPIA, both approvals, and activated."""
-    study = draft_study(p, **protocol)
-    for site in (p.site_a, p.site_b):
-        govern_site(p, study, site)
-    approve_dpia(p, study)
-    services.study_submit(actor=p.pi, study=study)
-    services.study_approve(actor=p.pi, study=study)
-    services.study_approve(actor=p.dpo, study=study)
-    services.study_activate(actor=p.pi, study=study)
+def activate(p: Personas, study: Study) -> Study:
+    """DPIA approved, submitted, approved by the PI and the DPO (four eyes), activated."""
+    approve_and_activate(p.pi, p.dpo, study, summary="Pseudonymised vitals; weights only leave sites.",
+                         risk_level="medium")
     study.refresh_from_db()
     return study
+
+
+def active_study(p: Personas, *, sites: tuple[Site, ...] | None = None, **protocol) -> Study:
+    """A study with its sites (default: site A and B) fully governed, a DPIA, both approvals, and activated."""
+    study = draft_study(p, **protocol)
+    for site in sites or (p.site_a, p.site_b):
+        govern_site(p, study, site)
+    return activate(p, study)

@@ -23,9 +23,8 @@ from consortium.errors import DomainError
 from sites.agents import AgentPrincipal
 from sites.models import Site
 from sites.services import agent_token_create, site_admin_assign
-from studies import services as study_services
 from studies.models import Participation, Study
-from tests.base import Personas, active_study, approve_dpia, draft_study, govern_site
+from tests.base import Personas, active_study
 from tests.support import Refusal, refused
 
 # Every aggregation table: equal snapshots mean a refused request stored nothing.
@@ -84,16 +83,8 @@ def third_site(p: Personas) -> Site:
 
 def three_site_study(p: Personas, site_c: Site, **protocol: Any) -> Study:
     """Like `governed_study`, with a third governed site."""
-    study = draft_study(p, **{"federated_statistics": False, "num_features": 4, "quorum": 2, **protocol})
-    for site in (p.site_a, p.site_b, site_c):
-        govern_site(p, study, site)
-    approve_dpia(p, study)
-    study_services.study_submit(actor=p.pi, study=study)
-    study_services.study_approve(actor=p.pi, study=study)
-    study_services.study_approve(actor=p.dpo, study=study)
-    study_services.study_activate(actor=p.pi, study=study)
-    study.refresh_from_db()
-    return study
+    return active_study(p, sites=(p.site_a, p.site_b, site_c),
+                        **{"federated_statistics": False, "num_features": 4, "quorum": 2, **protocol})
 
 
 def open_round(study: Study) -> Round:

@@ -13,7 +13,7 @@ from studies import services
 from studies.choices import GateAction, ParticipationStatus, StudyStatus
 from studies.governance import evaluate
 from studies.models import AgreementSignature, EthicsApproval, Participation, Study
-from tests.base import Personas, active_study, approve_dpia, draft_study, govern_site
+from tests.base import Personas, activate, active_study, approve_dpia, draft_study, govern_site
 from tests.support import study_in
 
 ACTIONS = GateAction.values
@@ -176,11 +176,7 @@ def test_it_ends_an_ethics_approval_at_2359_amsterdam_time_exact_to_the_second(p
                                 participation=participation)
         services.ethics_record(actor=p.site_a_admin, participation=participation, reference="METC-AMS",
                                valid_from=today - timedelta(days=30), valid_until=until)
-        approve_dpia(p, study)
-        services.study_submit(actor=p.pi, study=study)
-        services.study_approve(actor=p.pi, study=study)
-        services.study_approve(actor=p.dpo, study=study)
-        services.study_activate(actor=p.pi, study=study)
+        activate(p, study)
     study.refresh_from_db()
 
     last_second = evaluate(study, "submit_update", site=p.site_a, moment=datetime(2027, 7, 15, 21, 58, 59, tzinfo=UTC))

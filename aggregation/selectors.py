@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Prefetch
+from django.db.models import Count, OuterRef, Prefetch, Subquery
+from django.db.models.functions import Coalesce
 
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization, Update
@@ -132,10 +133,13 @@ class RoundsSummary:
 
 
 def rounds_summary(study: Study) -> RoundsSummary:
-    """The study page's rounds summary in three queries."""
-    current = Round.objects.filter(study=study).order_by("-number").first()
-    closed = Round.objects.filter(study=study, kind=RoundKind.TRAINING, status=RoundStatus.CLOSED).count()
-    return RoundsSummary(current, latest_version(study), closed, study.rounds)
+    """The study page's rounds summary in two queries: the newest round (carrying the count of closed
+    training rounds; no round means none closed) and the newest model version."""
+    closed = (Round.objects.filter(study=OuterRef("study"), kind=RoundKind.TRAINING, status=RoundStatus.CLOSED)
+              .order_by().values("study").annotate(n=Count("pk")).values("n"))
+    current = (Round.objects.filter(study=study).annotate(training_closed=Coalesce(Subquery(closed), 0))
+               .order_by("-number").first())
+    return RoundsSummary(current, latest_version(study), current.training_closed if current else 0, study.rounds)
 
 
 # --- the model version page -----------------------------------------------------------------------------

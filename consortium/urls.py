@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("consortium.api_urls")),
     path("studies/", include("studies.urls")),
+    path("studies/<int:pk>/", include("aggregation.urls")),
     path("sites/", include("sites.urls")),
     path("", include("consortium.web_urls")),
 ]

@@ -24,7 +24,7 @@ SETTING_LABELS = {
 
 @register.inclusion_tag("aggregation/_rounds_summary.html")
 def rounds_summary(study: Study) -> dict[str, Any]:
-    """The "Federated rounds" panel of the study page: a constant three queries."""
+    """The "Federated rounds" panel of the study page: a constant two queries."""
     return {"study": study, "summary": selectors.rounds_summary(study)}
 
 

@@ -52,7 +52,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Study {study.pk} ({rounds} rounds): server on port {port}, worker, "
                           f"{len(tokens)} agents; logs in {logs}")
         try:
-            self._wait(study, rounds, timeout)
+            self._wait(study, rounds, timeout, processes, logs)
         finally:
             demo.stop(processes)
         figures = self._figures(study, data)
@@ -60,9 +60,13 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(_json_line(figures))
 
-    def _wait(self, study: Study, rounds: int, timeout: float) -> None:
+    def _wait(self, study: Study, rounds: int, timeout: float, processes: list, logs: Path) -> None:
         deadline, reported = time.monotonic() + timeout, 0
         while time.monotonic() < deadline:
+            dead = [process for process in processes if process.poll() is not None]
+            if dead:
+                raise CommandError(f"A federation process stopped (exit {dead[0].returncode}): "
+                                   f"{' '.join(map(str, dead[0].args))[:200]}; see the logs in {logs}")
             done = Round.objects.filter(study=study, kind=RoundKind.TRAINING, status=RoundStatus.CLOSED).count()
             stuck = Round.objects.filter(study=study, status__in=[RoundStatus.BLOCKED, RoundStatus.FAILED]).first()
             if stuck:

@@ -4,9 +4,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, OuterRef, Prefetch, Subquery
 from django.db.models.functions import Coalesce
 
+from aggregation import privacy
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization, Update
 from consortium.errors import NotFound
@@ -89,6 +91,7 @@ class RoundsOverview:
     training_closed: int
     budget: int
     standardization: Standardization | None
+    privacy: dict[str, float] | None = None
 
     @property
     def budget_left(self) -> int:
@@ -115,7 +118,18 @@ def rounds_overview(study: Study) -> RoundsOverview:
     rows = [RoundRow(r, list(r.updates.all()), list(r.statistics.all()), getattr(r, "produced_version", None))
             for r in rounds]
     closed = sum(1 for r in rounds if r.kind == RoundKind.TRAINING and r.status == RoundStatus.CLOSED)
-    return RoundsOverview(rows, closed, study.rounds, Standardization.objects.filter(study=study).first())
+    return RoundsOverview(rows, closed, study.rounds, Standardization.objects.filter(study=study).first(),
+                          privacy_budget(study, closed))
+
+
+def privacy_budget(study: Study, rounds_done: int) -> dict[str, float] | None:
+    """With central DP on: the (epsilon, delta) spent so far and at the end of the round budget."""
+    if study.dp_noise_multiplier <= 0:
+        return None
+    delta = settings.DP_DELTA
+    return {"delta": delta, "noise_multiplier": study.dp_noise_multiplier, "clip_norm": study.dp_clip_norm,
+            "epsilon_spent": privacy.epsilon_spent(study.dp_noise_multiplier, rounds_done, delta) if rounds_done else 0,
+            "epsilon_at_budget": privacy.epsilon_spent(study.dp_noise_multiplier, study.rounds, delta)}
 
 
 @dataclass(frozen=True)

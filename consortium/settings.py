@@ -189,6 +189,8 @@ SPECTACULAR_SETTINGS = {
 # Federated rounds: where tensors are stored, and the largest update a site may send.
 MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
 MAX_UPDATE_BYTES = env_int("MAX_UPDATE_BYTES", 64 * 1024 * 1024)
+# The delta of the (epsilon, delta) differential-privacy budget reported for studies with central DP.
+DP_DELTA = float(env_str("DP_DELTA", "1e-5"))
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_UPDATE_BYTES + 1024 * 1024, 2_621_440)
 
 # Warn about approvals and agreements expiring within this many days.

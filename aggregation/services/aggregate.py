@@ -10,8 +10,9 @@ from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from aggregation import codec
-from aggregation.choices import ROUND_LIVE, RoundStatus, UpdateStatus
+from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
+from aggregation.selectors import privacy_budget
 from aggregation.services._common import absolute, move_round, store, version_tensors
 from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, record
@@ -143,4 +144,7 @@ def _provenance(study: Study, round_: Round, included: list[Update], gate: GateR
         "strategy": {"name": study.strategy, "settings": _strategy_settings(study, round_)},
         "protocol_sha256": study.protocol_sha256(),
         "code_version": code_version(),
+        # Central DP: the budget spent once this round counts (None when DP is off).
+        "privacy": privacy_budget(study, Round.objects.filter(study=study, kind=RoundKind.TRAINING,
+                                                              status=RoundStatus.CLOSED).count() + 1),
     }

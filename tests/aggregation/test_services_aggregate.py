@@ -274,3 +274,19 @@ def test_it_evaluates_a_version_by_the_validation_weighted_mean_the_sites_report
     assert v1.evaluation["global"] == pytest.approx(
         {"val_loss": 0.45, "val_accuracy": 0.85, "val_auc": 0.9, "val_examples": 40})
     assert ModelVersion.objects.get(study=fed.study, number=0).evaluation == {}
+
+
+def test_it_records_the_privacy_budget_spent_in_a_dp_models_provenance(p):
+    from aggregation.privacy import epsilon_spent
+
+    study = governed_study(p, dp_noise_multiplier=1.2, dp_clip_norm=0.5)
+    agent_a, agent_b = agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
+    round_ = open_round(study)
+    submit(agent_a, round_, body=codec.encode(update_tensors(round_, seed=1)), num_examples=10)
+    submit(agent_b, round_, body=codec.encode(update_tensors(round_, seed=2)), num_examples=10)
+
+    version = round_aggregate(round_id=round_.pk)
+
+    privacy = version.provenance["privacy"]
+    assert (privacy["noise_multiplier"], privacy["clip_norm"], privacy["delta"]) == (1.2, 0.5, 1e-5)
+    assert privacy["epsilon_spent"] == pytest.approx(epsilon_spent(1.2, 1, 1e-5))

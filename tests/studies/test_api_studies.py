@@ -300,3 +300,14 @@ def test_it_answers_json_even_to_a_browser_and_on_unknown_api_paths(p):
     assert_error(api.get("/api/no-such-thing/", HTTP_ACCEPT=browser), 404, "not_found", mentions="No API endpoint")
     assert_error(api.get("/api/studies/", HTTP_ACCEPT="text/html"), 406, "not_acceptable")
     assert_error(api.delete("/api/studies/"), 405, "method_not_allowed")
+
+
+def test_it_answers_a_protocol_the_model_refuses_with_a_json_400_and_audits_it(p):
+    """Differential privacy with a median is refused by the study's own rules: a clear 400, not a 500."""
+    with nothing_changes(denied="studies.study.create"):
+        response = client(p.pi).post("/api/studies/", {**NEW_STUDY, "strategy": "median", "dp_noise_multiplier": 1.0},
+                                     format="json")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "validation_failed" and "averaging strategies" in body["detail"]
+    assert "dp_noise_multiplier" in body["fields"]

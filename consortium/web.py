@@ -11,12 +11,13 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from consortium.errors import DomainError, Forbidden, NotFound
+from consortium.errors import DomainError, Forbidden, NotFound, ValidationFailed
 
 View = Callable[..., HttpResponse]
 
@@ -62,6 +63,9 @@ def domain_errors(view: View) -> View:
             return view(request, *args, **kwargs)
         except DomainError as exc:
             return error_response(request, exc, back=safe_next(request, _referer_or_home(request)))
+        except DjangoValidationError as exc:  # a model's own rules refused the input (full_clean in a service)
+            refusal = ValidationFailed(" ".join(exc.messages))
+            return error_response(request, refusal, back=safe_next(request, _referer_or_home(request)))
 
     return wrapper
 
@@ -75,6 +79,9 @@ def call_or_form_error(form: forms.Form, service: Callable[..., Any], **kwargs: 
         raise
     except DomainError as exc:
         form.add_error(None, exc.message)
+        return None
+    except DjangoValidationError as exc:
+        form.add_error(None, " ".join(exc.messages))
         return None
 
 

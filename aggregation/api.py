@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from aggregation import selectors, services
+from aggregation.downloads import model_file_response
 from consortium.api_base import StrictSerializer, errors
 from consortium.audit import record_denial
 from consortium.errors import DomainError, PayloadTooLarge, ValidationFailed
@@ -55,13 +56,7 @@ class AgentModelDownloadApi(AgentApi):
                                           **errors(404, 409)},
                    summary="Download the round's global model (safetensors; audited)")
     def get(self, request: Request, round_id: int) -> HttpResponse:
-        version, data = services.model_download(actor=request.user, round_id=round_id)
-        response = HttpResponse(data, content_type="application/octet-stream")
-        response["X-Model-SHA256"] = version.sha256
-        response["X-Model-Version"] = str(version.number)
-        filename = f"study{version.study_id}-v{version.number}.safetensors"
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
+        return model_file_response(*services.model_download(actor=request.user, round_id=round_id))
 
 
 def _header_int(request: Request, name: str) -> int:

@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from aggregation import selectors, services
+from aggregation.downloads import model_file_response
 from consortium.services import select_or_deny
 from consortium.web import domain_errors
 from studies import selectors as study_selectors
@@ -48,8 +49,4 @@ def version_page(request: HttpRequest, pk: int, number: int) -> HttpResponse:
 @domain_errors
 def version_download(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     """The version's safetensors file; the service checks visibility and audits the download."""
-    version, data = services.model_version_download(actor=request.user, study=pk, number=number)
-    response = HttpResponse(data, content_type="application/octet-stream")
-    response["X-Model-SHA256"] = version.sha256
-    response["Content-Disposition"] = f'attachment; filename="study{version.study_id}-v{version.number}.safetensors"'
-    return response
+    return model_file_response(*services.model_version_download(actor=request.user, study=pk, number=number))

@@ -29,11 +29,17 @@ def absolute(relative: str) -> Path:
     return Path(settings.MODEL_STORE) / relative
 
 
-def version_tensors(version: ModelVersion) -> dict[str, torch.Tensor]:
-    """A stored model version's tensors, after checking the file still matches its recorded SHA-256."""
+def verified_bytes(version: ModelVersion) -> bytes:
+    """A stored model version's file, after checking it still matches its recorded SHA-256."""
     data = load_bytes(version.path)
     if codec.sha256_hex(data) != version.sha256:
         raise RuntimeError(f"Stored model v{version.number} of study {version.study_id} does not match its SHA-256.")
+    return data
+
+
+def version_tensors(version: ModelVersion) -> dict[str, torch.Tensor]:
+    """A stored model version's tensors (SHA-256 checked)."""
+    data = verified_bytes(version)
     return codec.decode(data, expected=spec(version), max_bytes=len(data))
 
 

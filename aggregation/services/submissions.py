@@ -12,7 +12,7 @@ from django.utils import timezone
 from aggregation import codec
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Update
-from aggregation.services._common import load_bytes, lock_round_for_site, spec, store, version_tensors
+from aggregation.services._common import lock_round_for_site, spec, store, verified_bytes, version_tensors
 from aggregation.services.rounds import round_complete_if_ready
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
@@ -46,9 +46,7 @@ def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     _require_open(round_, RoundKind.TRAINING)
     _require_gate(round_, actor.site_id, GateAction.DOWNLOAD_MODEL)
     version = round_.base_version
-    data = load_bytes(version.path)
-    if codec.sha256_hex(data) != version.sha256:
-        raise RuntimeError(f"Stored model v{version.number} does not match its recorded SHA-256.")
+    data = verified_bytes(version)
     record(actor=actor, action="aggregation.model.downloaded", target=version, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "version": version.number, "sha256": version.sha256})
     return version, data

@@ -2,9 +2,8 @@
 
 from typing import Any
 
-from aggregation import codec
 from aggregation.models import ModelVersion
-from aggregation.services._common import load_bytes
+from aggregation.services._common import verified_bytes
 from consortium.audit import audited_service, record
 from consortium.errors import NotFound
 from studies.models import Study
@@ -21,9 +20,7 @@ def model_version_download(*, actor: Any, study: Study | int, number: int) -> tu
     version = ModelVersion.objects.filter(study=visible, number=number).select_related("round").first()
     if version is None:
         raise NotFound("No such model version.", study=visible.pk)
-    data = load_bytes(version.path)
-    if codec.sha256_hex(data) != version.sha256:
-        raise RuntimeError(f"Stored model v{version.number} of study {visible.pk} does not match its SHA-256.")
+    data = verified_bytes(version)
     record(actor=actor, action="aggregation.model.downloaded", target=version, study=visible,
            details={"via": "page", "version": version.number, "sha256": version.sha256,
                     "round": version.round.number if version.round_id else None})

@@ -2,12 +2,12 @@
 
 from django.urls import path
 
-from aggregation import views
+from aggregation.views import rounds
 
 app_name = "aggregation"
 
 urlpatterns = [
-    path("rounds/", views.rounds_page, name="rounds"),
-    path("versions/<int:number>/", views.version_page, name="version"),
-    path("versions/<int:number>/download/", views.version_download, name="version-download"),
+    path("rounds/", rounds.rounds_page, name="rounds"),
+    path("versions/<int:number>/", rounds.version_page, name="version"),
+    path("versions/<int:number>/download/", rounds.version_download, name="version-download"),
 ]

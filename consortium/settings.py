@@ -144,7 +144,9 @@ if CELERY_BROKER_URL == "filesystem://":
     CELERY_BROKER_TRANSPORT = "consortium.broker:Transport"  # atomic message files; see consortium/broker.py
     _queue = DATA_DIR / "celery" / "queue"
     _queue.mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_queue), "data_folder_out": str(_queue)}
+    # kombu puts its broadcast (control) exchange files in ./control unless told otherwise.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_queue), "data_folder_out": str(_queue),
+                                       "control_folder": str(DATA_DIR / "celery" / "control")}
 CELERY_TASK_IGNORE_RESULT = True
 # The scheduler opens rounds for active studies and closes those past their deadline.
 CELERY_BEAT_SCHEDULE = {

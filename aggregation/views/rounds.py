@@ -17,7 +17,7 @@ from studies.models import Study
 from studies.services import study_viewed
 
 
-def _visible_study(request: HttpRequest, pk: int) -> Study:
+def visible_study(request: HttpRequest, pk: int) -> Study:
     """The study as the user sees it; an invisible one is NotFound, audited as a refused study view."""
     return select_or_deny(request.user, "studies.study.view", lambda: study_selectors.study_get(request.user, pk),
                           study=pk)
@@ -28,7 +28,7 @@ def _visible_study(request: HttpRequest, pk: int) -> Study:
 @domain_errors
 def rounds_page(request: HttpRequest, pk: int) -> HttpResponse:
     """Every round of the study, newest first: status and reason, updates per site, the version produced."""
-    study = _visible_study(request, pk)
+    study = visible_study(request, pk)
     study_viewed(actor=request.user, study=study, via="page:rounds")
     return render(request, "aggregation/rounds.html", {"study": study, "overview": selectors.rounds_overview(study)})
 
@@ -38,7 +38,7 @@ def rounds_page(request: HttpRequest, pk: int) -> HttpResponse:
 @domain_errors
 def version_page(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     """One model version with its provenance and the sites' evaluation of it."""
-    study = _visible_study(request, pk)
+    study = visible_study(request, pk)
     detail = selectors.version_detail(study, number)
     study_viewed(actor=request.user, study=study, via="page:version")
     return render(request, "aggregation/version.html", {"study": study, "detail": detail})

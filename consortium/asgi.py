@@ -1,4 +1,4 @@
-"""ASGI entry point: Django for HTTP, Channels for websockets (routes arrive with live monitoring)."""
+"""ASGI entry point: Django for HTTP, Channels for the dashboards' websockets."""
 
 import os
 
@@ -11,10 +11,14 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.urls import path  # noqa: E402
 
 from consortium.upload_limit import UploadSizeLimit  # noqa: E402
+from studies.consumers import StudyEventsConsumer  # noqa: E402
 
-websocket_urlpatterns: list = []
+websocket_urlpatterns = [
+    path("ws/studies/<int:study_id>/", StudyEventsConsumer.as_asgi()),
+]
 
 application = ProtocolTypeRouter(
     {

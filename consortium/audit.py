@@ -177,13 +177,16 @@ def verify_chain(events: Iterable[AuditEvent] | None = None) -> ChainReport:
     return ChainReport(verified, head_hash=prev_hash)
 
 
-def audited_service(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def audited_service(
+    action: str, *, on_denial: Callable[[DomainError | ValidationError, dict[str, Any]], None] | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run a service in one transaction; if it refuses (DomainError, or a model's ValidationError),
     roll back and record the denial.
 
     The denial names `action` with outcome "denied" and the refusal's reason, and is
     written after the rollback so it survives it. Study and site come from the
-    error, or from the service's `study`/`site`/`participation` arguments.
+    error, or from the service's `study`/`site`/`participation` arguments. `on_denial(error, kwargs)`
+    runs in the denial's transaction (e.g. to tell a live dashboard that an update was refused).
     """
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
@@ -193,21 +196,27 @@ def audited_service(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 with transaction.atomic():
                     return fn(*args, **kwargs)
             except DomainError as exc:
-                record_denial(
-                    actor=kwargs.get("actor"),
-                    action=action,
-                    reason=exc.message,
-                    target=exc.target if exc.target is not None else _first_model(kwargs),
-                    study=exc.study if exc.study is not None else _context(kwargs, "study"),
-                    site=exc.site if exc.site is not None else _context(kwargs, "site"),
-                    details={"code": exc.code},
-                )
+                with transaction.atomic():
+                    record_denial(
+                        actor=kwargs.get("actor"),
+                        action=action,
+                        reason=exc.message,
+                        target=exc.target if exc.target is not None else _first_model(kwargs),
+                        study=exc.study if exc.study is not None else _context(kwargs, "study"),
+                        site=exc.site if exc.site is not None else _context(kwargs, "site"),
+                        details={"code": exc.code},
+                    )
+                    if on_denial is not None:
+                        on_denial(exc, kwargs)
                 raise
             except ValidationError as exc:
                 # A model's own validation (full_clean) refusing the input is a denied attempt too.
-                record_denial(actor=kwargs.get("actor"), action=action, reason=_validation_reason(exc),
-                              target=_first_model(kwargs), study=_context(kwargs, "study"),
-                              site=_context(kwargs, "site"), details={"code": "validation_failed"})
+                with transaction.atomic():
+                    record_denial(actor=kwargs.get("actor"), action=action, reason=_validation_reason(exc),
+                                  target=_first_model(kwargs), study=_context(kwargs, "study"),
+                                  site=_context(kwargs, "site"), details={"code": "validation_failed"})
+                    if on_denial is not None:
+                        on_denial(exc, kwargs)
                 raise
 
         return wrapper
@@ -238,3 +247,8 @@ def _context(kwargs: dict[str, Any], name: str) -> Any:
     if name == "site" and not isinstance(kwargs.get("actor"), models.Model):
         return getattr(kwargs.get("actor"), "site_id", None)  # a site agent acts for its one site
     return None
+
+
+def denial_reason(exc: DomainError | ValidationError) -> str:
+    """The human reason of a refusal, whichever kind of error carried it."""
+    return exc.message if isinstance(exc, DomainError) else _validation_reason(exc)

@@ -138,6 +138,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# The in-memory layer cannot carry events published by other processes (the Celery worker): each
+# server process then reads the study event logs it is watching this often (0: off; Redis carries them).
+EVENTS_RELAY_SECONDS = env_int("EVENTS_RELAY_MS", 0 if REDIS_URL else 500) / 1000
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":

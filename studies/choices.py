@@ -129,3 +129,25 @@ class GateAction(models.TextChoices):
     DOWNLOAD_MODEL = "download_model", "Download the global model"
     SUBMIT_UPDATE = "submit_update", "Submit a model update"
     AGGREGATE = "aggregate", "Aggregate a round"
+
+
+class EventKind(models.TextChoices):
+    """What a study's live event log carries (see `studies.events`); the dashboard reacts to each."""
+
+    ROUND_OPENED = "round.opened", "Round opened"
+    UPDATE_RECEIVED = "update.received", "Update received"
+    UPDATE_REFUSED = "update.refused", "Update refused"
+    UPDATE_EXCLUDED = "update.excluded", "Update excluded"
+    STATISTICS_RECEIVED = "statistics.received", "Statistics received"
+    GATE_EVALUATED = "gate.evaluated", "Gate evaluated"
+    AGGREGATION_STARTED = "aggregation.started", "Aggregation started"
+    AGGREGATION_FINISHED = "aggregation.finished", "Aggregation finished"
+    ROUND_METRICS = "round.metrics", "Round metrics"
+    ROUND_CLOSED = "round.closed", "Round closed"
+    ROUND_BLOCKED = "round.blocked", "Round blocked"
+    ROUND_FAILED = "round.failed", "Round failed"
+    PARTICIPATION_CHANGED = "participation.changed", "Participation changed"
+    STUDY_CHANGED = "study.changed", "Study changed"
+    APPROVAL_CHANGED = "approval.changed", "Approval changed"
+    GOVERNANCE_CHANGED = "governance.changed", "Governance record changed"
+    GOVERNANCE_EXPIRED = "governance.expired", "Approval expired"

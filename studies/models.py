@@ -18,6 +18,7 @@ from studies.choices import (
     ApprovalDecision,
     ApprovalRole,
     DpiaStatus,
+    EventKind,
     ModelKind,
     ParticipationStatus,
     RevocationPolicy,
@@ -298,3 +299,29 @@ class Approval(models.Model):
     @property
     def is_live(self) -> bool:
         return self.decision == ApprovalDecision.APPROVED and self.voided_at is None
+
+
+class StudyEvent(models.Model):
+    """One entry of a study's live event log: what the dashboard streams, persisted first so that a
+    client that reconnects asks for everything after its last `seq` and loses nothing.
+
+    `seq` increases by one per study, allocated under a per-study lock held until commit, so events
+    become visible in `seq` order. Never weights or rows: only what the study's viewers may see."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveBigIntegerField()
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["study", "seq"]
+        constraints = [models.UniqueConstraint(fields=["study", "seq"], name="study_event_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.study_id}#{self.seq} {self.kind}"
+
+    def as_message(self) -> dict[str, Any]:
+        """The JSON the websocket sends (and the page embeds) for this event."""
+        return {"type": "event", "id": self.seq, "kind": self.kind, "at": self.created_at.isoformat(),
+                "data": self.payload}

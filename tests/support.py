@@ -22,6 +22,7 @@ from studies.models import (
     EthicsApproval,
     Participation,
     Study,
+    StudyEvent,
     StudyUserObjectPermission,
 )
 from tests.base import Personas, active_study, draft_study
@@ -66,14 +67,18 @@ class Refusal:
 
 
 @contextmanager
-def refused(error: type[Exception], match: str, *, action: str) -> Iterator[Refusal]:
+def refused(error: type[Exception], match: str, *, action: str, published: tuple[str, ...] = ()) -> Iterator[Refusal]:
     """The block must raise `error` (message matching `match`), change no governed row, and leave
-    exactly one audit event: the denial named `action`, carrying the refusal's message."""
+    exactly one audit event: the denial named `action`, carrying the refusal's message. Live dashboards
+    hear only of the refusal itself (`published`: the kinds of study events expected, none by default)."""
     before, mark, outcome = snapshot(), last_seq(), Refusal()
+    events_mark = StudyEvent.objects.aggregate(top=Max("pk"))["top"] or 0
     with pytest.raises(error, match=match) as info:
         yield outcome
     outcome.error = info.value
     assert snapshot() == before, "a refused request changed governed data"
+    published_now = list(StudyEvent.objects.filter(pk__gt=events_mark).order_by("pk").values_list("kind", flat=True))
+    assert published_now == list(published), published_now
     outcome.events = events_after(mark)
     assert [(e.action, e.outcome) for e in outcome.events] == [(action, AuditOutcome.DENIED)]
     outcome.event = outcome.events[0]

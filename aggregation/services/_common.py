@@ -10,6 +10,7 @@ from django.utils import timezone
 from aggregation import codec
 from aggregation.choices import ROUND_TRANSITIONS, RoundStatus
 from aggregation.models import ModelVersion, Round
+from aggregation.services import _events
 from consortium.audit import record
 from consortium.errors import InvalidTransition, NotFound
 from studies.models import Participation
@@ -72,3 +73,4 @@ def move_round(round_: Round, to: RoundStatus, *, actor: Any, reason: str = "", 
     record(actor=actor, action=f"aggregation.round.{to}", target=round_, study=round_.study_id,
            details={"round": round_.number, "kind": round_.kind, "before": before, "after": to, "reason": reason,
                     **(details or {})})
+    _events.round_moved(round_, reason, details or {})

@@ -3,6 +3,8 @@ from sites no longer eligible (per the study's revocation policy), run the study
 store exactly one new model version with its provenance. Safe to run twice or after a crash."""
 
 import logging
+import math
+import time
 from datetime import datetime
 from typing import Any
 
@@ -13,11 +15,13 @@ from aggregation import codec
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
+from aggregation.services import _events
 from aggregation.services._common import absolute, move_round, store, version_tensors
 from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
 from studies.choices import GateAction, RevocationPolicy
+from studies.events import publish_gate
 from studies.governance import GateResult, evaluate
 from studies.models import AgreementVersion, Study
 
@@ -44,6 +48,7 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
 
 
 def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
+    started = time.perf_counter()
     # `of`: PostgreSQL cannot lock the nullable side of the outer join to base_version.
     round_ = Round.objects.select_for_update(of=("self",)).select_related("base_version").get(pk=round_id)
     if round_.status not in ROUND_LIVE:
@@ -54,6 +59,7 @@ def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
     gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
     round_.gate_result = gate.as_dict()
     round_.save(update_fields=["gate_result"])
+    publish_gate(study, trigger="aggregation", gate=gate)
     refusals = [check for check in gate.study_checks if not check.passed and check.name != "quorum"]
     if refusals:
         return _block(round_, " ".join(check.reason for check in refusals), gate)
@@ -64,7 +70,7 @@ def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
                       gate)
     if len(included) < study.quorum:
         return _block(round_, f"Only {len(included)} eligible updates; the quorum is {study.quorum}.", gate)
-    return _produce_version(study, round_, included, gate)
+    return _produce_version(study, round_, included, gate, started)
 
 
 def _apply_exclusions(updates: list[Update], gate: GateResult, round_: Round) -> list[Update]:
@@ -81,6 +87,7 @@ def _apply_exclusions(updates: list[Update], gate: GateResult, round_: Round) ->
         update.save(update_fields=["status", "exclusion_reason"])
         record(actor=SYSTEM, action="aggregation.update.excluded", target=update, study=round_.study_id,
                site=update.site_id, details={"round": round_.number, "reason": reasons})
+        _events.update_excluded(update, round_, reasons)
     return included
 
 
@@ -89,7 +96,8 @@ def _block(round_: Round, reason: str, gate: GateResult) -> None:
     return None
 
 
-def _produce_version(study: Study, round_: Round, included: list[Update], gate: GateResult) -> ModelVersion:
+def _produce_version(study: Study, round_: Round, included: list[Update], gate: GateResult,
+                     started: float) -> ModelVersion:
     from aggregation import strategies  # TODO(lead): top-level once strategies.py lands
 
     base = round_.base_version
@@ -100,15 +108,21 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     data = codec.encode(weights)
     path, digest = store(data, "versions", study.pk)
     state_path = store(codec.encode(state), "optimizer", study.pk)[0] if state else ""
+    seconds = time.perf_counter() - started
+    provenance = {**_provenance(study, round_, included, gate), "aggregation_seconds": seconds,
+                  # The global model's L2 norm, beside the sites' update norms on the dashboard.
+                  "weight_norm": math.sqrt(sum(float(t.double().pow(2).sum()) for t in weights.values()))}
     version = ModelVersion(study=study, number=base.number + 1, round=round_, path=path, sha256=digest,
                            size_bytes=len(data), spec=base.spec, optimizer_state_path=state_path,
-                           provenance=_provenance(study, round_, included, gate))
+                           provenance=provenance)
     version.full_clean()
     version.save()
     Update.objects.filter(pk__in=[u.pk for u in included]).update(status=UpdateStatus.INCLUDED)
     record(actor=SYSTEM, action="aggregation.model_version.created", target=version, study=study,
            details={"version": version.number, "round": round_.number, "sha256": digest,
                     "sites": [u.site_id for u in included], "strategy": study.strategy})
+    waited = max((timezone.now() - round_.aggregation_started_at).total_seconds() - seconds, 0.0)
+    _events.aggregation_finished(round_, version, included, seconds, waited)
     move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"Model v{version.number} aggregated.")
     round_open_next(study_id=study.pk)
     return version

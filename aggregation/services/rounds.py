@@ -10,12 +10,15 @@ from django.utils import timezone
 from aggregation import codec, zoo
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization
+from aggregation.services import _events
 from aggregation.services._common import move_round, store
+from aggregation.services._events import Progress
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
 from studies.choices import GateAction, StudyStatus
 from studies.governance import evaluate
 from studies.models import Study
+from studies.services.monitoring import governance_watch
 
 # An aggregation that has not finished this long after it started is presumed lost (a dead worker).
 AGGREGATION_RESCUE_AFTER = timedelta(minutes=2)
@@ -47,6 +50,7 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
                details={"round": round_.number, "kind": round_.kind, "base_version": base.number if base else None,
                         "deadline": round_.deadline.isoformat(),
                         "eligible_site_ids": [v.site_id for v in gate.eligible_sites]})
+        _events.round_opened(round_, gate)
         return round_
 
 
@@ -69,16 +73,20 @@ def _latest_version(study: Study) -> ModelVersion:
     return version
 
 
-def round_complete_if_ready(round_: Round, *, moment: datetime | None = None) -> None:
+def round_progress(round_: Round, *, moment: datetime | None = None) -> Progress:
+    """Which sites have submitted to the round, and which the gate allows now."""
+    gate = evaluate(round_.study, GateAction.AGGREGATE, moment=moment)
+    if round_.kind == RoundKind.STATISTICS:
+        submitted = SiteStatistics.objects.filter(round=round_).values_list("site_id", flat=True)
+    else:
+        submitted = round_.updates.filter(status=UpdateStatus.ACCEPTED).values_list("site_id", flat=True)
+    return Progress(frozenset(submitted), frozenset(verdict.site_id for verdict in gate.eligible_sites), gate)
+
+
+def round_complete_if_ready(round_: Round, *, moment: datetime | None = None, progress: Progress | None = None) -> None:
     """After a submission: once every eligible site has submitted, close a statistics round at once
     or hand a training round to the aggregation task (after this transaction commits)."""
-    gate = evaluate(round_.study, GateAction.AGGREGATE, moment=moment)
-    eligible = {verdict.site_id for verdict in gate.eligible_sites}
-    if round_.kind == RoundKind.STATISTICS:
-        submitted = set(SiteStatistics.objects.filter(round=round_).values_list("site_id", flat=True))
-    else:
-        submitted = set(round_.updates.filter(status=UpdateStatus.ACCEPTED).values_list("site_id", flat=True))
-    if eligible and eligible <= submitted:
+    if (progress or round_progress(round_, moment=moment)).complete:
         _finish(round_, reason="Every eligible site has submitted.")
 
 
@@ -99,12 +107,8 @@ def round_check_deadline(*, round_id: int, moment: datetime | None = None) -> No
         round_ = Round.objects.select_for_update().select_related("study").get(pk=round_id)
         if round_.status != RoundStatus.OPEN or round_.deadline > moment:
             return
-        gate = evaluate(round_.study, GateAction.AGGREGATE, moment=moment)
-        eligible = {verdict.site_id for verdict in gate.eligible_sites}
-        if round_.kind == RoundKind.STATISTICS:
-            got = set(SiteStatistics.objects.filter(round=round_).values_list("site_id", flat=True)) & eligible
-        else:
-            got = set(round_.updates.filter(status=UpdateStatus.ACCEPTED).values_list("site_id", flat=True)) & eligible
+        progress = round_progress(round_, moment=moment)
+        got, gate = progress.submitted & progress.eligible, progress.gate
         if len(got) >= round_.study.quorum:
             quorum = round_.study.quorum
             _finish(round_, reason=f"Deadline passed with {len(got)} eligible submissions (quorum {quorum}).")
@@ -138,7 +142,8 @@ def statistics_close(round_: Round) -> Standardization:
 
 
 def rounds_tick(*, moment: datetime | None = None) -> None:
-    """The scheduler's beat: open rounds for active studies, enforce deadlines, rescue lost aggregations."""
+    """The scheduler's beat: open rounds for active studies, enforce deadlines, rescue lost aggregations,
+    and tell live dashboards when an approval lapsed with time."""
     from aggregation.tasks import aggregate_round
 
     moment = moment or timezone.now()
@@ -157,3 +162,4 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
     idle = Study.objects.filter(status=StudyStatus.ACTIVE).exclude(rounds_run__status__in=ROUND_LIVE)
     for study_id in idle.values_list("pk", flat=True):
         round_open_next(study_id=study_id, moment=moment)
+    governance_watch(moment=moment)

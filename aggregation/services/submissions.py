@@ -3,6 +3,7 @@ feature statistics. Every request is checked by the gate at that moment; a refus
 nothing and is audited (see `audited_service`)."""
 
 import math
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -12,10 +13,12 @@ from django.utils import timezone
 from aggregation import codec
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Update
+from aggregation.services import _events
 from aggregation.services._common import lock_round_for_site, spec, store, verified_bytes, version_tensors
-from aggregation.services.rounds import round_complete_if_ready
+from aggregation.services.rounds import round_complete_if_ready, round_progress
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
+from consortium.models import AuditEvent
 from studies.choices import GateAction
 from studies.governance import evaluate
 
@@ -52,7 +55,7 @@ def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     return version, data
 
 
-@audited_service("aggregation.update.submit")
+@audited_service("aggregation.update.submit", on_denial=_events.update_refused)
 def update_submit(
     *, actor: Any, round_id: int, body: bytes, round_number: int, base_version: int, num_examples: int,
     metrics: dict[str, Any], idempotency_key: str,
@@ -80,15 +83,24 @@ def update_submit(
     update = Update(round=round_, site_id=actor.site_id, base_version=round_.base_version, path=path, sha256=digest,
                     size_bytes=len(body), num_examples=num_examples, metrics=metrics, weight_norm=weight_norm,
                     delta_norm=delta_norm, idempotency_key=idempotency_key, submitted_by=actor.get_username(),
-                    received_at=timezone.now())
+                    downloaded_at=_downloaded_at(round_, actor.site_id), received_at=timezone.now())
     update.full_clean()
     update.save()
     record(actor=actor, action="aggregation.update.accepted", target=update, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "sha256": digest, "num_examples": num_examples,
                                         "metrics": metrics, "weight_norm": weight_norm, "delta_norm": delta_norm})
     _record_base_evaluation(round_.base_version, actor.site_id, metrics.get("base"))
-    round_complete_if_ready(round_)
+    progress = round_progress(round_)
+    _events.update_received(update, round_, progress)
+    round_complete_if_ready(round_, progress=progress)
     return update, True
+
+
+def _downloaded_at(round_: Round, site_id: int) -> datetime | None:
+    """When the site first downloaded the round's model (its audited download): the start of its elapsed time."""
+    return (AuditEvent.objects.filter(action="aggregation.model.downloaded", study_id=round_.study_id,
+                                      site_id=site_id, details__round=round_.number)
+            .order_by("seq").values_list("created_at", flat=True).first())
 
 
 def _check_numbers(num_examples: int, metrics: dict[str, Any], round_: Round) -> None:
@@ -129,7 +141,7 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
     version.save(update_fields=["evaluation"])
 
 
-@audited_service("aggregation.statistics.submit")
+@audited_service("aggregation.statistics.submit", on_denial=_events.update_refused)
 def statistics_submit(
     *, actor: Any, round_id: int, features: list[str], count: int, sums: list[float], sums_of_squares: list[float]
 ) -> SiteStatistics:
@@ -148,7 +160,9 @@ def statistics_submit(
     # The figures themselves stay out of the audit details: no site's statistics are shown to others.
     record(actor=actor, action="aggregation.statistics.accepted", target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "count": count, "features": len(features)})
-    round_complete_if_ready(round_)
+    progress = round_progress(round_)
+    _events.statistics_received(round_, actor.site, count, progress)
+    round_complete_if_ready(round_, progress=progress)
     return row
 
 

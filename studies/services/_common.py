@@ -10,7 +10,8 @@ from consortium.audit import record
 from consortium.errors import Forbidden, InvalidTransition, NotFound
 from sites.models import Site
 from sites.permissions import can_administer
-from studies.choices import STUDY_TRANSITIONS, ApprovalDecision, StudyStatus
+from studies.choices import STUDY_TRANSITIONS, ApprovalDecision, EventKind, StudyStatus
+from studies.events import announce_governance
 from studies.models import AgreementVersion, Approval, Participation, Study
 from studies.permissions import can_lead, studies_for
 
@@ -82,3 +83,4 @@ def send_back_for_approval(actor: AbstractBaseUser, study: Study, *, reason: str
         move(study, StudyStatus.SUBMITTED, actor=actor, reason=reason)
     record(actor=actor, action="studies.study.approvals_voided", target=study, study=study,
            details={"reason": reason, "voided_approval_ids": voided, "before": before, "after": study.status})
+    announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status, "reason": reason})

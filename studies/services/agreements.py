@@ -5,7 +5,8 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, InvalidTransition, ValidationFailed
-from studies.choices import STUDY_EDITABLE
+from studies.choices import STUDY_EDITABLE, EventKind
+from studies.events import announce_governance
 from studies.models import AgreementSignature, AgreementVersion, Participation, Study, sha256_text
 from studies.services._common import (
     current_agreement,
@@ -40,6 +41,8 @@ def agreement_publish(*, actor: AbstractBaseUser, study: Study, text: str) -> Ag
     record(actor=actor, action="studies.agreement.published", target=version, study=study,
            details={"version": version.version, "sha256": digest,
                     "supersedes": previous.version if previous else None})
+    announce_governance(study, EventKind.GOVERNANCE_CHANGED,
+                        {"what": "agreement", "change": "published", "version": version.version})
     if previous:
         send_back_for_approval(actor, study, reason=f"A new data use agreement version (v{version.version}).")
     return version
@@ -70,4 +73,7 @@ def agreement_sign(*, actor: AbstractBaseUser, agreement: AgreementVersion, part
     signature.save()
     record(actor=actor, action="studies.agreement.signed", target=signature, study=study, site=site,
            details={"version": current.version, "sha256": current.sha256})
+    announce_governance(study, EventKind.GOVERNANCE_CHANGED, {"what": "agreement", "change": "signed",
+                                                              "version": current.version, "site_id": site.pk,
+                                                              "site": site.name})
     return signature

@@ -6,7 +6,8 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, Forbidden, InvalidTransition, ValidationFailed
-from studies.choices import STUDY_REVIEWABLE, ApprovalDecision, ApprovalRole, StudyStatus
+from studies.choices import STUDY_REVIEWABLE, ApprovalDecision, ApprovalRole, EventKind, StudyStatus
+from studies.events import announce_governance
 from studies.models import Approval, Study
 from studies.permissions import can_lead, is_dpo
 from studies.services._common import current_agreement, lock_study, move, void_approvals
@@ -55,6 +56,8 @@ def study_approve(*, actor: AbstractBaseUser, study: Study, comment: str = "") -
     record(actor=actor, action="studies.study.approval_given", target=study, study=study,
            details={"role": role, "protocol_sha256": approval.protocol_sha256, "agreement_version": agreement.version,
                     "agreement_sha256": agreement.sha256, "comment": approval.comment})
+    announce_governance(study, EventKind.APPROVAL_CHANGED, {"role": role, "decision": "approved",
+                                                            "by": actor.get_username(), "status": study.status})
     if len(live) + 1 == len(ApprovalRole):
         _complete(actor, study)
     return approval
@@ -67,6 +70,7 @@ def _complete(actor: AbstractBaseUser, study: Study) -> None:
     before = move(study, target, actor=actor, reason=reason)
     record(actor=actor, action="studies.study.resumed" if resuming else "studies.study.approved", target=study,
            study=study, details={"before": before, "after": study.status})
+    announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status, "reason": reason})
 
 
 @audited_service("studies.study.reject")
@@ -96,4 +100,7 @@ def study_reject(*, actor: AbstractBaseUser, study: Study, reason: str) -> Appro
         move(study, StudyStatus.DRAFT, actor=actor, reason=f"Rejected: {reason.strip()}")
     record(actor=actor, action="studies.study.rejected", target=study, study=study,
            details={"before": before, "after": study.status, "reason": reason.strip(), "voided_approval_ids": voided})
+    announce_governance(study, EventKind.APPROVAL_CHANGED, {"role": ApprovalRole.DPO, "decision": "rejected",
+                                                            "by": actor.get_username(), "status": study.status,
+                                                            "reason": reason.strip()})
     return rejection

@@ -7,7 +7,8 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import Forbidden, InvalidTransition, ValidationFailed
-from studies.choices import DPIA_TRANSITIONS, DpiaStatus, RiskLevel
+from studies.choices import DPIA_TRANSITIONS, DpiaStatus, EventKind, RiskLevel
+from studies.events import announce_governance
 from studies.models import Dpia, Study
 from studies.permissions import is_dpo
 from studies.services._common import lock_study
@@ -36,6 +37,9 @@ def _move(actor: AbstractBaseUser, dpia: Dpia, to: DpiaStatus, comment: str, eve
     dpia.save()
     record(actor=actor, action=f"studies.dpia.{event}", target=dpia, study=dpia.study,
            details={"before": before, "after": _snapshot(dpia), "comment": dpia.comment})
+    announce_governance(dpia.study, EventKind.GOVERNANCE_CHANGED,
+                        {"what": "dpia", "change": event, "status": dpia.status,
+                         "valid_until": dpia.valid_until.isoformat() if dpia.valid_until else None})
     return dpia
 
 

@@ -7,6 +7,8 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import InvalidTransition, ValidationFailed
+from studies.choices import EventKind
+from studies.events import announce_governance
 from studies.models import EthicsApproval, Participation
 from studies.services._common import lock_study, require_site_admin
 
@@ -38,4 +40,7 @@ def ethics_record(
     record(actor=actor, action="studies.ethics.recorded", target=approval, study=study, site=site,
            details={"reference": approval.reference, "valid_from": valid_from.isoformat(),
                     "valid_until": valid_until.isoformat()})
+    announce_governance(study, EventKind.GOVERNANCE_CHANGED,
+                        {"what": "ethics", "change": "recorded", "site_id": site.pk, "site": site.name,
+                         "valid_until": valid_until.isoformat()})
     return approval

@@ -7,7 +7,14 @@ from django.utils import timezone
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from sites.models import Site
-from studies.choices import PARTICIPATION_CURRENT, PARTICIPATION_TRANSITIONS, ParticipationStatus, StudyStatus
+from studies.choices import (
+    PARTICIPATION_CURRENT,
+    PARTICIPATION_TRANSITIONS,
+    EventKind,
+    ParticipationStatus,
+    StudyStatus,
+)
+from studies.events import announce_governance
 from studies.models import Participation, Study
 from studies.services._common import lock_participation, lock_study, require_lead, require_site_admin
 
@@ -30,6 +37,9 @@ def participation_invite(*, actor: AbstractBaseUser, study: Study, site: Site) -
     participation.save()
     record(actor=actor, action="studies.participation.invited", target=participation, study=study, site=site,
            details={"after": participation.status})
+    announce_governance(study, EventKind.PARTICIPATION_CHANGED,
+                        {"site_id": site.pk, "site": site.name, "before": None, "after": participation.status,
+                         "reason": "", "by": actor.get_username()})
     return participation
 
 
@@ -56,6 +66,9 @@ def _move(actor: AbstractBaseUser, participation: Participation, to: Participati
     record(actor=actor, action=f"studies.participation.{event}", target=participation,
            study=participation.study, site=participation.site,
            details={"before": before, "after": to, "reason": participation.reason})
+    announce_governance(participation.study, EventKind.PARTICIPATION_CHANGED,
+                        {"site_id": participation.site_id, "site": participation.site.name, "before": before,
+                         "after": to, "reason": participation.reason, "by": actor.get_username()})
     return participation
 
 

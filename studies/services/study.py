@@ -10,7 +10,8 @@ from guardian.shortcuts import assign_perm
 from consortium.audit import audited_service, record
 from consortium.errors import Forbidden, InvalidTransition, ValidationFailed
 from consortium.roles import Role, has_role
-from studies.choices import STUDY_EDITABLE, StudyStatus
+from studies.choices import STUDY_EDITABLE, EventKind, StudyStatus
+from studies.events import announce_governance
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Study, sha256_text
 from studies.permissions import LEAD_STUDY, can_lead, is_dpo
 from studies.selectors import protocol_diff
@@ -80,6 +81,7 @@ def study_submit(*, actor: AbstractBaseUser, study: Study) -> Study:
     before = move(study, StudyStatus.SUBMITTED, actor=actor)
     record(actor=actor, action="studies.study.submitted", target=study, study=study,
            details={"before": before, "after": study.status, "protocol_sha256": study.protocol_sha256()})
+    announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status})
     return study
 
 
@@ -95,6 +97,7 @@ def study_activate(*, actor: AbstractBaseUser, study: Study) -> Study:
     before = move(study, StudyStatus.ACTIVE, actor=actor)
     record(actor=actor, action="studies.study.activated", target=study, study=study,
            details={"before": before, "after": study.status})
+    announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status})
     return study
 
 
@@ -111,6 +114,8 @@ def study_suspend(*, actor: AbstractBaseUser, study: Study, justification: str) 
     record(actor=actor, action="studies.study.suspended", target=study, study=study,
            details={"before": before, "after": study.status, "justification": justification.strip(),
                     "voided_approval_ids": voided})
+    announce_governance(study, EventKind.STUDY_CHANGED,
+                        {"before": before, "after": study.status, "reason": justification.strip()})
     return study
 
 
@@ -124,6 +129,8 @@ def study_close(*, actor: AbstractBaseUser, study: Study, reason: str) -> Study:
     before = move(study, StudyStatus.CLOSED, actor=actor, reason=reason.strip())
     record(actor=actor, action="studies.study.closed", target=study, study=study,
            details={"before": before, "after": study.status, "reason": reason.strip()})
+    announce_governance(study, EventKind.STUDY_CHANGED,
+                        {"before": before, "after": study.status, "reason": reason.strip()})
     return study
 
 

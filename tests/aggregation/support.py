@@ -19,10 +19,11 @@ from aggregation import codec
 from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization, Update
 from aggregation.services import round_open_next, update_submit
 from aggregation.services._common import version_tensors
-from consortium.errors import DomainError
+from consortium.errors import DomainError, NotFound
 from sites.agents import AgentPrincipal
 from sites.models import Site
 from sites.services import agent_token_create, site_admin_assign
+from studies.choices import EventKind
 from studies.models import Participation, Study
 from tests.base import Personas, active_study
 from tests.support import Refusal, refused
@@ -137,7 +138,10 @@ def rejected(error: type[DomainError], match: str, *, code: str, status: int,
     """The block must be refused with `error` (its `code` and HTTP `status`, message matching `match`),
     store no row and no tensor file, and leave exactly one audit event: the denial named `action`."""
     rows, files = aggregation_rows(), stored_files()
-    with refused(error, match, action=action) as outcome:
+    # A refused submission is shown on the study's dashboard; a 404 names no study to show it on.
+    submission = action in ("aggregation.update.submit", "aggregation.statistics.submit")
+    published = (EventKind.UPDATE_REFUSED,) if submission and not issubclass(error, NotFound) else ()
+    with refused(error, match, action=action, published=published) as outcome:
         yield outcome
     assert outcome.error.code == code and outcome.error.status == status, (outcome.error.code, outcome.error.status)
     assert aggregation_rows() == rows, "a refused request changed rounds, updates or model versions"

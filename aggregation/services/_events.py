@@ -1,0 +1,108 @@
+"""What the round services tell a study's live dashboard, in the transaction that made the change.
+Payloads carry sites, times, counts, metrics and norms: never weights, never a site's statistics."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from aggregation.models import ModelVersion, Round, Update
+from consortium.audit import denial_reason
+from consortium.errors import DomainError, NotFound
+from sites.models import Site
+from studies.choices import EventKind
+from studies.events import publish, publish_gate
+from studies.governance import GateResult
+
+LOCAL_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_auc", "val_examples", "training_seconds")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Who of the sites the gate allows now has submitted to a round."""
+
+    submitted: frozenset[int]
+    eligible: frozenset[int]
+    gate: GateResult
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.eligible) and self.eligible <= self.submitted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"submitted": len(self.submitted & self.eligible), "eligible": len(self.eligible)}
+
+
+def _round(round_: Round) -> dict[str, Any]:
+    return {"round_id": round_.pk, "round": round_.number, "kind": round_.kind}
+
+
+def round_opened(round_: Round, gate: GateResult) -> None:
+    eligible = [{"site_id": v.site_id, "site": v.site_name} for v in gate.eligible_sites]
+    publish(round_.study_id, EventKind.ROUND_OPENED,
+            {**_round(round_), "base_version": round_.base_version.number if round_.base_version else None,
+             "opened_at": round_.opened_at.isoformat(), "deadline": round_.deadline.isoformat(),
+             "eligible_sites": eligible, "submitted": 0, "eligible": len(eligible)})
+    publish_gate(round_.study, trigger=EventKind.ROUND_OPENED, gate=gate)
+
+
+def update_received(update: Update, round_: Round, progress: Progress) -> None:
+    elapsed = (update.received_at - update.downloaded_at).total_seconds() if update.downloaded_at else None
+    publish(round_.study_id, EventKind.UPDATE_RECEIVED,
+            {**_round(round_), "site_id": update.site_id, "site": update.site.name,
+             "received_at": update.received_at.isoformat(), "elapsed_seconds": elapsed,
+             "num_examples": update.num_examples, "weight_norm": update.weight_norm, "delta_norm": update.delta_norm,
+             "metrics": {key: update.metrics.get(key) for key in LOCAL_METRICS}, **progress.as_dict()})
+
+
+def statistics_received(round_: Round, site: Site, count: int, progress: Progress) -> None:
+    publish(round_.study_id, EventKind.STATISTICS_RECEIVED,
+            {**_round(round_), "site_id": site.pk, "site": site.name, "count": count, **progress.as_dict()})
+
+
+def update_refused(exc: DomainError | ValidationError, kwargs: dict[str, Any]) -> None:
+    """`on_denial` of the submission services: a refusal the study's viewers may see (not a 404: that
+    agent may not even know the study)."""
+    if isinstance(exc, NotFound) or getattr(exc, "study", None) is None:
+        return
+    actor = kwargs.get("actor")
+    round_ = Round.objects.filter(pk=kwargs.get("round_id")).values("pk", "number", "kind").first()
+    publish(exc.study, EventKind.UPDATE_REFUSED,
+            {"round_id": round_ and round_["pk"], "round": round_ and round_["number"],
+             "site_id": getattr(actor, "site_id", None), "site": str(getattr(actor, "site", "")),
+             "reason": denial_reason(exc), "code": getattr(exc, "code", "validation_failed")})
+
+
+def update_excluded(update: Update, round_: Round, reason: str) -> None:
+    publish(round_.study_id, EventKind.UPDATE_EXCLUDED,
+            {**_round(round_), "site_id": update.site_id, "site": update.site.name, "reason": reason})
+
+
+def round_moved(round_: Round, reason: str, details: dict[str, Any]) -> None:
+    """Aggregation started, or the round closed, was blocked or failed."""
+    kind = {"aggregating": EventKind.AGGREGATION_STARTED, "closed": EventKind.ROUND_CLOSED,
+            "blocked": EventKind.ROUND_BLOCKED, "failed": EventKind.ROUND_FAILED}.get(round_.status)
+    if kind is None:
+        return
+    payload = {**_round(round_), "status": round_.status, "reason": reason}
+    if kind == EventKind.ROUND_BLOCKED and "gate" in details:
+        payload["gate"] = details["gate"]
+    publish(round_.study_id, kind, payload)
+
+
+def aggregation_finished(round_: Round, version: ModelVersion, included: list[Update], seconds: float,
+                         wait_seconds: float | None) -> None:
+    """The new version, how long aggregating took, and the round's metrics: the sites' evaluation of
+    the model they trained from (the global metric), their local metrics and the weight norms."""
+    publish(round_.study_id, EventKind.AGGREGATION_FINISHED,
+            {**_round(round_), "version": version.number, "duration_seconds": seconds, "wait_seconds": wait_seconds,
+             "sites": [u.site_id for u in included], "strategy": round_.study.strategy})
+    base = round_.base_version
+    publish(round_.study_id, EventKind.ROUND_METRICS,
+            {**_round(round_), "version": version.number, "evaluated_version": base.number,
+             "global": base.evaluation.get("global") or {}, "evaluated_by_site": base.evaluation.get("sites") or {},
+             "global_weight_norm": version.provenance.get("weight_norm"),
+             "sites": {str(u.site_id): {"site": u.site.name, "num_examples": u.num_examples,
+                                        "weight_norm": u.weight_norm, "delta_norm": u.delta_norm,
+                                        **{key: u.metrics.get(key) for key in LOCAL_METRICS}}
+                       for u in included}})

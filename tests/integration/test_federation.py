@@ -75,6 +75,11 @@ def test_it_runs_real_rounds_over_http_with_a_worker_and_agents(broker, tmp_path
         ["Amsterdam UMC", "Charité – Universitätsmedizin Berlin", "Hospital Clínic de Barcelona",
          "Helsinki University Hospital"])
     assert all(c["num_examples"] > 0 and len(c["update_sha256"]) == 64 for c in contributors)
+    # The worker and the server both wrote to the study's live event log, in one gapless sequence.
+    seqs, kinds = _events(database_url, figures["study_id"])
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert kinds.count("statistics.received") == 4 and kinds.count("update.received") == 8
+    assert kinds.count("aggregation.finished") == kinds.count("round.metrics") == 2
     verify = _run(env, "verify_audit", timeout=120)
     assert verify.returncode == 0 and "Audit chain intact" in verify.stdout, verify.stdout + verify.stderr
 
@@ -87,3 +92,14 @@ def _provenance(database_url: str, study_id: int) -> list[tuple[int, dict]]:
         return [(number, json.loads(provenance)) for number, provenance in rows]
     with psycopg.connect(database_url) as conn:
         return [(number, provenance) for number, provenance in conn.execute(query, [study_id]).fetchall()]
+
+
+def _events(database_url: str, study_id: int) -> tuple[list[int], list[str]]:
+    query = "SELECT seq, kind FROM studies_studyevent WHERE study_id = %s ORDER BY seq"
+    if database_url.startswith("sqlite"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            rows = conn.execute(query.replace("%s", "?"), [study_id]).fetchall()
+    else:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(query, [study_id]).fetchall()
+    return [seq for seq, _ in rows], [kind for _, kind in rows]

@@ -102,7 +102,8 @@ def compute_hash(event: AuditEvent) -> str:
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
-def _lock_chain() -> None:
+def lock_chain() -> None:
+    """Serialise appends until commit (PostgreSQL; SQLite's IMMEDIATE transactions already do)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
@@ -121,7 +122,7 @@ def record(
     """Append one event to the chain, inside the caller's transaction."""
     ref = actor_ref(actor)
     with transaction.atomic(savepoint=False):
-        _lock_chain()
+        lock_chain()
         last = AuditEvent.objects.order_by("-seq").values("seq", "hash").first()
         event = AuditEvent(
             seq=(last["seq"] + 1) if last else 1,

@@ -13,18 +13,15 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import connection, models, transaction
+from django.db import models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from consortium.audit import to_json
+from consortium.audit import lock_chain, to_json
 from studies.choices import EventKind, GateAction
 from studies.models import Study, StudyEvent
 
 logger = logging.getLogger(__name__)
-
-_EVENT_LOCK_CLASS = 0x5E0E  # with the study id, names the per-study advisory lock on PostgreSQL
-
 
 def group_name(study_id: int) -> str:
     return f"study-{study_id}"
@@ -38,11 +35,10 @@ def publish(study: Study | int, kind: EventKind | str, payload: dict[str, Any]) 
     """Append an event to the study's log inside the caller's transaction; broadcast it after commit."""
     study_id = _study_id(study)
     with transaction.atomic(savepoint=False):
-        if connection.vendor == "postgresql":
-            # Held until commit: events of one study commit in seq order, so a reader never sees a gap
-            # that fills in later. SQLite's IMMEDIATE transactions already serialise writers.
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_EVENT_LOCK_CLASS, study_id])
+        # The audit chain's lock, held until commit: events of a study commit in seq order, so a reader
+        # never sees a gap that fills in later. The same lock (not one per study) because every publishing
+        # transaction also appends to the audit log: two locks taken in either order could deadlock.
+        lock_chain()
         last = StudyEvent.objects.filter(study_id=study_id).aggregate(last=Max("seq"))["last"] or 0
         event = StudyEvent.objects.create(study_id=study_id, seq=last + 1, kind=str(kind), payload=to_json(payload),
                                           created_at=timezone.now())

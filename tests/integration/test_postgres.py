@@ -10,9 +10,10 @@ from django.db import DatabaseError, connection, connections, transaction
 from consortium.audit import record, verify_chain
 from consortium.models import AuditEvent
 from studies import services
-from studies.choices import ApprovalDecision, StudyStatus
-from studies.models import Approval
-from tests.base import make_personas
+from studies.choices import ApprovalDecision, EventKind, StudyStatus
+from studies.events import publish
+from studies.models import Approval, StudyEvent
+from tests.base import draft_study, make_personas
 from tests.support import study_in
 
 pytestmark = pytest.mark.integration
@@ -102,3 +103,23 @@ def test_it_lets_only_one_of_two_racing_dpos_give_the_dpo_approval(transactional
     assert Approval.objects.filter(study=study, role="dpo", voided_at__isnull=True).count() == 1
     assert AuditEvent.objects.filter(action="studies.study.approve", outcome="denied").count() == 1
     assert verify_chain().intact
+
+
+def test_concurrent_publishers_give_a_study_one_gapless_event_sequence_without_deadlock(transactional_db):
+    """Half the writers audit then publish, half publish then audit: one lock order, so no deadlock,
+    and the study's events are numbered 1..n in commit order."""
+    study = draft_study(make_personas())
+
+    def work(i: int) -> None:
+        with transaction.atomic():
+            if i % 2:
+                record(actor=None, action="tests.system.tick", study=study)
+                publish(study.pk, EventKind.STUDY_CHANGED, {"writer": i})
+            else:
+                publish(study.pk, EventKind.STUDY_CHANGED, {"writer": i})
+                record(actor=None, action="tests.system.tick", study=study)
+
+    assert in_threads(12, work) == []
+    rows = list(StudyEvent.objects.filter(study=study).order_by("seq").values_list("seq", "payload__writer"))
+    assert [seq for seq, _ in rows] == list(range(1, 13))
+    assert sorted(writer for _, writer in rows) == list(range(12))

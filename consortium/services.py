@@ -22,6 +22,13 @@ def audit_log_read(*, actor: AbstractBaseUser, via: str, filters: dict[str, Any]
            details={"filters": filters, "events": count})
 
 
+def overview_viewed(*, actor: AbstractBaseUser, study_ids: Iterable[int], via: str = "page:overview") -> AuditEvent:
+    """Record that someone read the consortium overview: one event per page view, listing every study it
+    showed, so "who saw what" holds for pages that span studies (no single `study_id` fits them)."""
+    return record(actor=actor, action="consortium.overview.viewed",
+                  details={"via": via, "studies": sorted(study_ids)})
+
+
 def user_roles_changed(
     *, actor: Any, user: AbstractBaseUser, before: Iterable[str], after: Iterable[str], via: str
 ) -> AuditEvent | None:

@@ -1,5 +1,6 @@
 """Every write to sites: creating them, appointing or removing their admins, and their agent tokens."""
 
+from collections.abc import Iterable
 from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser, Group
@@ -83,6 +84,13 @@ def site_admin_remove(*, actor: AbstractBaseUser, site: Site, user: AbstractBase
     remove_perm(f"sites.{ADMINISTER_SITE}", user, site)
     record(actor=actor, action="sites.admin.removed", target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
+
+
+def site_viewed(*, actor: AbstractBaseUser, site: Site, study_ids: Iterable[int], via: str = "page:site") -> None:
+    """Record that someone read a site's page: its participations and round activity are study data, so
+    "who saw what" gets one event per page view, naming the site and listing the studies shown."""
+    record(actor=actor, action="sites.site.viewed", target=site, site=site,
+           details={"via": via, "studies": sorted(set(study_ids))})
 
 
 def _snapshot(site: Site) -> dict[str, str]:

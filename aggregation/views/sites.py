@@ -1,0 +1,32 @@
+"""The site page: a site's participations across studies (from `studies`) and, for its admins and for
+auditors and consortium admins, what it contributed to the rounds, which updates were excluded and why,
+and which submissions were refused.
+
+It lives in aggregation because studies must not import aggregation; `consortium/web_urls.py` routes it
+under /sites/<pk>/. Thin: find the site as the user sees it (an invisible one is a 404, audited), read,
+record the read, render."""
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from aggregation.site_activity import site_activity
+from consortium.services import select_or_deny
+from consortium.web import domain_errors
+from sites.selectors import site_get
+from sites.services import site_viewed
+from studies.views.sites import site_page_context
+
+
+@login_required
+@require_GET
+@domain_errors
+def site_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The site's participations, its round activity (for those who may see it) and its agent tokens."""
+    site = select_or_deny(request.user, "sites.site.view", lambda: site_get(request.user, pk), site=pk)
+    context = site_page_context(request.user, site)
+    activity = site_activity(request.user, site)
+    shown = {row["participation"].study_id for row in context["rows"]} | (activity.study_ids if activity else set())
+    site_viewed(actor=request.user, site=site, study_ids=shown)
+    return render(request, "sites/detail.html", {**context, "activity": activity})

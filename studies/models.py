@@ -323,5 +323,8 @@ class StudyEvent(models.Model):
 
     def as_message(self) -> dict[str, Any]:
         """The JSON the websocket sends (and the page embeds) for this event."""
+        from studies.event_text import event_sentence, event_tone  # wording only; kept out of the models' imports
+
         return {"type": "event", "id": self.seq, "kind": self.kind, "at": self.created_at.isoformat(),
+                "text": event_sentence(self.kind, self.payload), "tone": event_tone(self.kind, self.payload),
                 "data": self.payload}

@@ -42,7 +42,8 @@ def publish(study, n: int = 1, *, quietly: bool = False) -> list[int]:
     if quietly:
         events.broadcast = lambda event: None
     try:
-        return [events.publish(study, EventKind.STUDY_CHANGED, {"n": i}).seq for i in range(n)]
+        return [events.publish(study, EventKind.STUDY_CHANGED, {"n": i, "before": "draft", "after": "submitted"}).seq
+                for i in range(n)]
     finally:
         events.broadcast = original
 
@@ -80,9 +81,12 @@ def test_it_streams_a_viewers_events_in_order_and_audits_the_read(p):
         hello = await communicator.receive_json_from(timeout=TIMEOUT)
         assert hello == {"type": "hello", "study": study.pk, "last_id": 0, "after": 0}
         seqs = await sync_to_async(publish)(study, 5)
-        assert await received_ids(communicator, 5) == seqs == [1, 2, 3, 4, 5]
+        first = await communicator.receive_json_from(timeout=TIMEOUT)
+        assert (first["id"], first["kind"], first["data"]["n"]) == (1, "study.changed", 0)
+        assert first["text"] == "The study went from draft to submitted." and first["tone"] == "info"
+        assert [1, *await received_ids(communicator, 4)] == seqs == [1, 2, 3, 4, 5]
         event = await sync_to_async(StudyEvent.objects.get)(study=study, seq=3)
-        assert event.payload == {"n": 2}
+        assert event.payload["n"] == 2
         assert await communicator.receive_nothing(timeout=0.2)
         await communicator.disconnect()
 

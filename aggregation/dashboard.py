@@ -1,0 +1,448 @@
+"""Reads behind a study's live dashboard: the whole history as Plotly figures, the current round's
+progress, the gate's verdict per site, and the last events, so a page opened mid-study shows everything;
+`static/js/dashboard.js` then extends the same figures from the event stream (docs/events.md).
+
+Two rules keep the first render and the stream in step:
+- the newest event id is read *before* the data. Events commit with the change they describe, so every
+  event up to that id is in the data read after it; an event after it may be too, and the client applies
+  events idempotently (points are upserted by x, a heatmap column is added once).
+- the figures show what the events carry: the global metric of a model version appears once a round
+  trained from it has ended (its `round.metrics` event), never a partial mean of a live round.
+
+Queries are bounded whatever the number of rounds, sites and events: the newest events, the rounds with
+their versions, updates and statistics, the round-opened and refused-update events, and the gate's six.
+"""
+
+import math
+import statistics as stats
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import plotly.graph_objects as go
+from django.conf import settings
+from django.db.models import Prefetch
+from django.utils import timezone
+
+from aggregation.choices import ROUND_LIVE, UpdateStatus
+from aggregation.models import Round, SiteStatistics, Update
+from studies.choices import EventKind, GateAction
+from studies.event_text import event_sentence, event_tone
+from studies.governance import GateResult, evaluate
+from studies.models import Study, StudyEvent
+from studies.templatetags.study_tags import CHECK_LABELS
+
+FEED_SIZE = 30
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+           "#d62728")
+# Heatmap cell states, in the order of their colour codes (z values).
+CELL_STATES = ("missing", "refused", "excluded", "submitted")
+CELL_COLORS = ("#eef1f4", "#f0b429", "#d64545", "#2f9e5b")
+GLOBAL_METRICS = (("val_auc", "AUC"), ("val_accuracy", "Accuracy"), ("val_loss", "Loss"))
+GRID = "#e6e9ed"
+MAX_X_TICKS = 20
+
+
+@dataclass(frozen=True)
+class SiteRef:
+    """A site as the charts name and colour it (the same colour in every chart)."""
+
+    site_id: int
+    name: str
+    color: str
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """One round as the charts see it: who was eligible, and each site's cell (state, why)."""
+
+    round: Round
+    eligible: frozenset[int] | None
+    cells: dict[int, tuple[str, str]]
+
+    @property
+    def submitted(self) -> int:
+        """Eligible sites that sent their part (an excluded update was sent, then left out)."""
+        sent = {site for site, (state, _) in self.cells.items() if state in ("submitted", "excluded")}
+        return len(sent & self.eligible) if self.eligible is not None else len(sent)
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """The newest round: how many eligible sites have submitted, and its deadline."""
+
+    number: int
+    kind: str
+    status: str
+    status_label: str
+    reason: str
+    submitted: int
+    eligible: int
+    deadline: datetime
+    live: bool
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.submitted / self.eligible) if self.eligible else 0
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One gate check as the governance panel shows it."""
+
+    name: str
+    label: str
+    passed: bool
+    reason: str
+    expires_at: datetime | None
+    expiring: bool
+
+
+@dataclass(frozen=True)
+class GateSiteRow:
+    site_id: int
+    site: str
+    checks: list[CheckRow]
+
+    @property
+    def eligible(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+
+@dataclass(frozen=True)
+class GatePanel:
+    """The gate's verdict for the study and per site, in the shape `gate.evaluated` events carry."""
+
+    allowed: bool
+    moment: datetime
+    study_checks: list[CheckRow]
+    sites: list[GateSiteRow]
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """One event of the feed, as a sentence."""
+
+    id: int
+    kind: str
+    at: datetime
+    text: str
+    tone: str
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """Everything the dashboard page renders; `state` is what the client needs beyond the figures."""
+
+    last_event_id: int
+    figures: dict[str, dict[str, Any]]
+    points: dict[str, int]
+    progress: RoundProgress | None
+    gate: GatePanel
+    feed: list[FeedItem]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def study_dashboard(study: Study, *, moment: datetime | None = None) -> Dashboard:
+    """The dashboard of a study the caller may see, in a fixed number of queries."""
+    events = list(StudyEvent.objects.filter(study=study).order_by("-seq")[:FEED_SIZE])  # first: see module doc
+    last_id = events[0].seq if events else 0
+    rounds = _rounds(study)
+    opened, refusals = _round_marks(study)
+    gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
+    now_eligible = frozenset(verdict.site_id for verdict in gate.eligible_sites)
+    views = [_round_view(r, opened, refusals, now_eligible) for r in rounds]
+    sites = _sites(gate, rounds, opened, refusals)
+    figures = {
+        "global": global_metric_figure(rounds),
+        "sites": site_metric_figure(rounds, sites),
+        "participation": participation_figure(views),
+        "elapsed": elapsed_figure(rounds, sites),
+        "norms": norms_figure(rounds, sites),
+        "heatmap": heatmap_figure(views, sites),
+    }
+    points = {name: distinct_x(figure) for name, figure in figures.items()}
+    state = {"study": study.pk, "last_event_id": last_id, "palette": PALETTE,
+             "sites": [{"id": s.site_id, "name": s.name, "color": s.color} for s in sites],
+             "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
+             "cell_states": CELL_STATES, "check_labels": CHECK_LABELS, "expiry_days": settings.EXPIRY_WARNING_DAYS}
+    return Dashboard(last_id, figures, points, _progress(views[-1] if views else None), gate_panel(gate.as_dict()),
+                     [feed_item(event) for event in events], state)
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+
+def _rounds(study: Study) -> list[Round]:
+    """Every round, oldest first, with its base and produced versions, updates and who sent statistics."""
+    updates = Update.objects.select_related("site").only(
+        "round", "site", "status", "exclusion_reason", "num_examples", "weight_norm", "downloaded_at", "received_at",
+        "site__name")
+    statistics = SiteStatistics.objects.select_related("site").only("round", "site", "received_at", "site__name")
+    return list(Round.objects.filter(study=study).select_related("base_version", "produced_version")
+                .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics))
+                .order_by("number"))
+
+
+def _round_marks(study: Study) -> tuple[dict[int, dict[int, str]], dict[int, dict[int, str]]]:
+    """Per round id: the sites eligible when it opened ({site id: name}) and the refused submissions
+    ({site id: the last reason}), from the event log (a refusal stores no row)."""
+    opened: dict[int, dict[int, str]] = {}
+    refusals: dict[int, dict[int, str]] = {}
+    kinds = (EventKind.ROUND_OPENED, EventKind.UPDATE_REFUSED)
+    for kind, data in StudyEvent.objects.filter(study=study, kind__in=kinds).order_by("seq").values_list(
+            "kind", "payload"):
+        if kind == EventKind.ROUND_OPENED:
+            opened[data.get("round_id")] = {s["site_id"]: s["site"] for s in data.get("eligible_sites") or []}
+        elif data.get("round_id") is not None and data.get("site_id") is not None:
+            refusals.setdefault(data["round_id"], {})[data["site_id"]] = data.get("reason") or "refused"
+    return opened, refusals
+
+
+def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict[int, dict[int, str]],
+                now_eligible: frozenset[int]) -> RoundView:
+    """The round's eligible sites: the gate's at aggregation, else the live gate's for a live round, else
+    those eligible when it opened; and each site's cell."""
+    if round_.gate_result.get("eligible_site_ids") is not None:
+        eligible = frozenset(round_.gate_result["eligible_site_ids"])
+    elif round_.status in ROUND_LIVE:
+        eligible = now_eligible
+    else:
+        eligible = frozenset(opened[round_.pk]) if round_.pk in opened else None
+    cells = {site: ("refused", reason) for site, reason in refusals.get(round_.pk, {}).items()}
+    for row in round_.statistics.all():
+        cells[row.site_id] = ("submitted", f"statistics received {_clock(row.received_at)}")
+    for update in round_.updates.all():
+        cells[update.site_id] = (("excluded", update.exclusion_reason) if update.status == UpdateStatus.EXCLUDED
+                                 else ("submitted", f"{update.num_examples} examples, {_clock(update.received_at)}"))
+    return RoundView(round_, eligible, cells)
+
+
+def _sites(gate: GateResult, rounds: list[Round], opened: dict[int, dict[int, str]],
+           refusals: dict[int, dict[int, str]]) -> list[SiteRef]:
+    """Every site the study has invited or heard from, by name, each with its colour."""
+    names = {verdict.site_id: verdict.site_name for verdict in gate.sites}
+    for round_ in rounds:
+        names.update({u.site_id: u.site.name for u in round_.updates.all()})
+        names.update({s.site_id: s.site.name for s in round_.statistics.all()})
+    for eligible in opened.values():
+        names.update({site: name for site, name in eligible.items() if site not in names})
+    for refused in refusals.values():
+        names.update({site: f"Site {site}" for site in refused if site not in names})
+    ordered = sorted(names.items(), key=lambda item: (item[1].casefold(), item[0]))
+    return [SiteRef(site, name, PALETTE[i % len(PALETTE)]) for i, (site, name) in enumerate(ordered)]
+
+
+def _progress(view: RoundView | None) -> RoundProgress | None:
+    if view is None:
+        return None
+    r = view.round
+    return RoundProgress(r.number, r.kind, r.status, r.get_status_display(), r.status_reason, view.submitted,
+                         len(view.eligible or ()), r.deadline, r.status in ROUND_LIVE)
+
+
+def _clock(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M")
+
+
+# --- figures -------------------------------------------------------------------------------------------
+
+
+def _layout(x_title: str, y_title: str, *, empty: str, height: int = 360, **extra: Any) -> go.Layout:
+    """The charts' shared look: light grid, legend above the plot, a note in it while there is no data."""
+    axis = {"gridcolor": GRID, "zeroline": False, "automargin": True}
+    return go.Layout(
+        template="none", height=height, margin={"l": 60, "r": 60, "t": 10, "b": 40}, hovermode="closest",
+        font={"family": "system-ui, sans-serif", "size": 12}, paper_bgcolor="#fff", plot_bgcolor="#fff",
+        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom", "entrywidth": 0.5,
+                "entrywidthmode": "fraction"}, xaxis={**axis, "title": {"text": x_title}},
+        yaxis={**axis, "title": {"text": y_title}},
+        annotations=[{"text": empty, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                      "font": {"color": "#59636e"}}] if empty else [], **extra)
+
+
+def _figure(traces: list[Any], layout: go.Layout) -> dict[str, Any]:
+    """The figure as plotly.js takes it; one x tick per round or version, or per few once there are many."""
+    figure = go.Figure(data=traces, layout=layout).to_plotly_json()
+    figure["layout"]["xaxis"]["dtick"] = max(1, math.ceil(distinct_x(figure) / MAX_X_TICKS))
+    return figure
+
+
+def _line(name: str, meta: str, xs: list[Any], ys: list[Any], color: str, unit: str, *,
+          line: dict[str, Any] | None = None, **extra: Any) -> go.Scatter:
+    return go.Scatter(x=xs, y=ys, name=name, meta=meta, mode="lines+markers", line={"color": color, **(line or {})},
+                      hovertemplate=f"{name}: %{{y:.3f}}{unit}<extra>%{{x}}</extra>", **extra)
+
+
+def _evaluated(rounds: list[Round]) -> list[tuple[int, dict[str, Any]]]:
+    """(version number, its evaluation) of each version a round trained from and that round has ended.
+    While the round is live the sites' evaluations are still arriving: a partial mean is not shown, and the
+    point appears when the round's `round.metrics` event does (a blocked round sends none; its version's
+    point then shows on the next load, and live when the next round trained from it aggregates)."""
+    versions = {r.base_version.number: r.base_version.evaluation or {} for r in rounds
+                if r.base_version is not None and r.status not in ROUND_LIVE}
+    return sorted(versions.items())
+
+
+def global_metric_figure(rounds: list[Round]) -> dict[str, Any]:
+    """Each evaluated version's AUC, accuracy and loss on the sites' held-out splits, weighted by rows."""
+    points = [(number, ev.get("global") or {}) for number, ev in _evaluated(rounds)]
+    points = [(number, g) for number, g in points if any(g.get(key) is not None for key, _ in GLOBAL_METRICS)]
+    xs = [number for number, _ in points]
+    traces = [_line(label, key, xs, [g.get(key) for _, g in points], color, "",
+                    **({"yaxis": "y2", "line": {"dash": "dot"}} if key == "val_loss" else {}))
+              for (key, label), color in zip(GLOBAL_METRICS, ("#0b5cad", "#2f9e5b", "#9a6700"), strict=True)]
+    layout = _layout("Model version evaluated (v0 is the initial model)", "AUC and accuracy",
+                     empty="" if xs else "No model version has been evaluated yet.",
+                     yaxis2={"title": {"text": "Loss"}, "overlaying": "y", "side": "right", "showgrid": False,
+                             "zeroline": False})
+    layout.yaxis.range = [0, 1.02]
+    return _figure(traces, layout)
+
+
+def site_metric_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
+    """Each site's AUC of each evaluated version, and the band from the lowest to the highest site."""
+    series: dict[int, list[tuple[int, float]]] = {}
+    for number, evaluation in _evaluated(rounds):
+        for key, metrics in (evaluation.get("sites") or {}).items():
+            if metrics.get("val_auc") is not None:
+                series.setdefault(int(key), []).append((number, metrics["val_auc"]))
+    traces = [*spread_band(series), *_site_traces(sites, series, "")]
+    layout = _layout("Model version evaluated", "Site's AUC",
+                     empty="" if series else "No site has evaluated a model version yet.")
+    return _figure(traces, layout)
+
+
+def spread_band(series: dict[int, list[tuple[int, float]]]) -> list[go.Scatter]:
+    """The min–max band across sites per version (the upper edge, then the lower edge filled up to it);
+    its hover gives the standard deviation between sites."""
+    by_x: dict[int, list[float]] = {}
+    for points in series.values():
+        for x, y in points:
+            by_x.setdefault(x, []).append(y)
+    xs = sorted(by_x)
+    spread = [f"{len(by_x[x])} sites, SD {stats.pstdev(by_x[x]):.3f}" for x in xs]
+    upper = go.Scatter(x=xs, y=[max(by_x[x]) for x in xs], meta="band:max", mode="lines", line={"width": 0},
+                       showlegend=False, hoverinfo="skip")
+    lower = go.Scatter(x=xs, y=[min(by_x[x]) for x in xs], meta="band:min", mode="lines", line={"width": 0},
+                       fill="tonexty", fillcolor="rgba(11,92,173,0.12)", name="Spread between sites (min–max)",
+                       text=spread, hovertemplate="Spread: %{text}<extra>v%{x}</extra>")
+    return [upper, lower]
+
+
+def _site_traces(sites: list[SiteRef], series: dict[int, list[tuple[int, float]]], unit: str) -> list[go.Scatter]:
+    return [_line(site.name, f"site:{site.site_id}", [x for x, _ in series[site.site_id]],
+                  [y for _, y in series[site.site_id]], site.color, unit)
+            for site in sites if series.get(site.site_id)]
+
+
+def participation_figure(views: list[RoundView]) -> dict[str, Any]:
+    """Per round, the share of eligible sites that sent their part (rounds of unknown eligibility skipped)."""
+    known = [v for v in views if v.eligible]
+    bars = go.Bar(x=[v.round.number for v in known], y=[100 * v.submitted / len(v.eligible) for v in known],
+                  meta="rate", marker={"color": "#0b5cad"}, name="Participation",
+                  text=[f"{v.submitted}/{len(v.eligible)}" for v in known], textposition="auto",
+                  customdata=[[v.submitted, len(v.eligible)] for v in known],
+                  hovertemplate="Round %{x}: %{text} eligible sites submitted<extra></extra>")
+    layout = _layout("Round", "Submitted (%)", empty="" if known else "No round has opened yet.")
+    layout.yaxis.range = [0, 105]
+    return _figure([bars], layout)
+
+
+def elapsed_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
+    """Per site and round, the seconds from downloading the model to submitting the update (rows from before
+    downloads were timed have no start and are skipped)."""
+    series: dict[int, list[tuple[int, float]]] = {}
+    for round_ in rounds:
+        for u in round_.updates.all():
+            if u.downloaded_at is not None:
+                series.setdefault(u.site_id, []).append((round_.number, (u.received_at - u.downloaded_at)
+                                                         .total_seconds()))
+    layout = _layout("Round", "Seconds", empty="" if series else "No timed update yet.")
+    return _figure(_site_traces(sites, series, " s"), layout)
+
+
+def norms_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
+    """Per round, the L2 norm of each site's update beside the norm of the global model it produced."""
+    series: dict[int, list[tuple[int, float]]] = {}
+    produced: list[tuple[int, float]] = []
+    for round_ in rounds:
+        for u in round_.updates.all():
+            series.setdefault(u.site_id, []).append((round_.number, u.weight_norm))
+        version = getattr(round_, "produced_version", None)
+        if version is not None and version.provenance.get("weight_norm") is not None:
+            produced.append((round_.number, version.provenance["weight_norm"]))
+    traces = _site_traces(sites, series, "")
+    traces.append(_line("Global model", "global", [x for x, _ in produced], [y for _, y in produced], "#1f2328", "",
+                        line={"width": 3}))
+    layout = _layout("Round", "L2 norm", empty="" if series or produced else "No update yet.")
+    return _figure(traces, layout)
+
+
+def heatmap_figure(views: list[RoundView], sites: list[SiteRef]) -> dict[str, Any]:
+    """Site x round: submitted, excluded (why), refused (why) or missing (not eligible, or nothing came)."""
+    z, text = [], []
+    for site in sites:
+        cells = [heatmap_cell(view, site.site_id) for view in views]
+        z.append([CELL_STATES.index(state) for state, _ in cells])
+        text.append([f"{state}: {why}" if why else state for state, why in cells])
+    n = len(CELL_STATES)
+    scale = [[edge, color] for i, color in enumerate(CELL_COLORS) for edge in (i / n, (i + 1) / n)]
+    heatmap = go.Heatmap(x=[v.round.number for v in views], y=[s.name for s in sites], z=z, text=text, meta="cells",
+                         zmin=-0.5, zmax=n - 0.5, colorscale=scale, xgap=2, ygap=2,
+                         hovertemplate="%{y}, round %{x}: %{text}<extra></extra>",
+                         colorbar={"tickvals": list(range(n)), "ticktext": list(CELL_STATES), "thickness": 12})
+    layout = _layout("Round", "", empty="" if views else "No round has opened yet.",
+                     height=max(200, 80 + 34 * len(sites)))
+    layout.yaxis.autorange = "reversed"
+    layout.yaxis.type = "category"
+    return _figure([heatmap], layout)
+
+
+def heatmap_cell(view: RoundView, site_id: int) -> tuple[str, str]:
+    if site_id in view.cells:
+        return view.cells[site_id]
+    if view.eligible is not None and site_id not in view.eligible:
+        return "missing", "not eligible"
+    return "missing", "no update"
+
+
+def distinct_x(figure: dict[str, Any]) -> int:
+    """How many x positions a chart shows (the band's edges and an empty trace add none): what the page
+    exposes as `data-points` so a browser test can see a point arrive."""
+    return len({x for trace in figure["data"] if not str(trace.get("meta", "")).startswith("band:")
+                for x in trace.get("x") or ()})
+
+
+# --- the governance panel ------------------------------------------------------------------------------
+
+
+def gate_panel(gate: dict[str, Any], *, now: datetime | None = None) -> GatePanel:
+    """The panel from a gate verdict as events carry it (`GateResult.as_dict()`): study checks, then each
+    site's checks in the gate's order; a passing check that lapses within the warning window is marked."""
+    now = now or timezone.now()
+    study_checks: list[CheckRow] = []
+    sites: dict[int, GateSiteRow] = {}
+    for check in gate.get("checks") or []:
+        row = _check_row(check, now)
+        if check.get("site_id") is None:
+            study_checks.append(row)
+        else:
+            sites.setdefault(check["site_id"], GateSiteRow(check["site_id"], check.get("site") or "", [])
+                             ).checks.append(row)
+    return GatePanel(bool(gate.get("allowed")), datetime.fromisoformat(gate["moment"]), study_checks,
+                     list(sites.values()))
+
+
+def _check_row(check: dict[str, Any], now: datetime) -> CheckRow:
+    expires = datetime.fromisoformat(check["expires_at"]) if check.get("expires_at") else None
+    soon = bool(check["passed"] and expires and expires <= now + timedelta(days=settings.EXPIRY_WARNING_DAYS))
+    return CheckRow(check["name"], CHECK_LABELS.get(check["name"], check["name"]), bool(check["passed"]),
+                    check.get("reason") or "", expires, soon)
+
+
+# --- the event feed ------------------------------------------------------------------------------------
+
+def feed_item(event: StudyEvent) -> FeedItem:
+    return FeedItem(event.seq, event.kind, event.created_at, event_sentence(event.kind, event.payload),
+                    event_tone(event.kind, event.payload))

@@ -1,0 +1,130 @@
+"""The live dashboard in a real headless browser, against the real demo: `serve_demo` runs the ASGI
+server, a Celery worker with its scheduler and four site agents training on their own data, on the
+embedded defaults (SQLite, in-memory channel layer, filesystem broker). The PI's dashboard gains a
+metric point and a heatmap column as a round completes, without a reload; a site admin revokes
+participation in a second browser context and the PI's governance panel turns red within a second."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aggregation.demo import free_port
+from studies.demo import ACTIVE_TITLE, DEMO_PASSWORD
+from tests.browser.test_approval_flow import browser, shot  # noqa: F401  (the browser fixture)
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.browser
+
+ROUND_TIMEOUT_MS = 120_000
+
+
+def _manage(env: dict[str, str], *args: str) -> None:
+    done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def _wait_for(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """The demo federation on a free port, in a data folder of its own; yields (base URL, data folder)."""
+    data = tmp_path_factory.mktemp("live-demo")
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
+    env.update(CONSORTIUM_DATA_DIR=str(data), DEBUG="1", ROUNDS_TICK_SECONDS="1")
+    _manage(env, "migrate", "--noinput")
+    _manage(env, "seed_demo")
+    port = free_port()
+    log = (data / "serve_demo.log").open("w")
+    server = subprocess.Popen([sys.executable, "manage.py", "serve_demo", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{base}/accounts/login/")
+        yield base, data
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # serve_demo stops its worker and agents
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def _ids(data: Path) -> tuple[int, int]:
+    """The active demo study's id and the Helsinki site's id, from the demo's own database."""
+    with sqlite3.connect(data / "consortium.sqlite3") as conn:
+        study = conn.execute("SELECT id FROM studies_study WHERE title = ?", [ACTIVE_TITLE]).fetchone()[0]
+        site = conn.execute("SELECT id FROM sites_site WHERE code = 'hus'").fetchone()[0]
+    return study, site
+
+
+def _log_in(browser, base: str, username: str):  # noqa: F811
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{base}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", DEMO_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector(f'[data-testid="whoami"]:text-is("{username}")')
+    return page
+
+
+def _count(page, selector: str, attribute: str) -> int:
+    return int(page.get_attribute(selector, attribute) or 0)
+
+
+def test_the_dashboard_grows_live_and_turns_a_revoked_site_red_within_a_second(demo, browser):  # noqa: F811
+    base, data = demo
+    study_id, hus = _ids(data)
+    pi = _log_in(browser, base, "pi")
+    pi.goto(f"{base}/studies/{study_id}/dashboard/")
+    pi.wait_for_selector('[data-testid="connection"][data-state="live"]')
+    pi.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    points = _count(pi, '[data-testid="metric-chart"]', "data-points")
+    columns = _count(pi, '[data-testid="heatmap"]', "data-columns")
+    shot(pi, "dashboard-1-opened")
+
+    pi.wait_for_function(
+        """([points, columns]) =>
+             Number(document.querySelector('[data-testid="metric-chart"]').dataset.points) > points &&
+             Number(document.querySelector('[data-testid="heatmap"]').dataset.columns) > columns""",
+        arg=[points, columns], timeout=ROUND_TIMEOUT_MS)
+    assert pi.evaluate("window.__sameDocument") is True, "the page reloaded"
+    shot(pi, "dashboard-2-round-completed")
+
+    row = f'[data-testid="governance-panel"] [data-site-id="{hus}"]'
+    assert pi.get_attribute(row, "data-eligible") == "true"
+    admin = _log_in(browser, base, "admin_hus")
+    admin.goto(f"{base}/studies/{study_id}/")
+    revoke = admin.locator('form[data-action="revoke"][data-site="hus"]')
+    revoke.locator("textarea[name=reason]").fill("The hospital board withdrew consent.")
+    # The POST's answer comes right after the revocation commits: the clock starts there.
+    with admin.expect_response(lambda response: response.request.method == "POST"):
+        revoke.locator("button[type=submit]").click()
+    revoked_at = time.monotonic()
+    pi.wait_for_selector(f'{row}[data-eligible="false"]', timeout=1_000)
+    assert time.monotonic() - revoked_at < 1.0
+    assert "withdrew consent" in pi.inner_text('[data-testid="governance-panel"]')
+    assert pi.evaluate("window.__sameDocument") is True
+    shot(admin, "dashboard-3-site-admin-revoked")
+    shot(pi, "dashboard-4-governance-red")

@@ -13,6 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from consortium.env import env_bool, env_int, env_list, env_str
+from consortium.layers import redis_channel_layer
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("CONSORTIUM_DATA_DIR", str(BASE_DIR / "data")))
@@ -141,7 +142,7 @@ WHITENOISE_USE_FINDERS = True  # serve straight from the apps: no collectstatic 
 REDIS_URL = env_str("REDIS_URL", "")
 
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL)}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 # The in-memory layer cannot carry events published by other processes (the Celery worker): each

@@ -8,6 +8,7 @@ the embedded in-memory layer only this process, so the consumers' relay (`studie
 also reads the log for events written by other processes (the Celery worker).
 """
 
+import json
 import logging
 from typing import Any
 
@@ -67,10 +68,14 @@ def broadcast(event: StudyEvent) -> None:
     if layer is None:
         return
     try:
-        message = {"type": "study.event", "event": event.as_message()}
-        async_to_sync(layer.group_send)(group_name(event.study_id), message)
+        async_to_sync(layer.group_send)(group_name(event.study_id), group_message(event))
     except Exception:  # noqa: BLE001 - a broker hiccup must not fail the request that committed
         logger.warning("Could not broadcast event %s of study %s", event.seq, event.study_id, exc_info=True)
+
+
+def group_message(event: StudyEvent) -> dict[str, Any]:
+    """What the channel layer carries: the seq, and the websocket text encoded once for every viewer."""
+    return {"type": "study.event", "study": event.study_id, "seq": event.seq, "json": json.dumps(event.as_message())}
 
 
 def events_after(study_id: int, after: int, *, limit: int = 1000) -> list[StudyEvent]:

@@ -1,58 +1,14 @@
 """A real headless browser (Playwright driving Debian's chromium): the PI and a DPO approve a study, the PI
 activates it, site A's admin revokes participation, and the study page turns site A's checks red."""
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
 from studies import services
 from studies.models import Study
-from tests.base import PASSWORD, approve_dpia, draft_study, govern_site, make_personas
-from tests.conftest import skip_or_fail
-
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "browser"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from tests.base import approve_dpia, draft_study, govern_site, make_personas
+from tests.browser.conftest import log_in, shot
 
 pytestmark = pytest.mark.browser
-
-
-def _chromium() -> str:
-    path = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
-    if not path:
-        skip_or_fail("chromium not found")
-    return path
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    executable = _chromium()
-    # Playwright's sync API runs an event loop in this thread; Django's ORM calls in the test are still sync.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    from playwright.sync_api import sync_playwright
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def log_in(browser, base_url: str, username: str):
-    """A fresh browser context (its own cookies) logged in through the login form."""
-    page = browser.new_context().new_page()
-    page.set_default_timeout(15_000)
-    page.goto(f"{base_url}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector(f'[data-testid="whoami"]:text-is("{username}")')
-    return page
-
-
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def submitted_study(p) -> Study:

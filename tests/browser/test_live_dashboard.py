@@ -18,7 +18,7 @@ import pytest
 
 from aggregation.demo import free_port
 from studies.demo import ACTIVE_TITLE, DEMO_PASSWORD
-from tests.browser.test_approval_flow import browser, shot  # noqa: F401  (the browser fixture)
+from tests.browser.conftest import log_in, shot
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.browser
@@ -78,25 +78,14 @@ def _ids(data: Path) -> tuple[int, int]:
     return study, site
 
 
-def _log_in(browser, base: str, username: str):  # noqa: F811
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.set_default_timeout(15_000)
-    page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", DEMO_PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector(f'[data-testid="whoami"]:text-is("{username}")')
-    return page
-
-
 def _count(page, selector: str, attribute: str) -> int:
     return int(page.get_attribute(selector, attribute) or 0)
 
 
-def test_the_dashboard_grows_live_and_turns_a_revoked_site_red_within_a_second(demo, browser):  # noqa: F811
+def test_the_dashboard_grows_live_and_turns_a_revoked_site_red_within_a_second(demo, browser):
     base, data = demo
     study_id, hus = _ids(data)
-    pi = _log_in(browser, base, "pi")
+    pi = log_in(browser, base, "pi", DEMO_PASSWORD)
     pi.goto(f"{base}/studies/{study_id}/dashboard/")
     pi.wait_for_selector('[data-testid="connection"][data-state="live"]')
     pi.evaluate("window.__sameDocument = true")  # gone if the page reloads
@@ -114,7 +103,7 @@ def test_the_dashboard_grows_live_and_turns_a_revoked_site_red_within_a_second(d
 
     row = f'[data-testid="governance-panel"] [data-site-id="{hus}"]'
     assert pi.get_attribute(row, "data-eligible") == "true"
-    admin = _log_in(browser, base, "admin_hus")
+    admin = log_in(browser, base, "admin_hus", DEMO_PASSWORD)
     admin.goto(f"{base}/studies/{study_id}/")
     revoke = admin.locator('form[data-action="revoke"][data-site="hus"]')
     revoke.locator("textarea[name=reason]").fill("The hospital board withdrew consent.")

@@ -1,6 +1,7 @@
 """With REDIS_URL, channels-redis carries an event from the process that committed it (a Celery
 worker, another server process) to the websocket consumers of this one: no relay involved."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
+from consortium.layers import redis_channel_layer
 from studies import events
 from studies.choices import EventKind
 from tests.base import draft_study
@@ -42,8 +44,7 @@ def redis_layer(settings):
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
     except redis.RedisError:
         skip_or_fail(f"Redis not reachable at {REDIS_URL}")
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [REDIS_URL]}}}
+    settings.CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL)}  # as settings.py builds it
     settings.EVENTS_RELAY_SECONDS = 0  # only Redis may deliver here
     from channels.layers import channel_layers
 
@@ -80,5 +81,22 @@ def test_an_event_broadcast_by_another_process_reaches_this_processs_viewers(p, 
             assert (message["id"], message["kind"]) == (1, "round.metrics")
             assert message["data"] == {"global": {"val_auc": 0.9}}
             await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_a_quiet_studys_websocket_outlives_redis_reads_that_find_nothing(p, redis_layer):
+    """redis-py 8 gives up a read after 5 s by default; channels-redis waits 5 s for a message. Without
+    `socket_timeout: None` (consortium/layers.py) a dashboard left quiet for a while was closed with 1011."""
+    study = draft_study(p)
+
+    async def scenario():
+        communicator = await open_socket(p.pi, study.pk)
+        await communicator.receive_json_from(timeout=TIMEOUT)
+        await asyncio.sleep(7)  # nothing happens in the study for longer than redis-py's default timeout
+        event = await sync_to_async(events.publish)(study, EventKind.STUDY_CHANGED, {"before": "x", "after": "y"})
+        message = await communicator.receive_json_from(timeout=TIMEOUT)
+        assert message["id"] == event.seq
+        await communicator.disconnect()
 
     async_to_sync(scenario)()

@@ -4,16 +4,18 @@ carries events written by another process when the channel layer is in-memory.""
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from consortium.asgi import application
 from consortium.models import AuditEvent, AuditOutcome
-from studies import events
+from sites.services import site_admin_remove
+from studies import consumers, events
 from studies.choices import EventKind
 from studies.consumers import CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN
 from studies.models import StudyEvent
-from tests.base import draft_study
+from tests.base import active_study, draft_study
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer reads the database from its own calls
 
@@ -147,5 +149,38 @@ def test_it_refuses_a_malformed_last_id(p):
         communicator = await open_socket(p.pi, study.pk, "?after=yesterday")
         closed = await communicator.receive_output(timeout=TIMEOUT)
         assert closed == {"type": "websocket.close", "code": CLOSE_BAD_REQUEST}
+
+    async_to_sync(scenario)()
+
+
+def test_a_viewer_who_loses_access_is_disconnected_with_4403(p, monkeypatch):
+    monkeypatch.setattr(consumers, "ACCESS_RECHECK_SECONDS", 0)
+    study = active_study(p)
+
+    async def scenario():
+        communicator = await open_socket(p.site_a_admin, study.pk)
+        await communicator.receive_json_from(timeout=TIMEOUT)
+        await sync_to_async(site_admin_remove)(actor=p.admin, site=p.site_a, user=p.site_a_admin)
+        await sync_to_async(publish)(study)  # the next event makes the consumer ask again
+        messages = [await communicator.receive_output(timeout=TIMEOUT) for _ in range(2)]
+        assert messages[-1] == {"type": "websocket.close", "code": CLOSE_FORBIDDEN}
+
+    async_to_sync(scenario)()
+
+
+def test_a_process_subscribes_once_per_study_however_many_dashboards_are_open(p):
+    study = draft_study(p)
+    layer = get_channel_layer()
+
+    async def scenario():
+        viewers = [await open_socket(user, study.pk) for user in (p.pi, p.dpo, p.auditor)]
+        for communicator in viewers:
+            await communicator.receive_json_from(timeout=TIMEOUT)
+        assert len(layer.groups[events.group_name(study.pk)]) == 1
+        await sync_to_async(publish)(study)
+        for communicator in viewers:
+            assert await received_ids(communicator, 1) == [1]
+            await communicator.disconnect()
+        assert events.group_name(study.pk) not in layer.groups  # the last one out leaves the group
 
     async_to_sync(scenario)()

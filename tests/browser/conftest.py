@@ -1,0 +1,52 @@
+"""What the browser tests share: Debian's chromium driven by Playwright, a logged-in page per person
+(each in its own browser context, so its own cookies), and screenshots under test-results/browser/."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.base import PASSWORD
+from tests.conftest import skip_or_fail
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "browser"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _chromium() -> str:
+    path = os.environ.get("CHROMIUM_PATH") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium")
+                                               else shutil.which("chromium"))
+    if not path:
+        skip_or_fail("chromium not found")
+    return path
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    executable = _chromium()
+    # Playwright's sync API runs an event loop in this thread; Django's ORM calls in the test are still sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def log_in(browser, base_url: str, username: str, password: str = PASSWORD):
+    """A fresh browser context (its own cookies) logged in through the login form."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{base_url}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_selector(f'[data-testid="whoami"]:text-is("{username}")')
+    return page
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

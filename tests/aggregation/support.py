@@ -148,6 +148,12 @@ def rejected(error: type[DomainError], match: str, *, code: str, status: int,
     assert stored_files() == files, "a refused update was written to the model store"
 
 
+@pytest.fixture(name="no_broker", autouse=True)
+def no_broker_fixture(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """In the modules that import it: the aggregation task's `delay` is recorded, not sent (no broker)."""
+    return record_enqueued(monkeypatch)
+
+
 def record_enqueued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Replace `aggregate_round.delay` (the broker) by a recorder; returns the round ids it was given."""
     from aggregation.tasks import aggregate_round

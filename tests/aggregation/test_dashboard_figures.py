@@ -21,8 +21,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     GOOD_METRICS,
     agent_for,
     model_store_fixture,
+    no_broker_fixture,
     open_round,
-    record_enqueued,
     submit,
     third_site,
     three_site_study,
@@ -37,11 +37,6 @@ BASE = {
     1: {"amc": {"val_auc": 0.75, "val_accuracy": 0.65, "val_loss": 0.55, "val_examples": 20},
         "charite": {"val_auc": 0.90, "val_accuracy": 0.80, "val_loss": 0.40, "val_examples": 60}},
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> list[int]:
-    return record_enqueued(monkeypatch)
 
 
 @dataclass

@@ -14,8 +14,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     agent_for,
     fed_fixture,
     model_store_fixture,
+    no_broker_fixture,
     open_round,
-    record_enqueued,
     submit,
     third_site,
     three_site_study,
@@ -23,11 +23,6 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
 
 BASE_A = {"val_auc": 0.70, "val_accuracy": 0.60, "val_loss": 0.65, "val_examples": 30}
 BASE_B = {"val_auc": 0.90, "val_accuracy": 0.80, "val_loss": 0.45, "val_examples": 10}
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> list[int]:
-    return record_enqueued(monkeypatch)
 
 
 def published(study, after: int = 0) -> list[StudyEvent]:

@@ -20,19 +20,14 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     fed_fixture,
     governed_study,
     model_store_fixture,
+    no_broker_fixture,
     open_round,
-    record_enqueued,
     submit,
     third_site,
     three_site_study,
     update_tensors,
 )
 from tests.support import actions_after, last_seq
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> list[int]:
-    return record_enqueued(monkeypatch)
 
 
 def weighted_mean(pairs: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:

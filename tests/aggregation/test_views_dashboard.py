@@ -24,8 +24,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     fed_fixture,
     governed_study,
     model_store_fixture,
+    no_broker_fixture,
     open_round,
-    record_enqueued,
     submit,
     third_site,
     three_site_study,
@@ -39,11 +39,6 @@ BASE_METRICS = {"val_auc": 0.7, "val_accuracy": 0.6, "val_loss": 0.6, "val_examp
 # view (chain head, insert), the newest events, the rounds with their versions, their updates, their
 # statistics, the round-opened and refused events, and the gate's six. PostgreSQL adds the audit chain's lock.
 DASHBOARD_QUERIES = {"sqlite": 17, "postgresql": 18}
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> list[int]:
-    return record_enqueued(monkeypatch)
 
 
 def dashboard_url(study: Study) -> str:

@@ -24,8 +24,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     fed_fixture,
     governed_study,
     model_store_fixture,
+    no_broker_fixture,
     open_round,
-    record_enqueued,
     submit,
 )
 from tests.base import DUA_TEXT, Personas, activate, draft_study, govern_site, make_user
@@ -39,11 +39,6 @@ BLOCKED = "Only 1 eligible updates; the quorum is 2."
 # rounds, the newest evaluated versions, and the audit event (chain head, insert). PostgreSQL adds the audit
 # chain's advisory lock.
 OVERVIEW_QUERIES = {"sqlite": 14, "postgresql": 15}
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> list[int]:
-    return record_enqueued(monkeypatch)
 
 
 def row_of(body: str, study: Study) -> str:

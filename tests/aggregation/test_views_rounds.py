@@ -20,8 +20,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     fed_fixture,
     governed_study,
     model_store_fixture,
+    no_broker_fixture,
     open_round,
-    record_enqueued,
     submit,
 )
 from tests.base import Personas, active_study, make_user
@@ -29,11 +29,6 @@ from tests.pages import client_for, denied, page
 
 BLOCKED = "Only 1 eligible updates; the quorum is 2."
 EXCLUDED = "Participation is revoked. Consent withdrawn by the hospital board."
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> list[int]:
-    return record_enqueued(monkeypatch)
 
 
 def rounds_url(study) -> str:

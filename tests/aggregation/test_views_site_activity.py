@@ -16,19 +16,14 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     Federation,
     fed_fixture,
     model_store_fixture,
+    no_broker_fixture,
     open_round,
-    record_enqueued,
     submit,
 )
 from tests.pages import client_for, denied, page
 from tests.support import events_after, last_seq
 
 EXCLUDED = "Participation is revoked. Consent withdrawn by the hospital board."
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> list[int]:
-    return record_enqueued(monkeypatch)
 
 
 def site_url(site) -> str:

@@ -22,8 +22,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     agent_for,
     fed_fixture,
     model_store_fixture,
+    no_broker_fixture,
     open_round,
-    record_enqueued,
     submit,
     third_site,
     three_site_study,
@@ -33,11 +33,6 @@ from tests.pages import client_for, denied, page
 from tests.support import actions_after, last_seq
 
 EXCLUDED = "Participation is revoked. Consent withdrawn by the hospital board."
-
-
-@pytest.fixture(autouse=True)
-def _no_broker(monkeypatch) -> list[int]:
-    return record_enqueued(monkeypatch)
 
 
 def version_url(study, number: int) -> str:

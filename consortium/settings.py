@@ -5,7 +5,6 @@ layer, Celery on kombu's filesystem transport). DATABASE_URL and REDIS_URL
 switch to PostgreSQL and Redis; see README.md.
 """
 
-import importlib.util
 import secrets
 from pathlib import Path
 
@@ -131,11 +130,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 # Only for `collectstatic` in production; pages are served from the apps through WhiteNoise's finders.
 STATIC_ROOT = env_str("STATIC_ROOT", "") or None
-STATICFILES_DIRS = [
-    BASE_DIR / "static",
-    # plotly.js from the Python package we already install (`static/vendor/plotly/plotly.min.js`): the
-    # dashboards work offline, as hospitals often are, with no CDN and no second copy to keep in step.
-    ("vendor/plotly", Path(importlib.util.find_spec("plotly").origin).parent / "package_data"),
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "consortium.staticfiles.PlotlyFinder",  # static/vendor/plotly/plotly.min.js from the plotly package
 ]
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps: no collectstatic step for the demo
 

@@ -277,8 +277,7 @@ def _line(name: str, meta: str, xs: list[Any], ys: list[Any], color: str, unit: 
 def _evaluated(rounds: list[Round]) -> list[tuple[int, dict[str, Any]]]:
     """(version number, its evaluation) of each version a round trained from and that round has ended.
     While the round is live the sites' evaluations are still arriving: a partial mean is not shown, and the
-    point appears when the round's `round.metrics` event does (a blocked round sends none; its version's
-    point then shows on the next load, and live when the next round trained from it aggregates)."""
+    point appears when the round's `round.metrics` event does (a blocked or failed round sends one too)."""
     versions = {r.base_version.number: r.base_version.evaluation or {} for r in rounds
                 if r.base_version is not None and r.status not in ROUND_LIVE}
     return sorted(versions.items())

@@ -88,6 +88,9 @@ def round_moved(round_: Round, reason: str, details: dict[str, Any]) -> None:
     if kind == EventKind.ROUND_BLOCKED and "gate" in details:
         payload["gate"] = details["gate"]
     publish(round_.study_id, kind, payload)
+    if kind in (EventKind.ROUND_BLOCKED, EventKind.ROUND_FAILED) and round_.base_version is not None:
+        # No new model, but the sites did evaluate the one they trained from: the chart gains its point.
+        _round_metrics(round_, None, None, [])
 
 
 def aggregation_finished(round_: Round, version: ModelVersion, included: list[Update], seconds: float,
@@ -97,11 +100,15 @@ def aggregation_finished(round_: Round, version: ModelVersion, included: list[Up
     publish(round_.study_id, EventKind.AGGREGATION_FINISHED,
             {**_round(round_), "version": version.number, "duration_seconds": seconds, "wait_seconds": wait_seconds,
              "sites": [u.site_id for u in included], "strategy": round_.study.strategy})
+    _round_metrics(round_, version.number, version.provenance.get("weight_norm"), included)
+
+
+def _round_metrics(round_: Round, version: int | None, global_norm: float | None, included: list[Update]) -> None:
     base = round_.base_version
     publish(round_.study_id, EventKind.ROUND_METRICS,
-            {**_round(round_), "version": version.number, "evaluated_version": base.number,
+            {**_round(round_), "version": version, "evaluated_version": base.number,
              "global": base.evaluation.get("global") or {}, "evaluated_by_site": base.evaluation.get("sites") or {},
-             "global_weight_norm": version.provenance.get("weight_norm"),
+             "global_weight_norm": global_norm,
              "sites": {str(u.site_id): {"site": u.site.name, "num_examples": u.num_examples,
                                         "weight_norm": u.weight_norm, "delta_norm": u.delta_norm,
                                         **{key: u.metrics.get(key) for key in LOCAL_METRICS}}

@@ -21,7 +21,7 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     three_site_study,
 )
 
-BASE_A = {"val_auc": 0.70, "val_accuracy": 0.60, "val_loss": 0.65, "val_examples": 30}
+BASE_A = {"val_auc": 0.70, "val_accuracy": 0.60, "val_loss": 0.65, "val_examples": 20}
 BASE_B = {"val_auc": 0.90, "val_accuracy": 0.80, "val_loss": 0.45, "val_examples": 10}
 
 
@@ -63,7 +63,7 @@ def test_a_round_publishes_each_step_in_order_with_the_figures_the_charts_need(f
     finished, metrics = events[6], events[7]
     assert finished.payload["version"] == version.number == 1 and finished.payload["duration_seconds"] >= 0
     assert metrics.payload["evaluated_version"] == 0
-    assert metrics.payload["global"]["val_auc"] == pytest.approx((0.70 * 30 + 0.90 * 10) / 40)
+    assert metrics.payload["global"]["val_auc"] == pytest.approx((0.70 * 20 + 0.90 * 10) / 30)
     assert metrics.payload["evaluated_by_site"][str(fed.p.site_b.pk)]["val_auc"] == 0.90
     assert metrics.payload["global_weight_norm"] == pytest.approx(version.provenance["weight_norm"])
     assert metrics.payload["sites"][str(fed.p.site_a.pk)]["num_examples"] == 30
@@ -111,12 +111,17 @@ def test_an_excluded_update_is_published_with_the_sites_reasons(p):
 
 def test_a_blocked_round_is_published_with_its_reason_and_the_gate(fed):
     round_ = open_round(fed.study)
-    submit(fed.agent_a, round_)
-    submit(fed.agent_b, round_)
+    submit(fed.agent_a, round_, metrics={**GOOD_METRICS, "base": BASE_A})
+    submit(fed.agent_b, round_, metrics={**GOOD_METRICS, "base": BASE_B})
     study_services.participation_revoke(actor=fed.p.site_a_admin, participation=fed.participation(fed.p.site_a),
                                         reason="Consent withdrawn.")
     mark = head(fed.study)
     round_aggregate(round_id=round_.pk)
-    [blocked] = [e for e in published(fed.study, mark) if e.kind == EventKind.ROUND_BLOCKED]
+    after = published(fed.study, mark)
+    [blocked] = [e for e in after if e.kind == EventKind.ROUND_BLOCKED]
     assert blocked.payload["reason"] == "Only 1 eligible updates; the quorum is 2."
     assert blocked.payload["gate"]["allowed"] is False
+    # No new model, yet the sites' evaluation of the one they trained from still reaches the chart.
+    [metrics] = [e for e in after if e.kind == EventKind.ROUND_METRICS]
+    assert metrics.payload["version"] is None and metrics.payload["evaluated_version"] == 0
+    assert metrics.payload["global"]["val_auc"] == pytest.approx((0.70 * 20 + 0.90 * 10) / 30)

@@ -1,13 +1,14 @@
 """Websocket fan-out latency: N subscribers on one study over real sockets, M `round.metrics` events.
 
-Per channel layer (in-memory, then channels-redis) it starts a daphne server, opens N websocket clients with a
-PI's session cookie, and publishes M events from this process, as the Celery worker would: `publish` in its own
-transaction every --interval-ms. Latency runs from the commit (an on_commit hook registered ahead of the
-broadcast) to a subscriber reading the event, on one clock. Every subscriber must get every event once and in
-order, and keep its socket; otherwise the exit code is 1. With the in-memory layer the server only learns of an
-event through its relay, which reads the log every EVENTS_RELAY_MS (500 ms): that is the honest figure there.
-`send ms` is what the broadcast costs the publisher. A throwaway SQLite file and data folder are used; Redis
-mode empties --redis-url's database (db 14) before and after and is skipped if unreachable (--require-redis).
+Per channel layer (in-memory, then channels-redis) it starts a daphne server (--servers N: several), opens N
+websocket clients with a PI's session cookie, and publishes M events from a forked child process, as the Celery
+worker would: `publish` in its own transaction every --interval-ms. Latency runs from the commit (an on_commit
+hook registered ahead of the broadcast) to a subscriber reading the event, on one clock. Every subscriber must
+get every event once and in order, and keep its socket; otherwise the exit code is 1. With the in-memory layer
+the server only learns of an event through its relay, which reads the log every EVENTS_RELAY_MS (500 ms): that
+is the honest figure there. `send ms` is what the broadcast costs the publisher. A throwaway SQLite file and
+data folder are used; Redis mode empties --redis-url's database (db 14) before and after and is skipped if
+unreachable (--require-redis).
 
     .venv/bin/python bench/ws_fanout.py                  # 200 subscribers, 100 events every 100 ms, both layers
     .venv/bin/python bench/ws_fanout.py --quick          # 20 subscribers, 20 events

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, QuerySet
 
 from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.models import Update
@@ -92,11 +92,8 @@ def _excluded(site: Site, visible: QuerySet[Study]) -> list[Update]:
 
 def _refused(site: Site, visible: QuerySet[Study]) -> list[RefusedSubmission]:
     """The newest refused submissions of the site's agents, in the visible studies (two queries).
-
-    A refusal names the site when the gate or a duplicate refused it; otherwise its actor label does
-    (`agent:<site code>:<token prefix>`), so both are matched."""
-    by_site = Q(site_id=site.pk) | Q(actor_label__startswith=f"agent:{site.code}:")
-    events = list(AuditEvent.objects.filter(by_site, action=SUBMIT_ACTION, outcome=AuditOutcome.DENIED,
+    Every refusal names the site its agent acts for (`audited_service` records it)."""
+    events = list(AuditEvent.objects.filter(site_id=site.pk, action=SUBMIT_ACTION, outcome=AuditOutcome.DENIED,
                                             study_id__in=visible.values("pk"))
                   .order_by("-seq")[:REFUSED_SUBMISSIONS_SHOWN])
     titles = dict(Study.objects.filter(pk__in={e.study_id for e in events}).values_list("pk", "title"))

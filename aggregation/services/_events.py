@@ -66,7 +66,7 @@ def update_refused(exc: DomainError | ValidationError, kwargs: dict[str, Any]) -
     if isinstance(exc, NotFound) or getattr(exc, "study", None) is None:
         return
     actor = kwargs.get("actor")
-    round_ = Round.objects.filter(pk=kwargs.get("round_id")).values("pk", "number", "kind").first()
+    round_ = Round.objects.filter(pk=kwargs.get("round_id")).values("pk", "number").first()
     publish(exc.study, EventKind.UPDATE_REFUSED,
             {"round_id": round_ and round_["pk"], "round": round_ and round_["number"],
              "site_id": getattr(actor, "site_id", None), "site": str(getattr(actor, "site", "")),

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from consortium.audit import record, record_denial
@@ -48,17 +49,24 @@ def governance_watch(*, moment: datetime | None = None) -> int:
     moment = moment or timezone.now()
     studies = list(Study.objects.filter(status__in=WATCHED_STATUSES))
     verdicts = evaluate_many(studies, GateAction.AGGREGATE, moment=moment)
+    published = _last_gate_payloads([study.pk for study in studies])
     changed = 0
     for study in studies:
         with transaction.atomic():
-            if _announce_if_changed(study, verdicts[study.pk], moment):
+            if _announce_if_changed(study, verdicts[study.pk], published.get(study.pk), moment):
                 changed += 1
     return changed
 
 
-def _announce_if_changed(study: Study, gate: GateResult, moment: datetime) -> bool:
-    last = (StudyEvent.objects.filter(study=study, kind=EventKind.GATE_EVALUATED).order_by("-seq")
-            .values_list("payload", flat=True).first())
+def _last_gate_payloads(study_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Each study's last published gate verdict, in one query."""
+    newest = (StudyEvent.objects.filter(study=OuterRef("study"), kind=EventKind.GATE_EVALUATED)
+              .order_by("-seq").values("pk")[:1])
+    rows = StudyEvent.objects.filter(study__in=study_ids, pk=Subquery(newest)).values_list("study_id", "payload")
+    return dict(rows)
+
+
+def _announce_if_changed(study: Study, gate: GateResult, last: dict[str, Any] | None, moment: datetime) -> bool:
     now = gate.as_dict()
     if last is not None and _signature(last["gate"]) == _signature(now):
         return False

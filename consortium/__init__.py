@@ -1,3 +1,6 @@
-from consortium.celery import app as celery_app
+"""The Django project and what spans the consortium.
 
-__all__ = ["celery_app"]
+Importing this package loads nothing else: `python -m consortium.verify` must run on an auditor's
+laptop without Django or Celery. The Celery app is loaded by `ConsortiumConfig.ready()` (so every
+Django process, `shared_task` included, uses it) and found by `celery -A consortium` as `consortium.celery`.
+"""

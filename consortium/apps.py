@@ -7,6 +7,9 @@ class ConsortiumConfig(AppConfig):
     verbose_name = "Consortium"
 
     def ready(self) -> None:
+        # Load the Celery app when Django starts, so `shared_task(...).delay_on_commit` uses it (not Celery's
+        # default app). Here rather than in consortium/__init__.py, which the Django-free verifier imports.
+        import consortium.celery  # noqa: F401
         from consortium.roles import ensure_role_groups
 
         # Reference data, not a rule: the role groups exist on every database, fresh or flushed.

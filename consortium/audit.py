@@ -8,11 +8,9 @@ the one before it.
 """
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any, ParamSpec, TypeVar
 
 from django.core.exceptions import ValidationError
@@ -20,12 +18,12 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from consortium.errors import DomainError
+from consortium.evidence.canonical import GENESIS_HASH, event_hash, format_timestamp
 from consortium.models import AuditActorKind, AuditEvent, AuditOutcome
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-GENESIS_HASH = "0" * 64
 _CHAIN_LOCK_KEY = 0x0C0A5D17  # any constant: names the audit chain's advisory lock
 
 
@@ -78,10 +76,10 @@ def to_json(value: Any) -> Any:
 
 
 def canonical_fields(event: AuditEvent) -> dict[str, Any]:
-    created = event.created_at.astimezone(UTC)
+    """The event's hashed fields as plain data (`consortium.evidence.canonical.HASHED_FIELDS`)."""
     return {
         "seq": event.seq,
-        "created_at": created.isoformat(timespec="microseconds"),
+        "created_at": format_timestamp(event.created_at),
         "actor_kind": event.actor_kind,
         "actor_user_id": event.actor_user_id,
         "actor_label": event.actor_label,
@@ -98,8 +96,8 @@ def canonical_fields(event: AuditEvent) -> dict[str, Any]:
 
 
 def compute_hash(event: AuditEvent) -> str:
-    encoded = json.dumps(canonical_fields(event), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+    """The event's chain hash, by the one Django-free definition the offline verifier also uses."""
+    return event_hash(canonical_fields(event))
 
 
 def lock_chain() -> None:

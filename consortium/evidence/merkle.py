@@ -70,7 +70,15 @@ class CompactRange:
         return list(self._hashes)
 
     def append(self, leaf: bytes) -> None:
-        self.append_subtree(0, leaf)
+        # append_subtree(0, leaf), unrolled: the verifier calls this once per event.
+        size, levels, hashes = self.size, self._levels, self._hashes
+        self.size, level = size + 1, 0
+        while size & 1:
+            levels.pop()
+            leaf = hashlib.sha256(b"\x01" + hashes.pop() + leaf).digest()
+            size, level = size >> 1, level + 1
+        levels.append(level)
+        hashes.append(leaf)
 
     def append_subtree(self, level: int, subtree: bytes) -> None:
         if self.size & ((1 << level) - 1):

@@ -16,6 +16,8 @@ In order, stopping at the first problem (an `EvidenceError` naming it):
 import hashlib
 import io
 import json
+import operator
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,8 @@ JSON_LIMIT = 64 << 20  # manifest, prefix, suffix and consistency files are smal
 MANIFEST_KEYS = {"format", "version", "created_at", "log_id", "filters", "range", "counts", "events_file", "files",
                  "checkpoint", "key_fingerprint", "signature"}
 HEX64 = frozenset("0123456789abcdef")
+HEX_HASH = re.compile(r"[0-9a-f]{64}")
+HEX_HASHES = re.compile(r"[0-9a-f]+")
 Report = Callable[[str], None]
 
 
@@ -352,10 +356,11 @@ def _read_events(name: str, handle: Any) -> Iterator[dict]:
 
 
 def _read_jsonl(name: str, handle: Any, fields: tuple[str, ...], what: str) -> Iterator[dict]:
+    decode = json.JSONDecoder().decode
     for number, line in enumerate(handle, start=1):
         try:
-            entry = json.loads(line)
-        except ValueError as exc:
+            entry = decode(line.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError included
             raise EvidenceError(f"{name} line {number}: not valid JSON ({exc})") from exc
         _check_entry(entry, fields, f"{name} line {number}", what)
         yield entry
@@ -391,19 +396,44 @@ def _typed(row: dict[str, str], where: str) -> dict[str, Any]:
     return row
 
 
+class _Shape:
+    """The fields of an entry grouped by type, for a check that stays in C for a well-formed entry."""
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        text = [n for n in fields if n not in INT_FIELDS | NULLABLE_INT_FIELDS | {"details", "hash", "prev_hash"}]
+        self.keys = frozenset(fields)
+        self.text, self.text_types = operator.itemgetter(*text), (str,) * len(text)
+        self.ids = operator.itemgetter(*sorted(NULLABLE_INT_FIELDS))
+        self.chained = "prev_hash" in fields
+
+    def well_formed(self, entry: dict[str, Any]) -> bool:
+        hashes = (entry["hash"], entry["prev_hash"]) if self.chained else (entry["hash"],)
+        joined = "".join(hashes) if set(map(type, hashes)) == _STR else ""
+        return (tuple(map(type, self.text(entry))) == self.text_types and type(entry["seq"]) is int
+                and set(map(type, self.ids(entry))) <= _ID_TYPES
+                and len(joined) == 64 * len(hashes) and HEX_HASHES.fullmatch(joined) is not None)
+
+
+_ID_TYPES, _STR = {int, type(None)}, {str}
+_SHAPES = {fields: _Shape(fields) for fields in (EXPORT_FIELDS, LEAF_FIELDS)}
+
+
 def _check_entry(entry: Any, fields: tuple[str, ...], where: str, what: str = "") -> None:
     """Exactly the expected fields, each of the type the log stores: no string "5" passing for study 5."""
-    if not isinstance(entry, dict) or len(entry) != len(fields) or not all(name in entry for name in fields):
+    shape = _SHAPES[fields]
+    if type(entry) is not dict or entry.keys() != shape.keys:
         found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         raise EvidenceError(f"{where}: expected the fields {', '.join(fields)}; found {found}")
-    for name in fields:
+    if shape.well_formed(entry):
+        return
+    for name in fields:  # the slow path, only to name the culprit
         value = entry[name]
         if name in INT_FIELDS or name in NULLABLE_INT_FIELDS:
-            ok = (isinstance(value, int) and not isinstance(value, bool)) or (value is None and name != "seq")
+            ok = type(value) is int or (value is None and name != "seq")
         elif name in ("hash", "prev_hash"):
-            ok = isinstance(value, str) and len(value) == 64 and set(value) <= HEX64
+            ok = isinstance(value, str) and HEX_HASH.fullmatch(value) is not None
         else:
             ok = name == "details" or isinstance(value, str)
         if not ok:
-            label = f"{what} #{entry.get('seq')}" if what and isinstance(entry.get("seq"), int) else where
+            label = f"{what} #{entry['seq']}" if what and type(entry["seq"]) is int else where
             raise EvidenceError(f"{label}: {name} has the wrong type or form ({value!r:.80})")

@@ -340,3 +340,15 @@ def test_it_catches_any_single_changed_value(tmp_path_factory, log, data):
     resign(bundle, KEY)
     with pytest.raises(EvidenceError):
         verify(bundle, KEY)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("prev_hash", None, "event #3: prev_hash has the wrong type or form (None)"),
+    ("hash", 12, "event #3: hash has the wrong type or form (12)"),
+    ("study_id", "1", "event #3: study_id has the wrong type or form ('1')"),
+    ("seq", True, "events.jsonl line 3: seq has the wrong type or form (True)"),
+])
+def test_it_names_a_value_of_the_wrong_type_instead_of_crashing(full, field, value, message):
+    edit_jsonl(full, "events.jsonl", lambda rows: rows[2].update({field: value}) or rows)
+    resign(full, KEY)
+    fails(full, message)

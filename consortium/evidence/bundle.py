@@ -188,6 +188,8 @@ def write_bundle(destination: Path, source: LogSource, *, key: Ed25519PrivateKey
     last_seq = signed.seq if last_seq is None else last_seq
     if not 1 <= first_seq <= last_seq + 1 or last_seq > signed.seq:
         raise ValueError(f"range #{first_seq}..#{last_seq} does not fit a log of {signed.seq} events")
+    if signed.key_fingerprint != signing.fingerprint(key):
+        raise ValueError("the checkpoint was signed by another key than the one signing the export")
     if events_format not in EVENTS_FILES:
         raise ValueError(f"events_format is one of {sorted(EVENTS_FILES)}")
     event_filter = EventFilter(filters)
@@ -203,12 +205,7 @@ def write_bundle(destination: Path, source: LogSource, *, key: Ed25519PrivateKey
     destination.mkdir(parents=True, exist_ok=True)
     files = _write_range(destination, source, events_format, first_seq, last_seq, event_filter)
     included = files[EVENTS_FILES[events_format]].rows or 0
-    prefix, suffix = _tree_edges(source, first_seq, last_seq, signed.seq)
-    files[PREFIX] = _write_json(destination / PREFIX, prefix)
-    files[SUFFIX] = _write_json(destination / SUFFIX, suffix)
-    earlier = [dict(c) for c in earlier_checkpoints]
-    if earlier:
-        files[CONSISTENCY] = _write_json(destination / CONSISTENCY, consistency_document(signed.seq, earlier, source))
+    files.update(_write_proofs(destination, source, first_seq, last_seq, signed.seq, earlier_checkpoints))
     for name, path in extras.items():
         files[name] = copy_file(path, destination / name)
     manifest = {
@@ -222,11 +219,26 @@ def write_bundle(destination: Path, source: LogSource, *, key: Ed25519PrivateKey
         "events_file": EVENTS_FILES[events_format],
         "files": {name: asdict(entry) for name, entry in sorted(files.items())},
         "checkpoint": dict(checkpoint),
-        "key_fingerprint": signing.fingerprint(key),
     }
+    return _sign_manifest(destination, manifest, key)
+
+
+def _sign_manifest(destination: Path, manifest: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    manifest = {**manifest, "key_fingerprint": signing.fingerprint(key)}
     manifest["signature"] = signing.sign(key, MANIFEST_DOMAIN, manifest)
     _write_json(destination / MANIFEST, manifest)
     return manifest
+
+
+def _write_proofs(destination: Path, source: LogSource, first_seq: int, last_seq: int, size: int,
+                  earlier_checkpoints: Iterable[Mapping[str, Any]]) -> dict[str, FileEntry]:
+    """prefix.json, suffix.json and (given earlier checkpoints) consistency.json."""
+    prefix, suffix = _tree_edges(source, first_seq, last_seq, size)
+    files = {PREFIX: _write_json(destination / PREFIX, prefix), SUFFIX: _write_json(destination / SUFFIX, suffix)}
+    earlier = [dict(c) for c in earlier_checkpoints]
+    if earlier:
+        files[CONSISTENCY] = _write_json(destination / CONSISTENCY, consistency_document(size, earlier, source))
+    return files
 
 
 def consistency_document(size: int, earlier: Iterable[Mapping[str, Any]], source: LogSource) -> dict[str, Any]:

@@ -111,6 +111,8 @@ def test_it_proves_earlier_checkpoints_are_prefixes_of_the_export(tmp_path, key)
 def test_it_refuses_to_write_a_range_beyond_the_checkpoint(tmp_path, key, log):
     with pytest.raises(ValueError, match="does not fit a log of 75 events"):
         write(tmp_path, log, key, first_seq=1, last_seq=76)
+    with pytest.raises(ValueError, match="signed by another key"):
+        write(tmp_path, log, key, checkpoint=log.checkpoint(signing.generate_private_key()))
     with pytest.raises(ValueError, match="cannot name an extra file"):
         write(tmp_path, log, key, name="b2", extra_files={"manifest.json": tmp_path / "x"})
     with pytest.raises(ValueError, match="cannot name an extra file"):

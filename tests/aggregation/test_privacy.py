@@ -48,13 +48,13 @@ def test_it_takes_no_seed_for_the_noise():
 
 def test_it_draws_standard_normal_noise_from_the_os():
     scipy_stats = pytest.importorskip("scipy.stats")
-    noise = privacy.gaussian_noise((300, 1001))  # an odd count exercises the unpaired last value
-    assert noise.shape == (300, 1001) and noise.dtype == torch.float32
+    noise = privacy.gaussian_noise((100, 1001))  # an odd count exercises the unpaired last value
+    assert noise.shape == (100, 1001) and noise.dtype == torch.float32
     flat = noise.double().reshape(-1)
     assert abs(float(flat.mean())) < 5 / math.sqrt(flat.numel())
     assert float(flat.std()) == pytest.approx(1.0, rel=0.01)
     # Kolmogorov-Smirnov against N(0, 1): a wrong transform is rejected at any sample size this big.
-    assert scipy_stats.kstest(flat[:100_000].numpy(), "norm").pvalue > 1e-6
+    assert scipy_stats.kstest(flat.numpy(), "norm").pvalue > 1e-6
     assert not torch.equal(privacy.gaussian_noise((64,)), privacy.gaussian_noise((64,)))
 
 

@@ -184,3 +184,17 @@ def test_it_blocks_the_statistics_round_when_exclusions_leave_fewer_sites_than_t
     assert round_.status_reason == "Only 1 eligible sites sent statistics; the quorum is 2."
     assert not Standardization.objects.filter(study=study).exists()
     assert SiteStatistics.objects.get(site=p.site_a).exclusion_reason.startswith("Participation is revoked.")
+
+
+def test_it_marks_statistics_left_out_at_close_as_excluded_on_the_dashboard(p):
+    from aggregation.dashboard import CELL_STATES, study_dashboard
+
+    study, round_, site_c, (agent_a, agent_b, agent_c) = three_site_statistics(p)
+    send(agent_a, round_, rows(1, 40))
+    send(agent_c, round_, rows(3, 50))
+    revoke(p, study, site_c)
+    send(agent_b, round_, rows(2, 75))
+    heatmap = study_dashboard(study).figures["heatmap"]["data"][0]
+    row = list(heatmap["y"]).index("Karolinska")
+    assert CELL_STATES[heatmap["z"][row][0]] == "excluded"
+    assert "Consent withdrawn by the hospital board." in heatmap["text"][row][0]

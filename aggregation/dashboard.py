@@ -178,7 +178,8 @@ def _rounds(study: Study) -> list[Round]:
     updates = Update.objects.select_related("site").only(
         "round", "site", "status", "exclusion_reason", "num_examples", "weight_norm", "downloaded_at", "received_at",
         "site__name")
-    statistics = SiteStatistics.objects.select_related("site").only("round", "site", "received_at", "site__name")
+    statistics = SiteStatistics.objects.select_related("site").only("round", "site", "received_at", "exclusion_reason",
+                                                                    "site__name")
     return list(Round.objects.filter(study=study).select_related("base_version", "produced_version")
                 .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics))
                 .order_by("number"))
@@ -211,7 +212,8 @@ def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict
         eligible = frozenset(opened[round_.pk]) if round_.pk in opened else None
     cells = {site: ("refused", reason) for site, reason in refusals.get(round_.pk, {}).items()}
     for row in round_.statistics.all():
-        cells[row.site_id] = ("submitted", f"statistics received {_clock(row.received_at)}")
+        cells[row.site_id] = (("excluded", row.exclusion_reason) if row.exclusion_reason
+                              else ("submitted", f"statistics received {_clock(row.received_at)}"))
     for update in round_.updates.all():
         cells[update.site_id] = (("excluded", update.exclusion_reason) if update.status == UpdateStatus.EXCLUDED
                                  else ("submitted", f"{update.num_examples} examples, {_clock(update.received_at)}"))

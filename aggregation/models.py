@@ -92,7 +92,8 @@ class Update(models.Model):
 
 
 class SiteStatistics(models.Model):
-    """One site's counts, sums and sums of squares per feature for a statistics round (never rows)."""
+    """One site's counts, sums and sums of squares per feature for a statistics round (never rows). Its count
+    is also the most training rows the site may later declare for an update (`num_examples`)."""
 
     round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="statistics")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
@@ -101,6 +102,8 @@ class SiteStatistics(models.Model):
     sums = models.JSONField()
     sums_of_squares = models.JSONField()
     received_at = models.DateTimeField()
+    exclusion_reason = models.TextField(blank=True, help_text="Why the gate left these figures out of the pooled "
+                                                              "ones at close (empty: pooled).")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["round", "site"], name="one_statistics_per_site_per_round")]

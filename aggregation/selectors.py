@@ -82,6 +82,14 @@ class RoundRow:
     statistics: list[SiteStatistics]
     version: ModelVersion | None
 
+    @property
+    def weighted_updates(self) -> list[tuple[Update, dict[str, Any] | None]]:
+        """Each update beside its entry in the produced model's provenance (declared examples and the weight
+        applied), or None when no model lists it (excluded, not aggregated yet)."""
+        contributors = (self.version.provenance.get("contributors") or []) if self.version else []
+        by_site = {c.get("site_id"): c for c in contributors}
+        return [(update, by_site.get(update.site_id)) for update in self.updates]
+
 
 @dataclass(frozen=True)
 class RoundsOverview:
@@ -91,7 +99,7 @@ class RoundsOverview:
     training_closed: int
     budget: int
     standardization: Standardization | None
-    privacy: dict[str, float] | None = None
+    privacy: dict[str, Any] | None = None
 
     @property
     def budget_left(self) -> int:
@@ -109,7 +117,7 @@ def rounds_overview(study: Study) -> RoundsOverview:
     updates = Update.objects.select_related("site").order_by("site__name")
     # Only who sent statistics and when: the sites' own sums never leave this function.
     statistics = SiteStatistics.objects.select_related("site").only(
-        "round", "site", "received_at", "site__name", "site__code").order_by("site__name")
+        "round", "site", "received_at", "exclusion_reason", "site__name", "site__code").order_by("site__name")
     rounds = list(
         Round.objects.filter(study=study).select_related("base_version", "produced_version")
         .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics))
@@ -118,8 +126,13 @@ def rounds_overview(study: Study) -> RoundsOverview:
     rows = [RoundRow(r, list(r.updates.all()), list(r.statistics.all()), getattr(r, "produced_version", None))
             for r in rounds]
     closed = sum(1 for r in rounds if r.kind == RoundKind.TRAINING and r.status == RoundStatus.CLOSED)
-    return RoundsOverview(rows, closed, study.rounds, Standardization.objects.filter(study=study).first(),
-                          privacy_budget(study, closed))
+    budget = privacy_budget(study, closed)
+    voided = [row.version.provenance["privacy"] for row in rows
+              if row.version and (row.version.provenance.get("privacy") or {}).get("void")]
+    if budget is not None and voided:
+        # Composition over rounds whose noise anyone could remove guarantees nothing.
+        budget = {**budget, "void": True, "void_reason": voided[-1].get("void_reason", "")}
+    return RoundsOverview(rows, closed, study.rounds, Standardization.objects.filter(study=study).first(), budget)
 
 
 def privacy_budget(study: Study, rounds_done: int) -> dict[str, float] | None:
@@ -201,6 +214,8 @@ class VersionDetail:
     evaluation_mean: dict[str, Any]
     base: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    weighting: str = ""
+    privacy: dict[str, Any] | None = None
 
 
 def model_version_get(study: Study, number: int) -> ModelVersion:
@@ -231,10 +246,13 @@ def version_detail(study: Study, number: int) -> VersionDetail:
         gate_study_checks=[check for check in checks if check.get("site_id") is None],
         gate_sites=_gate_sites(checks),
         strategy=dict(Strategy.choices).get(strategy.get("name"), strategy.get("name") or ""),
-        strategy_settings=sorted((strategy.get("settings") or {}).items()),
+        # Never a noise seed, even one left in an old provenance: it would let a reader remove the DP noise.
+        strategy_settings=sorted((k, v) for k, v in (strategy.get("settings") or {}).items() if "seed" not in k),
         evaluation=_evaluation(version.evaluation.get("sites") or {}),
         evaluation_mean=version.evaluation.get("global") or {},
         provenance=provenance,
+        weighting=provenance.get("weighting") or "",
+        privacy=provenance.get("privacy"),
     )
 
 

@@ -6,14 +6,19 @@ the site's ``num_examples``. Every strategy returns new float32 tensors and neve
 the model: FedAvg streams update after update into one accumulator; the robust strategies walk the
 model chunk by chunk, holding N chunks (about one model in all) at a time.
 
+`aggregate` also reports what each update counted for (`Weighting`): the num_examples share under
+FedAvg, 1/n under DP-FedAvg, 1 or 0 under Krum, nothing (None) under the coordinate-wise statistics.
+That report is defined here, beside the arithmetic it describes, so provenance cannot drift from it.
+
 Each function matches Flower's implementation of the same strategy (flwr 1.42, tested against it).
 """
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache, wraps
 from math import sqrt
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -305,76 +310,149 @@ def krum_scores(distances: torch.Tensor, num_byzantine: int) -> torch.Tensor:
     return distances.sort(dim=1).values[:, 1 : closest + 1].sum(dim=1)
 
 
+def krum_select(updates: Sequence[Update], *, num_byzantine: int, num_selected: int = 1) -> list[int]:
+    """The indices (ascending) of the updates Krum (num_selected=1) or multi-Krum keeps: the best-scored ones."""
+    if num_byzantine < 0 or not 1 <= num_selected <= len(updates):
+        raise ValueError(f"Krum needs 0 <= num_byzantine and 1 <= num_selected <= {len(updates)} sites.")
+    scores = krum_scores(pairwise_sq_distances(updates), num_byzantine)
+    if num_selected == 1:
+        # Two mutual nearest neighbours tie exactly in theory; rounding differs between the Gram matrix
+        # and direct differences, so take the lowest index among near-ties, as numpy's argmin does on exact ties.
+        return [int((scores <= scores.min() * (1 + 1e-6) + 1e-30).nonzero()[0])]
+    return sorted(torch.argsort(scores, stable=True)[:num_selected].tolist())
+
+
 def krum(updates: Iterable[Update], *, num_byzantine: int, num_selected: int = 1) -> dict[str, torch.Tensor]:
     """Krum (num_selected=1): the update closest to its n - f - 2 nearest neighbours; multi-Krum
     (num_selected=m > 1): the num_examples-weighted mean of the m best-scored updates (Flower `aggregate_krum`).
 
     Reads every update twice: once for the Gram matrix, once to average the selected ones."""
     listed = _as_list(updates)
-    if num_byzantine < 0 or not 1 <= num_selected <= len(listed):
-        raise ValueError(f"Krum needs 0 <= num_byzantine and 1 <= num_selected <= {len(listed)} sites.")
-    scores = krum_scores(pairwise_sq_distances(listed), num_byzantine)
-    if num_selected == 1:
-        # Two mutual nearest neighbours tie exactly in theory; rounding differs between the Gram matrix
-        # and direct differences, so take the lowest index among near-ties, as numpy's argmin does on exact ties.
-        best = int((scores <= scores.min() * (1 + 1e-6) + 1e-30).nonzero()[0])
-        return fedavg([(listed[best][0], 1.0)])  # an exact copy of the chosen update, as Flower's Krum
-    chosen = sorted(torch.argsort(scores, stable=True)[:num_selected].tolist())
+    return _krum_combine(listed, krum_select(listed, num_byzantine=num_byzantine, num_selected=num_selected),
+                         multi=num_selected > 1)
+
+
+def _krum_combine(listed: list[Update], chosen: list[int], *, multi: bool) -> dict[str, torch.Tensor]:
+    if not multi:
+        return fedavg([(listed[chosen[0]][0], 1.0)])  # an exact copy of the chosen update, as Flower's Krum
     return fedavg(listed[i] for i in chosen)
+
+
+# --- What each update counted for ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """How much each update, in the order given, counted in the new model as the strategy applied it.
+
+    `weights[i]` is a fraction of the combination (they sum to 1), or None when the strategy does not
+    weight updates at all (coordinate-wise median and trimmed mean); `note` says which rule applied."""
+
+    weights: tuple[float | None, ...]
+    note: str
+
+
+def example_weights(declared: Sequence[float]) -> tuple[float, ...]:
+    """Each update's share of a num_examples-weighted mean, n_i / sum(n), exactly as `fedavg` weights it.
+    Over the updates actually combined, so an excluded site's share is renormalised over the others."""
+    total = sum(_check_weight(n) for n in declared)
+    return tuple(float(n) / total for n in declared)
+
+
+def _selected_weights(declared: Sequence[float], chosen: list[int]) -> tuple[float, ...]:
+    shares = dict(zip(chosen, example_weights([declared[i] for i in chosen]), strict=True))
+    return tuple(shares.get(i, 0.0) for i in range(len(declared)))
 
 
 # --- Registry -------------------------------------------------------------------------------------
 
 
-def _averaged(current: Tensors, updates: Iterable[Update], settings: Mapping[str, Any]) -> dict:
-    """FedAvg, or DP-FedAvg when the protocol sets a noise multiplier (central DP at the server)."""
-    noise = float(settings.get("dp_noise_multiplier") or 0.0)
-    if noise <= 0:
-        return fedavg(updates)
-    generator = privacy.make_generator(settings.get("dp_seed"))
+def _dp_on(settings: Mapping[str, Any]) -> bool:
+    return float(settings.get("dp_noise_multiplier") or 0.0) > 0
+
+
+def _averaged(current: Tensors, updates: list[Update], settings: Mapping[str, Any]) -> tuple[dict, Weighting]:
+    """FedAvg, or DP-FedAvg when the protocol sets a noise multiplier (central DP at the server), with
+    the weights each applies. DP noise is always fresh from the OS (`privacy.gaussian_noise`): no
+    setting can seed it, since a known seed lets anyone subtract the noise from the published model."""
+    if not _dp_on(settings):
+        weighting = Weighting(example_weights([weight for _, weight in updates]),
+                              "Weighted by the declared num_examples, renormalised over the updates combined.")
+        return fedavg(updates), weighting
+    weighting = Weighting(tuple(1.0 / len(updates) for _ in updates),
+                          "DP-FedAvg: every clipped update counts equally (1/n), whatever its num_examples, so "
+                          "that no one site can move the model by more than the clipping norm over n.")
     return privacy.dp_fedavg(current, updates, clip_norm=float(settings.get("dp_clip_norm", 1.0)),
-                             noise_multiplier=noise, generator=generator)
+                             noise_multiplier=float(settings["dp_noise_multiplier"])), weighting
 
 
 def _robust_only(settings: Mapping[str, Any]) -> None:
-    if float(settings.get("dp_noise_multiplier") or 0.0) > 0:
+    if _dp_on(settings):
         raise ValueError("Central differential privacy is defined here for averaging strategies only "
                          "(fedavg, fedprox, fedadam, fedyogi, fedadagrad).")
 
 
-def _optimiser(rule: str, defaults: dict[str, float]) -> Callable[..., tuple[dict, State]]:
-    def run(current: Tensors, updates: Iterable[Update], state: Mapping, settings: Mapping) -> tuple[dict, State]:
+class Aggregated(NamedTuple):
+    """A strategy's outcome: the new weights, the server state to persist, and what each update counted for."""
+
+    weights: dict[str, torch.Tensor]
+    state: State
+    weighting: Weighting
+
+
+def _optimiser(rule: str, defaults: dict[str, float]) -> Callable[..., Aggregated]:
+    def run(current: Tensors, updates: list[Update], state: Mapping, settings: Mapping) -> Aggregated:
         options = {key: float(settings.get(key, value)) for key, value in defaults.items() if key != "eta"}
         eta = float(settings.get("server_learning_rate") or defaults["eta"])
-        return _server_step(current, _averaged(current, updates, settings), state, rule=rule, eta=eta, **options)
+        averaged, weighting = _averaged(current, updates, settings)
+        weights, new_state = _server_step(current, averaged, state, rule=rule, eta=eta, **options)
+        note = f"{weighting.note} The server's {rule} step then moves the model towards that mean."
+        return Aggregated(weights, new_state, Weighting(weighting.weights, note))
     return run
 
 
-def _run_fedavg(current: Tensors, updates: Iterable[Update], state: Mapping, settings: Mapping) -> tuple[dict, State]:
-    return _averaged(current, updates, settings), dict(state)
+def _run_fedavg(current: Tensors, updates: list[Update], state: Mapping, settings: Mapping) -> Aggregated:
+    weights, weighting = _averaged(current, updates, settings)
+    return Aggregated(weights, dict(state), weighting)
 
 
-def _run_median(current: Tensors, updates: Iterable[Update], state: Mapping, settings: Mapping) -> tuple[dict, State]:
+def _unweighted(updates: list[Update], note: str) -> Weighting:
+    return Weighting(tuple(None for _ in updates), note)
+
+
+def _run_median(current: Tensors, updates: list[Update], state: Mapping, settings: Mapping) -> Aggregated:
     _robust_only(settings)
-    return median(updates), dict(state)
+    note = "Coordinate-wise median: updates are not weighted and num_examples is not used."
+    return Aggregated(median(updates), dict(state), _unweighted(updates, note))
 
 
-def _run_trimmed(current: Tensors, updates: Iterable[Update], state: Mapping, settings: Mapping) -> tuple[dict, State]:
+def _run_trimmed(current: Tensors, updates: list[Update], state: Mapping, settings: Mapping) -> Aggregated:
     _robust_only(settings)
-    return trimmed_mean(updates, fraction=float(settings.get("trim_fraction", 0.2))), dict(state)
+    fraction = float(settings.get("trim_fraction", 0.2))
+    note = (f"Coordinate-wise trimmed mean ({fraction:g} cut at each end of every coordinate): updates are not "
+            "weighted and num_examples is not used.")
+    return Aggregated(trimmed_mean(updates, fraction=fraction), dict(state), _unweighted(updates, note))
 
 
-def _run_krum(multi: bool) -> Callable[..., tuple[dict, State]]:
-    def run(current: Tensors, updates: Iterable[Update], state: Mapping, settings: Mapping) -> tuple[dict, State]:
+def _run_krum(multi: bool) -> Callable[..., Aggregated]:
+    def run(current: Tensors, updates: list[Update], state: Mapping, settings: Mapping) -> Aggregated:
         _robust_only(settings)
         listed, byzantine = _as_list(updates), int(settings.get("byzantine_sites", 0))
         # Multi-Krum averages the m = n - f best updates (Blanchard et al.'s choice).
         selected = max(1, len(listed) - byzantine) if multi else 1
-        return krum(listed, num_byzantine=byzantine, num_selected=selected), dict(state)
+        chosen = krum_select(listed, num_byzantine=byzantine, num_selected=selected)
+        if multi:
+            weighting = Weighting(_selected_weights([w for _, w in listed], chosen),
+                                  f"Multi-Krum: the {selected} best-scored updates, weighted by their declared "
+                                  "num_examples; the others count 0.")
+        else:
+            weighting = Weighting(tuple(1.0 if i in chosen else 0.0 for i in range(len(listed))),
+                                  "Krum: the new model is a copy of the one selected update; the others count 0.")
+        return Aggregated(_krum_combine(listed, chosen, multi=multi), dict(state), weighting)
     return run
 
 
-StrategyFn = Callable[[Tensors, Iterable[Update], Mapping[str, torch.Tensor], Mapping[str, Any]], tuple[dict, State]]
+StrategyFn = Callable[[Tensors, list[Update], Mapping[str, torch.Tensor], Mapping[str, Any]], Aggregated]
 
 # Keys are studies.choices.Strategy values. FedProx differs from FedAvg only on the sites (the proximal term).
 STRATEGIES: dict[str, StrategyFn] = {
@@ -391,14 +469,15 @@ STRATEGIES: dict[str, StrategyFn] = {
 
 
 def aggregate(name: str, current: Tensors, updates: Iterable[Update], state: Mapping[str, torch.Tensor],
-              settings: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], State]:
-    """Run the study's strategy: returns (new weights, new server state to persist as safetensors).
+              settings: Mapping[str, Any]) -> Aggregated:
+    """Run the study's strategy: (new weights, new server state to persist as safetensors, the weight each
+    update actually counted for, in the order given). State is unchanged for stateless strategies.
 
-    `settings` may hold server_learning_rate (adaptive strategies; falsy -> Flower's default eta),
-    beta_1, beta_2, tau, trim_fraction, byzantine_sites, dp_noise_multiplier (0 = off), dp_clip_norm and
-    dp_seed (tests only: production noise must be unpredictable). State is unchanged for stateless strategies."""
+    `settings` may hold server_learning_rate (adaptive strategies; falsy -> Flower's default eta), beta_1,
+    beta_2, tau, trim_fraction, byzantine_sites, dp_noise_multiplier (0 = off) and dp_clip_norm. Nothing
+    seeds the DP noise: it comes from the operating system every time."""
     try:
         strategy = STRATEGIES[name]
     except KeyError:
         raise ValueError(f"Unknown strategy {name!r}; expected one of {sorted(STRATEGIES)}.") from None
-    return strategy(current, updates, state, settings)
+    return strategy(current, _as_list(updates), state, settings)

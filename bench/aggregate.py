@@ -29,7 +29,8 @@ MB = 1 << 20
 FULL = [(5, 1_000_000), (20, 1_000_000), (100, 1_000_000), (5, 10_000_000), (20, 10_000_000),
         (100, 10_000_000), (5, 50_000_000)]
 QUICK = [(5, 1_000_000), (20, 1_000_000)]
-OURS = ["fedavg", "fedadam", "median", "trimmed_mean", "krum"]
+# dp_fedavg: clipping plus Gaussian noise drawn from the OS (os.urandom + Box-Muller), the price of unpredictable noise.
+OURS = ["fedavg", "dp_fedavg", "fedadam", "median", "trimmed_mean", "krum"]
 FLOWER = {"fedavg": "FedAvg.aggregate_fit", "fedavg_fn": "aggregate", "median": "aggregate_median",
           "trimmed_mean": "aggregate_trimmed_avg", "krum": "aggregate_krum"}
 MEMORY_LIMIT = 18 * (1 << 30)  # leave room on the 24 GiB machine
@@ -61,7 +62,7 @@ def write_case(directory: Path, sites: int, params: int) -> None:
 
 
 def ours(method: str, directory: Path, sites: int):
-    from aggregation import codec, strategies
+    from aggregation import codec, privacy, strategies
 
     files = sorted(directory.glob("site*.safetensors"))
     weights = [100.0 + 10 * i for i in range(sites)]
@@ -70,8 +71,10 @@ def ours(method: str, directory: Path, sites: int):
         updates = [(codec.LazyTensors(path), weight) for path, weight in zip(files, weights, strict=True)]
         if method == "fedavg":
             return strategies.fedavg(updates)
-        if method == "fedadam":
+        if method in ("fedadam", "dp_fedavg"):
             current = codec.LazyTensors(directory / "global.safetensors")
+            if method == "dp_fedavg":
+                return privacy.dp_fedavg(current, updates, clip_norm=1.0, noise_multiplier=1.0)
             return strategies.fedadam(current, updates, {})[0]
         if method == "median":
             return strategies.median(updates)

@@ -177,7 +177,8 @@ def verify_chain(events: Iterable[AuditEvent] | None = None) -> ChainReport:
 
 
 def audited_service(
-    action: str, *, on_denial: Callable[[DomainError | ValidationError, dict[str, Any]], None] | None = None
+    action: str, *, on_denial: Callable[[DomainError | ValidationError, dict[str, Any]], None] | None = None,
+    denial_details: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run a service in one transaction; if it refuses (DomainError, or a model's ValidationError),
     roll back and record the denial.
@@ -185,7 +186,9 @@ def audited_service(
     The denial names `action` with outcome "denied" and the refusal's reason, and is
     written after the rollback so it survives it. Study and site come from the
     error, or from the service's `study`/`site`/`participation` arguments. `on_denial(error, kwargs)`
-    runs in the denial's transaction (e.g. to tell a live dashboard that an update was refused).
+    runs in the denial's transaction (e.g. to tell a live dashboard that an update was refused);
+    `denial_details(kwargs)` adds to the denial's details what the arguments alone do not say (e.g. the
+    number of the round an id names).
     """
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
@@ -203,7 +206,7 @@ def audited_service(
                         target=exc.target if exc.target is not None else _first_model(kwargs),
                         study=exc.study if exc.study is not None else _context(kwargs, "study"),
                         site=exc.site if exc.site is not None else _context(kwargs, "site"),
-                        details={"code": exc.code},
+                        details={"code": exc.code, **(denial_details(kwargs) if denial_details else {})},
                     )
                     if on_denial is not None:
                         on_denial(exc, kwargs)
@@ -213,7 +216,9 @@ def audited_service(
                 with transaction.atomic():
                     record_denial(actor=kwargs.get("actor"), action=action, reason=_validation_reason(exc),
                                   target=_first_model(kwargs), study=_context(kwargs, "study"),
-                                  site=_context(kwargs, "site"), details={"code": "validation_failed"})
+                                  site=_context(kwargs, "site"),
+                                  details={"code": "validation_failed",
+                                           **(denial_details(kwargs) if denial_details else {})})
                     if on_denial is not None:
                         on_denial(exc, kwargs)
                 raise

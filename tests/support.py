@@ -67,10 +67,12 @@ class Refusal:
 
 
 @contextmanager
-def refused(error: type[Exception], match: str, *, action: str, published: tuple[str, ...] = ()) -> Iterator[Refusal]:
+def refused(error: type[Exception], match: str, *, action: str, published: tuple[str, ...] = (),
+            context: frozenset[str] = frozenset()) -> Iterator[Refusal]:
     """The block must raise `error` (message matching `match`), change no governed row, and leave
-    exactly one audit event: the denial named `action`, carrying the refusal's message. Live dashboards
-    hear only of the refusal itself (`published`: the kinds of study events expected, none by default)."""
+    exactly one audit event: the denial named `action`, carrying the refusal's message (and the `context`
+    keys the service adds to it, which the caller checks). Live dashboards hear only of the refusal itself
+    (`published`: the kinds of study events expected, none by default)."""
     before, mark, outcome = snapshot(), last_seq(), Refusal()
     events_mark = StudyEvent.objects.aggregate(top=Max("pk"))["top"] or 0
     with pytest.raises(error, match=match) as info:
@@ -82,10 +84,12 @@ def refused(error: type[Exception], match: str, *, action: str, published: tuple
     outcome.events = events_after(mark)
     assert [(e.action, e.outcome) for e in outcome.events] == [(action, AuditOutcome.DENIED)]
     outcome.event = outcome.events[0]
+    assert context <= outcome.event.details.keys(), outcome.event.details
+    details = {key: value for key, value in outcome.event.details.items() if key not in context}
     if isinstance(info.value, DomainError):
-        assert outcome.event.details == {"reason": info.value.message, "code": info.value.code}
+        assert details == {"reason": info.value.message, "code": info.value.code}
     else:  # a model's own validation
-        assert outcome.event.details["code"] == "validation_failed" and outcome.event.details["reason"]
+        assert details["code"] == "validation_failed" and details["reason"]
 
 
 def only_event(mark: int, action: str) -> AuditEvent:

@@ -78,6 +78,12 @@ def update_excluded(update: Update, round_: Round, reason: str) -> None:
             {**_round(round_), "site_id": update.site_id, "site": update.site.name, "reason": reason})
 
 
+def statistics_excluded(round_: Round, site: Site, reason: str) -> None:
+    """A site's statistics left out of the pooled figures at close: the same live event as an excluded update."""
+    publish(round_.study_id, EventKind.UPDATE_EXCLUDED,
+            {**_round(round_), "site_id": site.pk, "site": site.name, "reason": reason})
+
+
 def round_moved(round_: Round, reason: str, details: dict[str, Any]) -> None:
     """Aggregation started, or the round closed, was blocked or failed."""
     kind = {"aggregating": EventKind.AGGREGATION_STARTED, "closed": EventKind.ROUND_CLOSED,

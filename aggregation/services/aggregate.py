@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import OperationalError, transaction
 from django.utils import timezone
@@ -25,7 +25,13 @@ from studies.events import publish_gate
 from studies.governance import GateResult, evaluate
 from studies.models import AgreementVersion, Study
 
+if TYPE_CHECKING:
+    from aggregation.strategies import Weighting
+
 logger = logging.getLogger(__name__)
+
+PREDICTABLE_EARLIER = ("An earlier model version of this study was released with predictable DP noise, so the "
+                       "sites' data behind it was not protected; the cumulative budget is no guarantee.")
 
 
 def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVersion | None:
@@ -104,12 +110,12 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     current = version_tensors(base)
     state = codec.read_file(absolute(base.optimizer_state_path)) if base.optimizer_state_path else {}
     pairs = [(codec.LazyTensors(absolute(update.path)), float(update.num_examples)) for update in included]
-    weights, state = strategies.aggregate(study.strategy, current, pairs, state, _strategy_settings(study, round_))
+    weights, state, weighting = strategies.aggregate(study.strategy, current, pairs, state, _strategy_settings(study))
     data = codec.encode(weights)
     path, digest = store(data, "versions", study.pk)
     state_path = store(codec.encode(state), "optimizer", study.pk)[0] if state else ""
     seconds = time.perf_counter() - started
-    provenance = {**_provenance(study, round_, included, gate), "aggregation_seconds": seconds,
+    provenance = {**_provenance(study, round_, included, gate, weighting), "aggregation_seconds": seconds,
                   # The global model's L2 norm, beside the sites' update norms on the dashboard.
                   "weight_norm": math.sqrt(sum(float(t.double().pow(2).sum()) for t in weights.values()))}
     version = ModelVersion(study=study, number=base.number + 1, round=round_, path=path, sha256=digest,
@@ -118,9 +124,7 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     version.full_clean()
     version.save()
     Update.objects.filter(pk__in=[u.pk for u in included]).update(status=UpdateStatus.INCLUDED)
-    record(actor=SYSTEM, action="aggregation.model_version.created", target=version, study=study,
-           details={"version": version.number, "round": round_.number, "sha256": digest,
-                    "sites": [u.site_id for u in included], "strategy": study.strategy})
+    _record_version(version, round_, provenance)
     waited = max((timezone.now() - round_.aggregation_started_at).total_seconds() - seconds, 0.0)
     _events.aggregation_finished(round_, version, included, seconds, waited)
     move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"Model v{version.number} aggregated.")
@@ -128,37 +132,62 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     return version
 
 
-def _strategy_settings(study: Study, round_: Round) -> dict[str, Any]:
+def _record_version(version: ModelVersion, round_: Round, provenance: dict[str, Any]) -> None:
+    """The audit event alone reconciles with the provenance: every included site with the weight applied
+    and its update's SHA-256, every site left out of this round with the reason."""
+    excluded = round_.updates.filter(status=UpdateStatus.EXCLUDED).select_related("site").order_by("site__name")
+    included = [{key: c[key] for key in ("site_id", "site", "num_examples", "weight", "update_sha256")}
+                for c in provenance["contributors"]]
+    record(actor=SYSTEM, action="aggregation.model_version.created", target=version, study=version.study_id,
+           details={"version": version.number, "round": round_.number, "sha256": version.sha256,
+                    "sites": [c["site_id"] for c in included], "strategy": provenance["strategy"]["name"],
+                    "included": included, "weighting": provenance["weighting"],
+                    "excluded": [{"site_id": u.site_id, "site": u.site.name, "reason": u.exclusion_reason}
+                                 for u in excluded]})
+
+
+def _strategy_settings(study: Study) -> dict[str, Any]:
+    """The protocol's strategy settings. Deliberately no seed for the DP noise: it comes from the OS."""
     return {
         "server_learning_rate": study.server_learning_rate,
         "trim_fraction": study.trim_fraction,
         "byzantine_sites": study.byzantine_sites,
         "dp_noise_multiplier": study.dp_noise_multiplier,
         "dp_clip_norm": study.dp_clip_norm,
-        "dp_seed": round_.pk,  # DP noise: reproducible for an audit, different every round
     }
 
 
-def _provenance(study: Study, round_: Round, included: list[Update], gate: GateResult) -> dict[str, Any]:
-    """Everything needed to trace the model: who contributed under which agreement, the gate, the code."""
+def _provenance(study: Study, round_: Round, included: list[Update], gate: GateResult,
+                weighting: "Weighting") -> dict[str, Any]:
+    """Everything needed to trace the model: who contributed under which agreement, with the example count
+    each declared and the weight the strategy actually applied, the gate, the code."""
     agreement = AgreementVersion.objects.filter(study=study).order_by("-version").first()
     dpia = getattr(study, "dpia", None)
     return {
         "round": round_.number,
         "base_version": {"number": round_.base_version.number, "sha256": round_.base_version.sha256},
         "contributors": [
-            {"site_id": u.site_id, "site": u.site.name, "num_examples": u.num_examples, "update_sha256": u.sha256,
-             "agreement_version": agreement.version if agreement else None}
-            for u in included
+            {"site_id": u.site_id, "site": u.site.name, "num_examples": u.num_examples, "weight": weight,
+             "update_sha256": u.sha256, "agreement_version": agreement.version if agreement else None}
+            for u, weight in zip(included, weighting.weights, strict=True)
         ],
+        "weighting": weighting.note,
         "agreement": {"version": agreement.version, "sha256": agreement.sha256} if agreement else None,
         "dpia": {"status": dpia.status, "risk_level": dpia.risk_level,
                  "valid_until": dpia.valid_until.isoformat() if dpia and dpia.valid_until else None} if dpia else None,
         "gate": gate.as_dict(),
-        "strategy": {"name": study.strategy, "settings": _strategy_settings(study, round_)},
+        "strategy": {"name": study.strategy, "settings": _strategy_settings(study)},
         "protocol_sha256": study.protocol_sha256(),
         "code_version": code_version(),
-        # Central DP: the budget spent once this round counts (None when DP is off).
-        "privacy": privacy_budget(study, Round.objects.filter(study=study, kind=RoundKind.TRAINING,
-                                                              status=RoundStatus.CLOSED).count() + 1),
+        "privacy": _privacy(study),
     }
+
+
+def _privacy(study: Study) -> dict[str, Any] | None:
+    """Central DP: the budget spent once this round counts (None when DP is off). Void, not a guarantee,
+    when an earlier version of the study was released with predictable noise: those rounds' data is exposed."""
+    budget = privacy_budget(study, Round.objects.filter(study=study, kind=RoundKind.TRAINING,
+                                                        status=RoundStatus.CLOSED).count() + 1)
+    if budget is not None and ModelVersion.objects.filter(study=study, provenance__privacy__void=True).exists():
+        budget = {**budget, "void": True, "void_reason": PREDICTABLE_EARLIER}
+    return budget

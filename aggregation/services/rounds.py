@@ -15,8 +15,8 @@ from aggregation.services._common import move_round, store
 from aggregation.services._events import Progress
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
-from studies.choices import GateAction, StudyStatus
-from studies.governance import evaluate
+from studies.choices import GateAction, RevocationPolicy, StudyStatus
+from studies.governance import GateResult, evaluate
 from studies.models import Study
 from studies.services.monitoring import governance_watch
 
@@ -87,12 +87,12 @@ def round_complete_if_ready(round_: Round, *, moment: datetime | None = None, pr
     """After a submission: once every eligible site has submitted, close a statistics round at once
     or hand a training round to the aggregation task (after this transaction commits)."""
     if (progress or round_progress(round_, moment=moment)).complete:
-        _finish(round_, reason="Every eligible site has submitted.")
+        _finish(round_, reason="Every eligible site has submitted.", moment=moment)
 
 
-def _finish(round_: Round, *, reason: str) -> None:
+def _finish(round_: Round, *, reason: str, moment: datetime | None = None) -> None:
     if round_.kind == RoundKind.STATISTICS:
-        statistics_close(round_)
+        statistics_close(round_, moment=moment)
         return
     from aggregation.tasks import aggregate_round  # tasks import services: import here, not at module load
 
@@ -111,34 +111,80 @@ def round_check_deadline(*, round_id: int, moment: datetime | None = None) -> No
         got, gate = progress.submitted & progress.eligible, progress.gate
         if len(got) >= round_.study.quorum:
             quorum = round_.study.quorum
-            _finish(round_, reason=f"Deadline passed with {len(got)} eligible submissions (quorum {quorum}).")
+            _finish(round_, reason=f"Deadline passed with {len(got)} eligible submissions (quorum {quorum}).",
+                    moment=moment)
         else:
             move_round(round_, RoundStatus.BLOCKED, actor=SYSTEM, details={"gate": gate.as_dict()},
                        reason=f"Deadline passed with {len(got)} eligible submissions; the quorum is "
                               f"{round_.study.quorum}.")
 
 
-def statistics_close(round_: Round) -> Standardization:
-    """Pool the sites' counts and sums into the global mean and standard deviation, close the round,
-    and open the first training round. Sites see only the pooled figures."""
-    rows = list(SiteStatistics.objects.filter(round=round_))
+def statistics_close(round_: Round, *, moment: datetime | None = None) -> Standardization | None:
+    """Ask the gate again (in the caller's transaction, the round locked), leave out the statistics of sites it
+    no longer allows, and pool the rest into the global mean and standard deviation; close the round and
+    open the first training round. Sites see only the pooled figures. A study-level refusal, the abort
+    revocation policy, or fewer pooled sites than the quorum blocks the round instead (returns None)."""
+    study = round_.study
+    gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
+    round_.gate_result = gate.as_dict()
+    round_.save(update_fields=["gate_result"])
+    refusals = [check for check in gate.study_checks if not check.passed and check.name != "quorum"]
+    if refusals:
+        return _block(round_, " ".join(check.reason for check in refusals), gate)
+    rows = list(SiteStatistics.objects.filter(round=round_).select_related("site").order_by("site__name"))
+    pooled = _exclude_statistics(rows, gate, round_)
+    if len(pooled) < len(rows) and study.revocation_policy == RevocationPolicy.ABORT:
+        return _block(round_, "Aborted: statistics came from a site no longer eligible (revocation policy: abort).",
+                      gate)
+    if not pooled or len(pooled) < study.quorum:
+        return _block(round_, f"Only {len(pooled)} eligible sites sent statistics; the quorum is {study.quorum}.", gate)
+    standardization = _pool(round_, pooled)
+    move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason="Global mean and standard deviation computed.",
+               details={"sites": len(pooled), "examples": standardization.examples,
+                        "site_ids": [row.site_id for row in pooled],
+                        "excluded_site_ids": [row.site_id for row in rows if row.exclusion_reason]})
+    round_open_next(study_id=round_.study_id)
+    return standardization
+
+
+def _exclude_statistics(rows: list[SiteStatistics], gate: GateResult, round_: Round) -> list[SiteStatistics]:
+    """Mark the rows of sites the gate no longer allows as left out, each with that site's reasons, as
+    aggregation does with updates; returns the rows to pool."""
+    eligible = {verdict.site_id for verdict in gate.eligible_sites}
+    pooled = []
+    for row in rows:
+        if row.site_id in eligible:
+            pooled.append(row)
+            continue
+        verdict = gate.for_site(row.site_id)
+        reasons = " ".join(c.reason for c in verdict.failures) if verdict else "The site no longer takes part."
+        row.exclusion_reason = reasons
+        row.save(update_fields=["exclusion_reason"])
+        record(actor=SYSTEM, action="aggregation.statistics.excluded", target=round_, study=round_.study_id,
+               site=row.site_id, details={"round": round_.number, "reason": reasons})
+        _events.statistics_excluded(round_, row.site, reasons)
+    return pooled
+
+
+def _pool(round_: Round, rows: list[SiteStatistics]) -> Standardization:
+    """The pooled mean and population SD (numpy's default, as the central reference model standardizes with)."""
     total = sum(row.count for row in rows)
     width = len(rows[0].sums)
     mean = [sum(row.sums[i] for row in rows) / total for i in range(width)]
     std = []
     for i in range(width):
         squares = sum(row.sums_of_squares[i] for row in rows)
-        # The population SD (numpy's default), as the central reference model standardizes with.
         variance = max(squares / total - mean[i] ** 2, 0.0)
         std.append(math.sqrt(variance) if variance > 1e-24 else 1.0)  # a constant feature is left unscaled
     standardization = Standardization(study=round_.study, round=round_, features=rows[0].features, mean=mean,
                                       std=std, sites=len(rows), examples=total)
     standardization.full_clean()
     standardization.save()
-    move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason="Global mean and standard deviation computed.",
-               details={"sites": len(rows), "examples": total})
-    round_open_next(study_id=round_.study_id)
     return standardization
+
+
+def _block(round_: Round, reason: str, gate: GateResult) -> None:
+    move_round(round_, RoundStatus.BLOCKED, actor=SYSTEM, reason=reason, details={"gate": gate.as_dict()})
 
 
 def rounds_tick(*, moment: datetime | None = None) -> None:

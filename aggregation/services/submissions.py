@@ -55,7 +55,13 @@ def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     return version, data
 
 
-@audited_service("aggregation.update.submit", on_denial=_events.update_refused)
+def _round_named(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A refused submission's audit event names its round: the id it was sent to and, if it exists, its number."""
+    return {"round_id": kwargs.get("round_id"),
+            "round": Round.objects.filter(pk=kwargs.get("round_id")).values_list("number", flat=True).first()}
+
+
+@audited_service("aggregation.update.submit", on_denial=_events.update_refused, denial_details=_round_named)
 def update_submit(
     *, actor: Any, round_id: int, body: bytes, round_number: int, base_version: int, num_examples: int,
     metrics: dict[str, Any], idempotency_key: str,
@@ -76,6 +82,7 @@ def update_submit(
         raise Conflict(f"Round {round_.number} trains from model v{round_.base_version.number}, not v{base_version}.",
                        code="stale_model", study=round_.study_id)
     _check_numbers(num_examples, metrics, round_)
+    _check_known_examples(num_examples, round_, actor)
     _require_gate(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
     tensors = _decode(body, round_)
     weight_norm, delta_norm = _norms(tensors, version_tensors(round_.base_version))
@@ -112,6 +119,20 @@ def _check_numbers(num_examples: int, metrics: dict[str, Any], round_: Round) ->
             raise ValidationFailed("Metrics must be finite numbers.", code="metrics", study=round_.study_id)
 
 
+def _check_known_examples(num_examples: int, round_: Round, actor: Any) -> None:
+    """A site may not declare more training rows than it counted in the study's statistics round, when the
+    study ran one: num_examples is the site's FedAvg weight, so an inflated count would buy it the weight of
+    rows it does not have. (The agent counts the same training split for both.)"""
+    known = (SiteStatistics.objects.filter(round__study_id=round_.study_id, round__kind=RoundKind.STATISTICS,
+                                           round__status=RoundStatus.CLOSED, site_id=actor.site_id)
+             .values_list("count", "round__number").first())
+    if known is not None and num_examples > known[0]:
+        raise ValidationFailed(f"X-Num-Examples is {num_examples}, but {actor.site} counted {known[0]} training rows "
+                               f"in the statistics round (round {known[1]}); a site may not declare more examples "
+                               "than it has.", code="num_examples_above_known", study=round_.study_id,
+                               site=actor.site_id)
+
+
 def _decode(body: bytes, round_: Round) -> dict[str, torch.Tensor]:
     try:
         return codec.decode(body, expected=spec(round_.base_version), max_bytes=settings.MAX_UPDATE_BYTES)
@@ -141,7 +162,7 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
     version.save(update_fields=["evaluation"])
 
 
-@audited_service("aggregation.statistics.submit", on_denial=_events.update_refused)
+@audited_service("aggregation.statistics.submit", on_denial=_events.update_refused, denial_details=_round_named)
 def statistics_submit(
     *, actor: Any, round_id: int, features: list[str], count: int, sums: list[float], sums_of_squares: list[float]
 ) -> SiteStatistics:

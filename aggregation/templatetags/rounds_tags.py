@@ -18,7 +18,6 @@ SETTING_LABELS = {
     "byzantine_sites": "Byzantine sites tolerated",
     "dp_noise_multiplier": "DP noise multiplier",
     "dp_clip_norm": "DP clipping norm",
-    "dp_seed": "DP noise seed",
 }
 
 
@@ -42,6 +41,18 @@ def metric(value: Any, digits: int = 3) -> str:
 def setting_label(name: str) -> str:
     """The human name of a strategy setting."""
     return SETTING_LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+@register.filter
+def weight_applied(contributor: dict[str, Any] | None) -> str:
+    """The weight a contributing update counted for, as a percentage of the model; a strategy that weights no
+    update (median, trimmed mean) says so; a model aggregated before weights were recorded says that."""
+    if not contributor:
+        return "—"
+    if "weight" not in contributor:
+        return "not recorded"
+    weight = contributor["weight"]
+    return "not weighted" if weight is None else f"{weight:.1%}"
 
 
 @register.filter

@@ -136,14 +136,19 @@ def stored_files(kind: str = "updates") -> list[str]:
 def rejected(error: type[DomainError], match: str, *, code: str, status: int,
              action: str = "aggregation.update.submit") -> Iterator[Refusal]:
     """The block must be refused with `error` (its `code` and HTTP `status`, message matching `match`),
-    store no row and no tensor file, and leave exactly one audit event: the denial named `action`."""
+    store no row and no tensor file, and leave exactly one audit event: the denial named `action`, which
+    for a submission also names its round."""
     rows, files = aggregation_rows(), stored_files()
     # A refused submission is shown on the study's dashboard; a 404 names no study to show it on.
     submission = action in ("aggregation.update.submit", "aggregation.statistics.submit")
     published = (EventKind.UPDATE_REFUSED,) if submission and not issubclass(error, NotFound) else ()
-    with refused(error, match, action=action, published=published) as outcome:
+    with refused(error, match, action=action, published=published,
+                 context=frozenset({"round_id", "round"}) if submission else frozenset()) as outcome:
         yield outcome
     assert outcome.error.code == code and outcome.error.status == status, (outcome.error.code, outcome.error.status)
+    if submission:  # the denial names the round the agent sent to, by id and (when it exists) by number
+        named = outcome.event.details
+        assert named["round"] == Round.objects.filter(pk=named["round_id"]).values_list("number", flat=True).first()
     assert aggregation_rows() == rows, "a refused request changed rounds, updates or model versions"
     assert stored_files() == files, "a refused update was written to the model store"
 

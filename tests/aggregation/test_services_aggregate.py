@@ -1,6 +1,8 @@
 """Aggregating a round (`round_aggregate`): the new model version and its provenance, exactly once,
 behind the gate asked again at aggregation time, and the evaluation of each version."""
 
+import json
+
 import pytest
 import torch
 from django.db import IntegrityError, transaction
@@ -9,7 +11,7 @@ from aggregation import codec
 from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate
-from aggregation.services._common import version_tensors
+from aggregation.services._common import absolute, version_tensors
 from consortium.models import AuditEvent
 from consortium.version import code_version
 from studies import services as study_services
@@ -60,11 +62,12 @@ def test_it_aggregates_a_round_into_the_weighted_fedavg_with_its_provenance(fed)
     assert provenance["round"] == 1
     assert provenance["base_version"] == {"number": 0, "sha256": round_.base_version.sha256}
     assert provenance["contributors"] == [
-        {"site_id": fed.p.site_a.pk, "site": "Amsterdam UMC", "num_examples": 30, "update_sha256": update_a.sha256,
-         "agreement_version": 1},
-        {"site_id": fed.p.site_b.pk, "site": "Charité Berlin", "num_examples": 90, "update_sha256": update_b.sha256,
-         "agreement_version": 1},
+        {"site_id": fed.p.site_a.pk, "site": "Amsterdam UMC", "num_examples": 30, "weight": 0.25,
+         "update_sha256": update_a.sha256, "agreement_version": 1},
+        {"site_id": fed.p.site_b.pk, "site": "Charité Berlin", "num_examples": 90, "weight": 0.75,
+         "update_sha256": update_b.sha256, "agreement_version": 1},
     ]
+    assert "num_examples" in provenance["weighting"]
     assert provenance["agreement"] == {"version": 1, "sha256": agreement.sha256}
     assert provenance["dpia"]["status"] == "approved" and provenance["dpia"]["valid_until"]
     assert provenance["gate"]["action"] == "aggregate" and provenance["gate"]["allowed"] is True
@@ -80,6 +83,14 @@ def test_it_aggregates_a_round_into_the_weighted_fedavg_with_its_provenance(fed)
     created = AuditEvent.objects.filter(action="aggregation.model_version.created").last()
     assert created.details["sites"] == [fed.p.site_a.pk, fed.p.site_b.pk]
     assert created.details["sha256"] == version.sha256
+    # The audit log alone reconciles with the provenance: who, with what weight, which update.
+    assert created.details["included"] == [
+        {"site_id": fed.p.site_a.pk, "site": "Amsterdam UMC", "num_examples": 30, "weight": 0.25,
+         "update_sha256": update_a.sha256},
+        {"site_id": fed.p.site_b.pk, "site": "Charité Berlin", "num_examples": 90, "weight": 0.75,
+         "update_sha256": update_b.sha256},
+    ]
+    assert created.details["excluded"] == [] and created.details["weighting"] == provenance["weighting"]
 
 
 def test_it_produces_exactly_one_model_version_when_run_twice(fed):
@@ -188,6 +199,12 @@ def test_it_excludes_the_update_of_a_site_revoked_after_submitting_and_renormali
     assert (event.site_id, event.study_id) == (site_c.pk, study.pk)
     assert event.details == {"round": 1, "reason": excluded.exclusion_reason}
     assert set(Update.objects.exclude(site=site_c).values_list("status", flat=True)) == {UpdateStatus.INCLUDED}
+    assert [c["weight"] for c in version.provenance["contributors"]] == [0.25, 0.75]  # renormalised over A and B
+    created = AuditEvent.objects.get(action="aggregation.model_version.created", details__version=1)
+    assert [(s["site_id"], s["weight"]) for s in created.details["included"]] == [(p.site_a.pk, 0.25),
+                                                                                 (p.site_b.pk, 0.75)]
+    assert created.details["excluded"] == [{"site_id": site_c.pk, "site": "Karolinska",
+                                            "reason": excluded.exclusion_reason}]
 
 
 def test_it_blocks_the_round_when_the_revocation_policy_is_abort(p):
@@ -285,3 +302,86 @@ def test_it_records_the_privacy_budget_spent_in_a_dp_models_provenance(p):
     privacy = version.provenance["privacy"]
     assert (privacy["noise_multiplier"], privacy["clip_norm"], privacy["delta"]) == (1.2, 0.5, 1e-5)
     assert privacy["epsilon_spent"] == pytest.approx(epsilon_spent(1.2, 1, 1e-5))
+
+
+def _dp_round(p, **protocol):
+    study = governed_study(p, dp_noise_multiplier=1.0, dp_clip_norm=0.5, **protocol)
+    agent_a, agent_b = agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
+    round_ = open_round(study)
+    submit(agent_a, round_, body=codec.encode(update_tensors(round_, seed=1)), num_examples=10)
+    submit(agent_b, round_, body=codec.encode(update_tensors(round_, seed=2)), num_examples=990)
+    return study, round_
+
+
+class Rollback(Exception):
+    """Undo an aggregation, so that the very same round can be aggregated again from the same updates."""
+
+
+def test_it_draws_fresh_dp_noise_when_the_same_round_is_aggregated_again(p):
+    study, round_ = _dp_round(p)
+    models = []
+    for _ in range(2):
+        with pytest.raises(Rollback), transaction.atomic():
+            models.append(version_tensors(round_aggregate(round_id=round_.pk)))
+            raise Rollback
+    # Same round, same updates, same settings: only noise nobody can predict makes the two models differ.
+    assert all(not torch.equal(models[0][name], models[1][name]) for name in models[0])
+    difference = torch.cat([(models[0][name] - models[1][name]).reshape(-1) for name in models[0]])
+    assert float(difference.std()) == pytest.approx(2 ** 0.5 * 1.0 * 0.5 / 2, rel=0.5)  # sqrt(2) z C / n
+
+
+def test_it_keeps_no_noise_seed_in_provenance_audit_log_or_live_events(p):
+    from studies.models import StudyEvent
+
+    study, round_ = _dp_round(p)
+    version = round_aggregate(round_id=round_.pk)
+    assert "seed" not in json.dumps(version.provenance)
+    assert version.provenance["strategy"]["settings"]["dp_noise_multiplier"] == 1.0
+    for details in AuditEvent.objects.filter(study_id=study.pk).values_list("details", flat=True):
+        assert "seed" not in json.dumps(details)
+    for payload in StudyEvent.objects.filter(study=study).values_list("payload", flat=True):
+        assert "seed" not in json.dumps(payload)
+
+
+def test_it_weights_every_site_equally_under_dp_and_says_so(p):
+    study, round_ = _dp_round(p)
+    version = round_aggregate(round_id=round_.pk)
+    assert [(c["num_examples"], c["weight"]) for c in version.provenance["contributors"]] == [(10, 0.5), (990, 0.5)]
+    assert "1/n" in version.provenance["weighting"]
+    assert version.provenance["privacy"].get("void") is None
+
+
+def test_it_voids_the_budget_of_a_dp_study_that_released_predictable_noise_before(p):
+    study = governed_study(p, dp_noise_multiplier=1.0, dp_clip_norm=0.5, rounds=2)
+    agent_a, agent_b = agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
+    first = open_round(study)
+    submit(agent_a, first)
+    submit(agent_b, first)
+    v1 = round_aggregate(round_id=first.pk)
+    # As the data migration marks a version aggregated with the round's id as its noise seed.
+    ModelVersion.objects.filter(pk=v1.pk).update(
+        provenance={**v1.provenance, "privacy": {**v1.provenance["privacy"], "void": True, "void_reason": "seeded"}})
+    second = Round.objects.get(study=study, number=2)
+    submit(agent_a, second)
+    submit(agent_b, second)
+    v2 = round_aggregate(round_id=second.pk)
+    assert v2.provenance["privacy"]["void"] is True
+    assert "earlier model version" in v2.provenance["privacy"]["void_reason"]
+
+
+@pytest.mark.parametrize(("strategy", "weights"), [("median", [None, None]), ("krum", None)])
+def test_it_records_the_weight_a_robust_strategy_really_applied(p, strategy, weights):
+    study = governed_study(p, strategy=strategy)
+    agent_a, agent_b = agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
+    round_ = open_round(study)
+    submit(agent_a, round_, num_examples=10)
+    submit(agent_b, round_, num_examples=1000)
+    version = round_aggregate(round_id=round_.pk)
+    applied = [c["weight"] for c in version.provenance["contributors"]]
+    if weights is not None:
+        assert applied == weights and "not used" in version.provenance["weighting"]
+    else:  # Krum copies one update: that site counts 1, the other 0, whatever they declared
+        assert sorted(applied) == [0.0, 1.0]
+        chosen = Update.objects.get(sha256=version.provenance["contributors"][applied.index(1.0)]["update_sha256"])
+        copied = codec.read_file(absolute(chosen.path))
+        assert all(torch.equal(tensor, copied[name]) for name, tensor in version_tensors(version).items())

@@ -11,9 +11,9 @@ import torch
 from django.utils import timezone
 
 from aggregation import codec
-from aggregation.choices import RoundStatus, UpdateStatus
+from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Round, Update
-from aggregation.services import model_download, round_aggregate, round_check_deadline
+from aggregation.services import model_download, round_aggregate, round_check_deadline, statistics_submit
 from consortium.errors import Conflict, GateRefused, NotFound, PayloadTooLarge, ValidationFailed
 from consortium.models import AuditEvent, AuditOutcome
 from studies import services as study_services
@@ -33,6 +33,7 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     three_site_study,
     update_tensors,
 )
+from tests.base import active_study
 from tests.support import actions_after, events_after, last_seq
 
 
@@ -259,6 +260,37 @@ def test_it_refuses_a_non_positive_number_of_examples(fed):
     round_ = open_round(fed.study)
     with rejected(ValidationFailed, "X-Num-Examples must be a positive integer", code="num_examples", status=400):
         submit(fed.agent_a, round_, num_examples=0)
+
+
+def _after_statistics(p, counts: tuple[int, int]) -> Round:
+    """A study whose statistics round pooled site A's and B's counts; returns its open training round."""
+    study = active_study(p, federated_statistics=True, num_features=4, quorum=2)
+    statistics = open_round(study)
+    for site, count in zip((p.site_a, p.site_b), counts, strict=True):
+        statistics_submit(actor=agent_for(p, site)[0], round_id=statistics.pk, features=["a", "b", "c", "d"],
+                          count=count, sums=[1.0] * 4, sums_of_squares=[float(count)] * 4)
+    return Round.objects.get(study=study, kind=RoundKind.TRAINING, status=RoundStatus.OPEN)
+
+
+def test_it_refuses_more_examples_than_the_site_counted_in_the_statistics_round(p):
+    round_ = _after_statistics(p, (40, 75))
+    agent_a = agent_for(p, p.site_a, name="Trainer")[0]
+    with rejected(ValidationFailed, "X-Num-Examples is 4000, but Amsterdam UMC counted 40 training rows in the "
+                  "statistics round \\(round 1\\)", code="num_examples_above_known", status=400) as outcome:
+        submit(agent_a, round_, num_examples=4000)
+    assert outcome.event.site_id == p.site_a.pk and outcome.event.details["round"] == 2
+    update, created = submit(agent_a, round_, num_examples=40)  # what it counted is accepted
+    assert created and update.num_examples == 40
+
+
+def test_it_names_the_round_in_the_audit_event_of_a_refused_update(fed):
+    round_ = open_round(fed.study)
+    mark = last_seq()
+    with pytest.raises(Conflict):
+        submit(fed.agent_a, round_, round_number=7)
+    [denial] = events_after(mark)
+    assert (denial.action, denial.outcome) == ("aggregation.update.submit", AuditOutcome.DENIED)
+    assert (denial.details["round"], denial.details["round_id"]) == (1, round_.pk)
 
 
 def test_it_accepts_an_update_without_metrics(fed):

@@ -95,8 +95,8 @@ def test_it_matches_flower_adaptive_optimisers_over_rounds(name, ours, flower_cl
     for server_round in (1, 2, 3, 4):
         updates = random_updates(n, seed=server_round * 10 + n)
         current, state = ours(current, updates, state, **options)
-        registry_current, registry_state = strategies.aggregate(name, registry_current, updates, registry_state,
-                                                                settings)
+        registry_current, registry_state, _ = strategies.aggregate(name, registry_current, updates, registry_state,
+                                                                   settings)
         parameters, _ = flower.aggregate_fit(server_round, fit_results(updates), [])
         expected = flwr_common.parameters_to_ndarrays(parameters)
         assert_close(current, expected, rtol=1e-4, atol=1e-5)
@@ -159,7 +159,7 @@ def test_it_dispatches_every_strategy_choice_through_the_registry():
     current = random_updates(1, seed=1)[0][0]
     settings = {"server_learning_rate": 0.1, "trim_fraction": 0.2, "byzantine_sites": 1}
     for name in choices:
-        weights, state = strategies.aggregate(name, current, random_updates(5, seed=2), {}, settings)
+        weights, state, _ = strategies.aggregate(name, current, random_updates(5, seed=2), {}, settings)
         assert {k: tuple(v.shape) for k, v in weights.items()} == SHAPES
         assert ("step" in state) == (name in {"fedadam", "fedyogi", "fedadagrad"})
     with pytest.raises(ValueError, match="Unknown strategy"):
@@ -169,8 +169,61 @@ def test_it_dispatches_every_strategy_choice_through_the_registry():
 def test_it_applies_central_dp_through_the_registry_and_refuses_it_for_robust_strategies():
     current = {"w": torch.zeros(10_000)}
     updates = [({"w": torch.full((10_000,), 5.0)}, 1.0) for _ in range(4)]
-    settings = {"dp_noise_multiplier": 1.0, "dp_clip_norm": 1.0, "dp_seed": 0}
-    weights, _ = strategies.aggregate("fedavg", current, updates, {}, settings)
+    settings = {"dp_noise_multiplier": 1.0, "dp_clip_norm": 1.0}
+    weights, _, weighting = strategies.aggregate("fedavg", current, updates, {}, settings)
     assert float(weights["w"].mean()) == pytest.approx(0.01, abs=0.01)  # clipped to norm 1 over 10^4 coordinates
+    assert weighting.weights == (0.25, 0.25, 0.25, 0.25)
     with pytest.raises(ValueError, match="averaging strategies only"):
         strategies.aggregate("median", current, updates, {}, settings)
+
+
+def test_it_draws_different_dp_noise_for_the_same_inputs_whatever_the_settings_say():
+    # A seed in the settings (as the coordinator once sent: the round's id) must not make the noise repeatable.
+    current = {"w": torch.zeros(1000)}
+    updates = [({"w": torch.full((1000,), 0.01)}, 1.0) for _ in range(3)]
+    settings = {"dp_noise_multiplier": 1.0, "dp_clip_norm": 1.0, "dp_seed": 7}
+    first = strategies.aggregate("fedavg", current, updates, {}, settings).weights["w"]
+    second = strategies.aggregate("fedavg", current, updates, {}, settings).weights["w"]
+    assert not torch.equal(first, second)
+    assert float((first - second).std()) == pytest.approx(2 ** 0.5 / 3, rel=0.1)  # two independent N(0, (1/3)^2)
+
+
+WEIGHTS = [1.0, 3.0, 6.0, 10.0, 80.0]
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"])
+def test_it_reports_the_num_examples_shares_an_averaging_strategy_applied(name):
+    updates = [(tensors, weight) for (tensors, _), weight in zip(random_updates(5, seed=4), WEIGHTS, strict=True)]
+    result = strategies.aggregate(name, random_updates(1, seed=1)[0][0], updates, {}, {"server_learning_rate": 0.1})
+    assert result.weighting.weights == pytest.approx((0.01, 0.03, 0.06, 0.1, 0.8))
+    assert "num_examples" in result.weighting.note
+    if name in ("fedavg", "fedprox"):  # the shares reported are the ones the mean was made with
+        mean = sum(t["layer.bias"].double() * w for (t, _), w in zip(updates, result.weighting.weights, strict=True))
+        torch.testing.assert_close(result.weights["layer.bias"], mean.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean"])
+def test_it_reports_that_the_coordinatewise_strategies_weight_no_update(name):
+    updates = random_updates(5, seed=4)
+    weighting = strategies.aggregate(name, updates[0][0], updates, {}, {"trim_fraction": 0.2}).weighting
+    assert weighting.weights == (None,) * 5 and "not used" in weighting.note
+
+
+def test_it_reports_krum_giving_its_chosen_update_all_the_weight():
+    updates = random_updates(6, seed=5)
+    honest = [({k: v * 0.01 for k, v in t.items()}, w) for t, w in updates[:5]]
+    attacker = ({k: torch.full_like(v, 1e3) for k, v in updates[0][0].items()}, 1e6)
+    listed = [*honest[:2], attacker, *honest[2:]]
+    result = strategies.aggregate("krum", honest[0][0], listed, {}, {"byzantine_sites": 1})
+    assert sorted(result.weighting.weights) == [0.0] * 5 + [1.0] and result.weighting.weights[2] == 0.0
+    chosen = result.weighting.weights.index(1.0)
+    assert all(torch.equal(result.weights[k], listed[chosen][0][k]) for k in SHAPES)
+
+
+def test_it_reports_multi_krum_renormalising_num_examples_over_the_chosen_updates():
+    updates = random_updates(6, seed=5)
+    honest = [({k: v * 0.01 for k, v in t.items()}, w) for (t, _), w in zip(updates[:5], WEIGHTS, strict=True)]
+    attacker = ({k: torch.full_like(v, 1e3) for k, v in updates[0][0].items()}, 1e6)
+    result = strategies.aggregate("multi_krum", honest[0][0], [attacker, *honest], {}, {"byzantine_sites": 1})
+    weighting = result.weighting
+    assert weighting.weights == pytest.approx((0.0, 0.01, 0.03, 0.06, 0.1, 0.8))  # n - f = 5 kept, the attacker not

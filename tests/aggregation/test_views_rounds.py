@@ -134,6 +134,31 @@ def test_it_shows_the_pooled_statistics_but_never_a_sites_own_figures(p):
     assert 'data-round="2" data-status="open"' in body, "training opened after the statistics round"
 
 
+def test_it_shows_the_declared_examples_beside_the_weight_applied(fed):
+    closed_then_blocked(fed)
+    body = page(client_for(fed.p.pi).get(rounds_url(fed.study)))
+    first = body[body.index('data-round="1"'):]
+    assert '<td>30</td>\n              <td data-testid="weight-applied">25.0%</td>' in first
+    assert '<td>90</td>\n              <td data-testid="weight-applied">75.0%</td>' in first
+    # Round 2 was blocked: no model, so no update counted for anything.
+    second = body[body.index('data-round="2"'):body.index('data-round="1"')]
+    assert second.count('<td data-testid="weight-applied">—</td>') == 2
+
+
+def test_it_shows_statistics_left_out_at_close_with_the_reason(p):
+    study = active_study(p, federated_statistics=True, num_features=2, quorum=1)
+    round_ = open_round(study)
+    statistics_submit(actor=agent_for(p, p.site_a)[0], round_id=round_.pk, features=["age", "lactate"], count=10,
+                      sums=[600.0, 20.0], sums_of_squares=[36500.0, 45.0])
+    study_services.participation_revoke(actor=p.site_a_admin, participation=study.participations.get(site=p.site_a),
+                                        reason="Consent withdrawn by the hospital board.")
+    statistics_submit(actor=agent_for(p, p.site_b)[0], round_id=round_.pk, features=["age", "lactate"], count=12,
+                      sums=[700.0, 22.0], sums_of_squares=[41000.0, 50.0])
+    body = page(client_for(p.pi).get(rounds_url(study)))
+    assert 'data-statistics-site="amc" data-excluded="true"' in body and f"left out: {EXCLUDED}" in body
+    assert '<strong data-testid="pooled-sites">1 sites</strong>' in body
+
+
 def test_it_keeps_the_query_count_flat_from_2_to_6_rounds(p, django_assert_max_num_queries):
     study = governed_study(p, rounds=10)
     (agent_a, _), (agent_b, _) = agent_for(p, p.site_a), agent_for(p, p.site_b)

@@ -21,6 +21,7 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     Federation,
     agent_for,
     fed_fixture,
+    governed_study,
     model_store_fixture,
     no_broker_fixture,
     open_round,
@@ -111,7 +112,10 @@ def test_it_lays_out_the_provenance_and_evaluation_of_a_version(fed, persona):
     for contributor in version.provenance["contributors"]:
         assert f'data-contributor="{contributor["site_id"]}"' in body
         assert contributor["update_sha256"] in body
-    assert ">Amsterdam UMC</td><td>30</td><td>v1</td>" in body and ">Charité Berlin</td><td>90</td><td>v1</td>" in body
+    # The examples each site declared beside the weight the strategy actually gave its update.
+    assert '>Amsterdam UMC</td><td>30</td><td data-weight="0.25">25.0%</td><td>v1</td>' in body
+    assert '>Charité Berlin</td><td>90</td><td data-weight="0.75">75.0%</td><td>v1</td>' in body
+    assert "Examples declared" in body and "Weight applied" in body
     agreement = fed.study.agreement_versions.get()
     assert f'<span class="hash" data-testid="dua-sha256">{agreement.sha256}</span>' in body
     assert "Approved" in body and "medium risk" in body
@@ -147,6 +151,42 @@ def test_it_shows_the_red_gate_check_of_a_site_excluded_at_aggregation(p):
     assert f'data-gate-site="{p.site_a.pk}" data-eligible="true"' in body
     rounds = page(client_for(p.pi).get(reverse("aggregation:rounds", args=[study.pk])))
     assert 'data-update-site="ki" data-update-status="excluded"' in rounds and EXCLUDED in rounds
+
+
+def dp_version(p: Personas) -> ModelVersion:
+    study = governed_study(p, dp_noise_multiplier=1.2, dp_clip_norm=0.5)
+    round_ = open_round(study)
+    submit(agent_for(p, p.site_a)[0], round_, num_examples=10)
+    submit(agent_for(p, p.site_b)[0], round_, num_examples=1000)
+    return round_aggregate(round_id=round_.pk)
+
+
+def test_it_shows_the_budget_of_a_dp_version_and_no_noise_seed(p):
+    from aggregation.privacy import epsilon_spent
+
+    version = dp_version(p)
+    body = page(client_for(p.dpo).get(version_url(version.study, 1)))
+    assert f'data-testid="version-epsilon">ε = {epsilon_spent(1.2, 1, 1e-5):.3f} at δ = 0.00001' in body
+    assert "drawn from the operating system's entropy" in body and "void" not in body
+    assert "seed" not in body.lower()
+    assert '<td data-weight="0.5">50.0%</td>' in body and "1/n" in body  # DP: uniform, whatever was declared
+
+
+def test_it_shows_the_budget_of_a_version_with_predictable_noise_as_void(p):
+    version = dp_version(p)
+    # What the data migration leaves of a version once aggregated with the round's id as its noise seed.
+    privacy = {**version.provenance["privacy"], "void": True, "void_reason": "The noise was seeded predictably."}
+    strategy = version.provenance["strategy"]
+    ModelVersion.objects.filter(pk=version.pk).update(provenance={
+        **version.provenance, "privacy": privacy,
+        "strategy": {**strategy, "settings": {**strategy["settings"], "dp_seed": version.round_id}}})
+    body = page(client_for(p.auditor).get(version_url(version.study, 1)))
+    assert '<span class="fail" data-privacy="void">ε: void (noise was predictable)</span>' in body
+    assert "The noise was seeded predictably." in body and "ε = " not in body
+    assert "seed" not in body.replace("The noise was seeded predictably.", "").lower()
+    rounds = page(client_for(p.auditor).get(reverse("aggregation:rounds", args=[version.study_id])))
+    assert 'data-testid="epsilon-spent" data-privacy="void">ε: void (noise was predictable)</strong>' in rounds
+    assert "after the whole budget" not in rounds
 
 
 def test_it_shows_the_initial_model_without_contributors(fed):

@@ -4,6 +4,7 @@ Authenticated by agent tokens only; the gate, inside each service, decides what 
 
 import json
 import math
+import re
 from typing import Any
 
 from django.conf import settings
@@ -68,13 +69,11 @@ MAX_METRICS_CHARS = 4096
 
 def _header_int(request: Request, name: str) -> int:
     raw = request.headers.get(name, "")
-    try:
-        if len(raw) > MAX_INT_HEADER_CHARS:
-            raise ValueError
-        return int(raw)
-    except ValueError:
+    # ASCII digits only: int() would also take "1_000", " 7 " and other scripts' digits.
+    if not re.fullmatch(rf"-?[0-9]{{1,{MAX_INT_HEADER_CHARS}}}", raw):
         shown = raw if len(raw) <= MAX_INT_HEADER_CHARS else raw[:MAX_INT_HEADER_CHARS] + "…"
-        raise ValidationFailed(f"Header {name} must be an integer (got {shown!r}).", code="bad_header") from None
+        raise ValidationFailed(f"Header {name} must be an integer (got {shown!r}).", code="bad_header")
+    return int(raw)
 
 
 def _not_json(constant: str) -> None:

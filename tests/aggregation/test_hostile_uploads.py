@@ -159,3 +159,11 @@ def test_it_reads_only_ascii_digits_as_an_integer_header(fed):
         refusal = assert_refused_storing_nothing(response, raw, before)
         assert refusal["error"] == "bad_header" and len(refusal["detail"]) < 100
     assert Round.objects.get(pk=round_.pk).updates.count() == 0
+
+
+def test_it_bounds_any_reason_a_live_event_carries(fed):
+    from studies.events import publish
+
+    event = publish(fed.study, EventKind.ROUND_FAILED, {"round": 1, "reason": "x" * 50_000})
+    assert len(event.payload["reason"]) == MAX_REASON_CHARS and event.payload["reason"].endswith("…")
+    assert event.payload["round"] == 1

@@ -3,6 +3,8 @@
 Authenticated by agent tokens only; the gate, inside each service, decides what the site may do."""
 
 import json
+import math
+import re
 from typing import Any
 
 from django.conf import settings
@@ -59,22 +61,62 @@ class AgentModelDownloadApi(AgentApi):
         return model_file_response(*services.model_download(actor=request.user, round_id=round_id))
 
 
+# What the agent's headers may hold: integers as long as a 64-bit one at most (the service checks the range),
+# metrics of at most 4 KiB.
+MAX_INT_HEADER_CHARS = 20
+MAX_METRICS_CHARS = 4096
+
+
 def _header_int(request: Request, name: str) -> int:
     raw = request.headers.get(name, "")
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationFailed(f"Header {name} must be an integer (got {raw!r}).", code="bad_header") from None
+    # ASCII digits only: int() would also take "1_000", " 7 " and other scripts' digits.
+    if not re.fullmatch(rf"-?[0-9]{{1,{MAX_INT_HEADER_CHARS}}}", raw):
+        shown = raw if len(raw) <= MAX_INT_HEADER_CHARS else raw[:MAX_INT_HEADER_CHARS] + "…"
+        raise ValidationFailed(f"Header {name} must be an integer (got {shown!r}).", code="bad_header")
+    return int(raw)
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity, which no JSON column stores
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 15:  # metrics count rows at most; a longer integer is no float either
+        raise ValueError(f"{text[:20]} is out of range")
+    return int(text)
 
 
 def _metrics(request: Request) -> dict[str, Any]:
+    raw = request.headers.get("X-Metrics", "{}")
+    if len(raw) > MAX_METRICS_CHARS:
+        raise ValidationFailed(f"Header X-Metrics is {len(raw):,} characters; at most {MAX_METRICS_CHARS:,}.",
+                               code="bad_header")
     try:
-        metrics = json.loads(request.headers.get("X-Metrics", "{}"))
-    except json.JSONDecodeError:
-        raise ValidationFailed("Header X-Metrics must be a JSON object.", code="bad_header") from None
+        # NaN and Infinity are not JSON (nor storable as JSON); RecursionError: nesting past the parser's stack.
+        metrics = json.loads(raw, parse_constant=_not_json, parse_float=_finite_float, parse_int=_bounded_int)
+    except (ValueError, RecursionError):
+        message = "Header X-Metrics must be a JSON object with finite numbers."
+        raise ValidationFailed(message, code="bad_header") from None
     if not isinstance(metrics, dict):
         raise ValidationFailed("Header X-Metrics must be a JSON object.", code="bad_header")
     return metrics
+
+
+def _require_identity_encoding(request: Request) -> None:
+    """The body is the safetensors bytes as they are: a compressed (or falsely labelled) body is refused,
+    not read as if it were plain."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        shown = encoding if len(encoding) <= 40 else encoding[:40] + "…"
+        raise ValidationFailed(f"Content-Encoding {shown!r} is not accepted: send the safetensors bytes "
+                               "uncompressed, without a Content-Encoding header.", code="content_encoding")
 
 
 def _body(request: Request) -> bytes:
@@ -112,6 +154,7 @@ class AgentUpdateSubmitApi(AgentApi):
                    summary="Submit the site's trained weights (safetensors)")
     def post(self, request: Request, round_id: int) -> Response:
         try:
+            _require_identity_encoding(request)
             key = request.headers.get("Idempotency-Key", "").strip()
             if not key or len(key) > 100:
                 raise ValidationFailed("Send an Idempotency-Key header (at most 100 characters).", code="bad_header")

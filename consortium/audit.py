@@ -141,9 +141,19 @@ def record(
     return event
 
 
+# A refusal's reason as stored and shown: long enough for any sentence a service writes, short enough that
+# no input echoed into it can bloat the audit log, the live event log or every viewer's page.
+MAX_REASON_CHARS = 1000
+
+
+def bounded_reason(reason: str) -> str:
+    """`reason`, cut to MAX_REASON_CHARS (an ellipsis marks the cut)."""
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 1] + "…"
+
+
 def record_denial(*, actor: Any, action: str, reason: str, **context: Any) -> AuditEvent:
     """Record a refused attempt in its own transaction (the attempt itself was rolled back)."""
-    details = {"reason": reason, **context.pop("details", {})}
+    details = {"reason": bounded_reason(reason), **context.pop("details", {})}
     return record(actor=actor, action=action, outcome=AuditOutcome.DENIED, details=details, **context)
 
 
@@ -254,5 +264,5 @@ def _context(kwargs: dict[str, Any], name: str) -> Any:
 
 
 def denial_reason(exc: DomainError | ValidationError) -> str:
-    """The human reason of a refusal, whichever kind of error carried it."""
-    return exc.message if isinstance(exc, DomainError) else _validation_reason(exc)
+    """The human reason of a refusal, whichever kind of error carried it (bounded, as the audit log keeps it)."""
+    return bounded_reason(exc.message if isinstance(exc, DomainError) else _validation_reason(exc))

@@ -18,7 +18,7 @@ from django.db import models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from consortium.audit import lock_chain, to_json
+from consortium.audit import bounded_reason, lock_chain, to_json
 from studies.choices import EventKind, GateAction
 from studies.models import Study, StudyEvent
 
@@ -35,6 +35,8 @@ def _study_id(study: Study | int) -> int:
 def publish(study: Study | int, kind: EventKind | str, payload: dict[str, Any]) -> StudyEvent:
     """Append an event to the study's log inside the caller's transaction; broadcast it after commit."""
     study_id = _study_id(study)
+    if isinstance(payload.get("reason"), str):  # every viewer's page replays the log: no reason may bloat it
+        payload = {**payload, "reason": bounded_reason(payload["reason"])}
     with transaction.atomic(savepoint=False):
         # The audit chain's lock, held until commit: events of a study commit in seq order, so a reader
         # never sees a gap that fills in later. The same lock (not one per study) because every publishing

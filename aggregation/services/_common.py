@@ -22,6 +22,11 @@ def store(data: bytes, kind: str, study_id: int) -> tuple[str, str]:
     return str(path.relative_to(settings.MODEL_STORE)), digest
 
 
+def stored_path(kind: str, study_id: int, digest: str) -> str:
+    """Where `store` puts bytes of this SHA-256 (relative to the store), known before anything is written."""
+    return str(Path(kind) / str(study_id) / codec.file_name(digest))
+
+
 def load_bytes(relative: str) -> bytes:
     return (Path(settings.MODEL_STORE) / relative).read_bytes()
 

@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import torch
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
@@ -18,7 +19,7 @@ from aggregation.selectors import privacy_budget
 from aggregation.services import _events
 from aggregation.services._common import absolute, move_round, store, version_tensors
 from aggregation.services.rounds import round_open_next
-from consortium.audit import SYSTEM, record
+from consortium.audit import SYSTEM, bounded_reason, record
 from consortium.version import code_version
 from studies.choices import GateAction, RevocationPolicy
 from studies.events import publish_gate
@@ -49,7 +50,8 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
         with transaction.atomic():
             round_ = Round.objects.select_for_update().get(pk=round_id)
             if round_.status in ROUND_LIVE:
-                move_round(round_, RoundStatus.FAILED, actor=SYSTEM, reason=f"{type(exc).__name__}: {exc}")
+                reason = bounded_reason(f"{type(exc).__name__}: {exc}")  # a database error can quote whole rows
+                move_round(round_, RoundStatus.FAILED, actor=SYSTEM, reason=reason)
         raise
 
 
@@ -103,7 +105,7 @@ def _block(round_: Round, reason: str, gate: GateResult) -> None:
 
 
 def _produce_version(study: Study, round_: Round, included: list[Update], gate: GateResult,
-                     started: float) -> ModelVersion:
+                     started: float) -> ModelVersion | None:
     from aggregation import strategies  # TODO(lead): top-level once strategies.py lands
 
     base = round_.base_version
@@ -111,6 +113,13 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     state = codec.read_file(absolute(base.optimizer_state_path)) if base.optimizer_state_path else {}
     pairs = [(codec.LazyTensors(absolute(update.path)), float(update.num_examples)) for update in included]
     weights, state, weighting = strategies.aggregate(study.strategy, current, pairs, state, _strategy_settings(study))
+    broken = _not_finite(weights, state)
+    if broken:
+        # Nothing is stored: the next round trains from the latest stored version again.
+        move_round(round_, RoundStatus.FAILED, actor=SYSTEM, details={"not_finite": broken},
+                   reason=f"The aggregate is not finite (NaN or infinite values in {', '.join(broken)}); "
+                          f"no model version was stored, the next round trains from v{base.number}.")
+        return None
     data = codec.encode(weights)
     path, digest = store(data, "versions", study.pk)
     state_path = store(codec.encode(state), "optimizer", study.pk)[0] if state else ""
@@ -144,6 +153,12 @@ def _record_version(version: ModelVersion, round_: Round, provenance: dict[str, 
                     "included": included, "weighting": provenance["weighting"],
                     "excluded": [{"site_id": u.site_id, "site": u.site.name, "reason": u.exclusion_reason}
                                  for u in excluded]})
+
+
+def _not_finite(weights: dict[str, Any], state: dict[str, Any]) -> list[str]:
+    """The tensors (at most three named) of the new model or its optimizer state holding NaN or infinity."""
+    names = [name for name, tensor in [*weights.items(), *state.items()] if not bool(torch.isfinite(tensor).all())]
+    return names[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])
 
 
 def _strategy_settings(study: Study) -> dict[str, Any]:

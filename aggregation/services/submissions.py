@@ -14,7 +14,14 @@ from aggregation import codec
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
-from aggregation.services._common import lock_round_for_site, spec, store, verified_bytes, version_tensors
+from aggregation.services._common import (
+    lock_round_for_site,
+    spec,
+    store,
+    stored_path,
+    verified_bytes,
+    version_tensors,
+)
 from aggregation.services.rounds import round_complete_if_ready, round_progress
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
@@ -86,7 +93,9 @@ def update_submit(
     _require_gate(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
     tensors = _decode(body, round_)
     weight_norm, delta_norm = _norms(tensors, version_tensors(round_.base_version))
-    path, digest = store(body, "updates", round_.study_id)
+    _check_norm(delta_norm, round_)
+    digest = codec.sha256_hex(body)
+    path = stored_path("updates", round_.study_id, digest)
     update = Update(round=round_, site_id=actor.site_id, base_version=round_.base_version, path=path, sha256=digest,
                     size_bytes=len(body), num_examples=num_examples, metrics=metrics, weight_norm=weight_norm,
                     delta_norm=delta_norm, idempotency_key=idempotency_key, submitted_by=actor.get_username(),
@@ -100,6 +109,8 @@ def update_submit(
     progress = round_progress(round_)
     _events.update_received(update, round_, progress)
     round_complete_if_ready(round_, progress=progress)
+    # Written last, once every check has passed and every row is in place: a refusal leaves no file behind.
+    store(body, "updates", round_.study_id)
     return update, True
 
 
@@ -139,6 +150,16 @@ def _decode(body: bytes, round_: Round) -> dict[str, torch.Tensor]:
     except codec.UpdateRejected as exc:
         error = PayloadTooLarge if exc.status == 413 else ValidationFailed
         raise error(exc.message, code=exc.code, study=round_.study_id) from exc
+
+
+def _check_norm(delta_norm: float, round_: Round) -> None:
+    """The protocol's bound on how far one update may move the model: one site cannot swamp the average
+    (or make it overflow float32) however finite its values."""
+    bound = round_.study.max_update_norm
+    if not math.isfinite(delta_norm) or delta_norm > bound:
+        raise ValidationFailed(f"The update moves the model by {delta_norm:.4g} (L2 norm of update minus base); "
+                               f"the study's protocol allows at most {bound:g}.", code="update_norm",
+                               study=round_.study_id)
 
 
 def _norms(tensors: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> tuple[float, float]:

@@ -88,6 +88,7 @@ def _create_data(**overrides) -> dict:
         "revocation_policy": "exclude",
         "dp_noise_multiplier": 0,
         "dp_clip_norm": 1.0,
+        "max_update_norm": 100.0,
         "label_column": "readmitted",
         "num_features": 12,
         "federated_statistics": "on",
@@ -101,14 +102,16 @@ def test_it_creates_a_draft_study_with_its_agreement_for_a_pi(p):
     study = Study.objects.get(title="Heart failure readmission")
     assert response.status_code == 302 and response["Location"] == reverse("studies:detail", args=[study.pk])
     assert (study.status, study.pi, study.model_kind, study.strategy) == (StudyStatus.DRAFT, p.pi, "mlp", "fedprox")
+    assert study.max_update_norm == 100.0
     assert AgreementVersion.objects.get(study=study).text == "We agree."
     assert AuditEvent.objects.filter(action="studies.study.created", study_id=study.pk, actor_user=p.pi).exists()
 
 
 def test_it_rerenders_the_create_form_with_errors_on_bad_input(p):
-    response = client_for(p.pi).post(reverse("studies:create"), _create_data(learning_rate=50, quorum=0))
+    response = client_for(p.pi).post(reverse("studies:create"),
+                                     _create_data(learning_rate=50, quorum=0, max_update_norm=0))
     assert response.status_code == 200
-    assert response.context["form"].errors.keys() == {"learning_rate", "quorum"}
+    assert response.context["form"].errors.keys() == {"learning_rate", "quorum", "max_update_norm"}
     assert "errorlist" in page(response)
     assert not Study.objects.exists()
 

@@ -13,7 +13,7 @@ from aggregation.services import round_aggregate, round_open_next
 from consortium.errors import ValidationFailed
 from consortium.models import AuditEvent
 from studies.choices import EventKind
-from studies.models import StudyEvent
+from studies.models import StudyEvent, protocol_hash
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     agent_for,
     base_tensors,
@@ -89,3 +89,12 @@ def test_it_fails_a_round_whose_aggregate_is_not_finite_storing_nothing_and_reop
     assert EventKind.ROUND_FAILED in kinds and EventKind.AGGREGATION_FINISHED not in kinds
     third = round_open_next(study_id=study.pk)
     assert third.number == 3 and third.base_version == v1, "a failed round must not rewind the model"
+
+
+def test_it_keeps_approvals_given_before_the_bound_existed(p):
+    """Adding the field to the product does not void existing approvals: at its default it is not hashed,
+    so a protocol approved before `max_update_norm` existed keeps its hash."""
+    study = governed_study(p)
+    protocol = study.protocol()
+    before_the_field = {name: value for name, value in protocol.items() if name != "max_update_norm"}
+    assert study.protocol_sha256() == protocol_hash(before_the_field)

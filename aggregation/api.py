@@ -3,6 +3,7 @@
 Authenticated by agent tokens only; the gate, inside each service, decides what the site may do."""
 
 import json
+import re
 from typing import Any
 
 from django.conf import settings
@@ -12,11 +13,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from aggregation import selectors, services
 from aggregation.downloads import model_file_response
-from consortium.api_base import StrictSerializer, errors
+from consortium.api_base import AuditedRead, ConsortiumApi, StrictSerializer, UnauditedRead, errors
 from consortium.audit import record_denial
 from consortium.errors import DomainError, PayloadTooLarge, ValidationFailed
 from sites.authentication import AgentTokenAuthentication, IsAgent
@@ -24,12 +24,14 @@ from sites.authentication import AgentTokenAuthentication, IsAgent
 AGENT = ["agent"]
 
 
-class AgentApi(APIView):
+class AgentApi(ConsortiumApi):
     authentication_classes = [AgentTokenAuthentication]
     permission_classes = [IsAgent]
 
 
 class AgentMeApi(AgentApi):
+    reads = UnauditedRead("Which site and token the agent acts as: no study data.")
+
     class OutputSerializer(serializers.Serializer):
         site = serializers.DictField()
         token = serializers.DictField()
@@ -45,6 +47,11 @@ class AgentMeApi(AgentApi):
 
 
 class AgentRoundListApi(AgentApi):
+    reads = UnauditedRead(
+        "The agent's work list, polled every few seconds: the open rounds of the studies its own site takes "
+        "part in, with the protocol that site agreed to. Auditing each poll would bury the log; the model "
+        "download that follows is audited, as is every submission.")
+
     @extend_schema(tags=AGENT, responses={200: OpenApiTypes.OBJECT, **errors()},
                    summary="Open rounds this site may work on now")
     def get(self, request: Request) -> Response:
@@ -52,6 +59,8 @@ class AgentRoundListApi(AgentApi):
 
 
 class AgentModelDownloadApi(AgentApi):
+    reads = AuditedRead("aggregation.model.downloaded", by_service=True)  # `model_download` records it
+
     @extend_schema(tags=AGENT, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
                                           **errors(404, 409)},
                    summary="Download the round's global model (safetensors; audited)")
@@ -59,12 +68,16 @@ class AgentModelDownloadApi(AgentApi):
         return model_file_response(*services.model_download(actor=request.user, round_id=round_id))
 
 
+# Round and version numbers and example counts are stored in 32-bit columns; anything past that is malformed.
+HEADER_INT_MAX = 2**31 - 1
+
+
 def _header_int(request: Request, name: str) -> int:
     raw = request.headers.get(name, "")
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationFailed(f"Header {name} must be an integer (got {raw!r}).", code="bad_header") from None
+    if not re.fullmatch(r"[0-9]{1,10}", raw.strip()) or int(raw) > HEADER_INT_MAX:
+        raise ValidationFailed(f"Header {name} must be an integer from 0 to {HEADER_INT_MAX:,} (got {raw[:40]!r}).",
+                               code="bad_header")
+    return int(raw)
 
 
 def _metrics(request: Request) -> dict[str, Any]:
@@ -131,7 +144,7 @@ class AgentUpdateSubmitApi(AgentApi):
 class AgentStatisticsSubmitApi(AgentApi):
     class InputSerializer(StrictSerializer):
         features = serializers.ListField(child=serializers.CharField(), min_length=1)
-        count = serializers.IntegerField(min_value=0)
+        count = serializers.IntegerField(min_value=0, max_value=HEADER_INT_MAX)
         sum = serializers.ListField(child=serializers.FloatField())
         sum_sq = serializers.ListField(child=serializers.FloatField())
 

@@ -17,7 +17,7 @@ from consortium.upload_limit import UploadSizeLimit  # noqa: E402
 from studies.consumers import StudyEventsConsumer  # noqa: E402
 
 websocket_urlpatterns = [
-    path("ws/studies/<int:study_id>/", StudyEventsConsumer.as_asgi()),
+    path("ws/studies/<id:study_id>/", StudyEventsConsumer.as_asgi()),
 ]
 
 application = ProtocolTypeRouter(

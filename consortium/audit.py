@@ -8,7 +8,6 @@ the one before it.
 """
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+from consortium.audit_format import CHAINED_FIELDS, GENESIS_HASH, chain_hash
 from consortium.errors import DomainError
 from consortium.models import AuditActorKind, AuditEvent, AuditOutcome
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-GENESIS_HASH = "0" * 64
 _CHAIN_LOCK_KEY = 0x0C0A5D17  # any constant: names the audit chain's advisory lock
 
 
@@ -78,28 +77,19 @@ def to_json(value: Any) -> Any:
 
 
 def canonical_fields(event: AuditEvent) -> dict[str, Any]:
-    created = event.created_at.astimezone(UTC)
-    return {
-        "seq": event.seq,
-        "created_at": created.isoformat(timespec="microseconds"),
-        "actor_kind": event.actor_kind,
-        "actor_user_id": event.actor_user_id,
-        "actor_label": event.actor_label,
-        "action": event.action,
-        "outcome": event.outcome,
-        "object_type": event.object_type,
-        "object_id": event.object_id,
-        "object_repr": event.object_repr,
-        "study_id": event.study_id,
-        "site_id": event.site_id,
-        "details": event.details,
-        "prev_hash": event.prev_hash,
-    }
+    """The values the hash covers, as hashed: also exactly what every export shows (`export_record`)."""
+    values = {name: getattr(event, name) for name in CHAINED_FIELDS}
+    values["created_at"] = event.created_at.astimezone(UTC).isoformat(timespec="microseconds")
+    return values
+
+
+def export_record(event: AuditEvent) -> dict[str, Any]:
+    """An event as every export carries it: the chained fields, then its hash (`EXPORT_COLUMNS`)."""
+    return {**canonical_fields(event), "hash": event.hash}
 
 
 def compute_hash(event: AuditEvent) -> str:
-    encoded = json.dumps(canonical_fields(event), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+    return chain_hash(canonical_fields(event))
 
 
 def lock_chain() -> None:

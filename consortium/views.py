@@ -13,7 +13,7 @@ from consortium.forms import AuditFilterForm
 from consortium.permissions import can_read_audit
 from consortium.roles import Role, has_role
 from consortium.services import audit_log_read, select_or_deny
-from consortium.web import domain_errors
+from consortium.web import csv_attachment, domain_errors
 from studies import selectors as study_selectors
 from studies.choices import ParticipationStatus
 from studies.governance import evaluate_many
@@ -101,6 +101,4 @@ def audit_export(request: HttpRequest) -> HttpResponse:
         count=len(events),
         filters={"study_id": filters["study_id"], "action_prefix": filters["action_prefix"]},
     )
-    response = HttpResponse(selectors.audit_csv(events), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = 'attachment; filename="consortium-audit.csv"'
-    return response
+    return csv_attachment(selectors.audit_csv(events), "consortium-audit.csv")

@@ -84,7 +84,7 @@ def _events(request: Request, query: dict[str, Any], via: str) -> tuple[Any, dic
 
 
 class AuditEventOutputSerializer(serializers.ModelSerializer):
-    """An event exactly as the chain hashed it, then its hash (`EXPORT_COLUMNS`): `created_at` in UTC to
+    """An event exactly as the chain hashed it, then its hash (the export columns): `created_at` in UTC to
     the microsecond, `details` as stored. Anyone can recompute the chain from these rows."""
 
     actor_user_id = serializers.IntegerField(read_only=True, allow_null=True)

@@ -5,6 +5,7 @@ API classes stay thin (parse, call a service or selector, serialize); what is he
 input or records that something was read, never decides anything a service decides.
 """
 
+import inspect
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -15,6 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import get_doc
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
@@ -137,6 +139,15 @@ READ_METHODS = ("GET", "HEAD")
 
 class ConsortiumSchema(AutoSchema):
     """The OpenAPI operation of a `ConsortiumApi`: its GET lists the view's `query_serializer` fields."""
+
+    def get_description(self) -> str:
+        # The method's or the view's own docstring; never ConsortiumApi's, which describes plumbing.
+        method_doc = get_doc(getattr(self.view, self.method.lower(), None))
+        if method_doc:
+            return method_doc
+        mro = type(self.view).__mro__
+        own = [cls for cls in mro[: mro.index(ConsortiumApi)] if cls.__doc__] if ConsortiumApi in mro else []
+        return inspect.cleandoc(own[0].__doc__) if own else ""
 
     def get_override_parameters(self) -> list[Any]:
         parameters = super().get_override_parameters()

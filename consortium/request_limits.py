@@ -1,6 +1,6 @@
 """Bounds on what a request may name: ids in paths, and the length of the request target.
 
-- Ids: every `<id:...>` in a route is a positive integer up to 2**63 - 1 (a BIGINT, SQLite's INTEGER).
+- Ids: every `<id:...>` in a route is an integer from 0 to 2**63 - 1 (a BIGINT, SQLite's INTEGER).
   A larger number does not match the route, so it is a 404 (JSON under /api/) instead of a database
   overflow answered with a 500.
 - Request targets (path plus query string) longer than `MAX_TARGET_BYTES` get a 414, JSON under /api/
@@ -24,7 +24,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class IdConverter:
-    """`<id:pk>`: a database id that fits a BIGINT; anything larger is no match (so a 404)."""
+    """`<id:pk>`: a database id or a number (a model version counts from 0), up to 2**63 - 1; anything
+    larger is no match (so a 404). The OpenAPI schema describes it through
+    SPECTACULAR_SETTINGS["PATH_CONVERTER_OVERRIDES"]."""
 
     regex = "[0-9]{1,19}"
 

@@ -16,3 +16,8 @@ urlpatterns = [
     path("sites/", include("sites.urls")),
     path("", include("consortium.web_urls")),
 ]
+
+# Errors Django answers before (or instead of) a view: JSON for /api/ paths, pages elsewhere.
+handler400 = "consortium.views.bad_request"
+handler404 = "consortium.views.page_not_found"
+handler500 = "consortium.views.server_error"

@@ -66,9 +66,9 @@ def test_it_refuses_to_invite_a_site_whose_id_is_too_large(p):
 
 
 @pytest.mark.parametrize("path", [f"/studies/{HUGE}/", f"/studies/{HUGE}/dashboard/", f"/studies/{HUGE}/dpia/",
-                                  f"/studies/1/versions/{HUGE}/", f"/sites/{HUGE}/"])
+                                  f"/studies/{{study}}/versions/{HUGE}/", f"/sites/{HUGE}/"])
 def test_it_answers_a_page_for_an_id_too_large_to_exist_with_the_html_404(p, path):
-    response = client_for(p.pi).get(path)
+    response = client_for(p.pi).get(path.format(study=draft_study(p).pk))
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html") and b"Not found" in response.content
 

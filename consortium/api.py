@@ -156,6 +156,7 @@ class ApiNotFound(ConsortiumApi):
         reason = f"No API endpoint at {request.path[:200]}."
         if request.user.is_authenticated:
             access_denied(actor=request.user, action="consortium.api.not_found", reason=reason, code="not_found",
+                          site=getattr(request.user, "site_id", None),  # a site agent acts for its site
                           details={"method": request.method, "path": request.path[:300]})
         raise NotFound(reason)
 

@@ -7,10 +7,12 @@ import json
 
 import pytest
 from django.test import Client, RequestFactory
+from rest_framework.test import APIClient
 
 from consortium.models import AuditOutcome
 from consortium.request_limits import MAX_TARGET_BYTES, RequestTargetLimit
 from consortium.views import server_error
+from tests.aggregation.support import agent_for
 from tests.api_support import assert_error, client
 from tests.base import draft_study
 from tests.pages import client_for
@@ -34,6 +36,17 @@ def test_it_answers_an_id_too_large_to_exist_with_a_json_404_and_audits_the_atte
     assert (event.action, event.outcome, event.actor_user_id) == ("consortium.api.not_found", AuditOutcome.DENIED,
                                                                   user.pk)
     assert event.details["path"] == url and event.details["method"] == "GET"
+
+
+def test_it_names_the_site_agent_that_asked_for_a_round_too_large_to_exist(p):
+    agent, plaintext = agent_for(p, p.site_a)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    mark = last_seq()
+    assert_error(api.get(f"/api/agent/rounds/{HUGE}/model/"), 404, "not_found")
+    [event] = events_after(mark)
+    assert (event.action, event.actor_label, event.site_id) == ("consortium.api.not_found", agent.get_username(),
+                                                                p.site_a.pk)
 
 
 def test_it_answers_an_anonymous_caller_with_a_404_and_records_nothing(p):

@@ -5,14 +5,16 @@ API classes stay thin (parse, call a service or selector, serialize); what is he
 input or records that something was read, never decides anything a service decides.
 """
 
+import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.openapi import AutoSchema
@@ -197,24 +199,30 @@ class ConsortiumApi(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication and permissions first: 401/403 before 400
         self.query = self.parse_query(request)
+        self._read: dict[str, Any] | None = None
+        reads = self.reads
+        if request.method in READ_METHODS and isinstance(reads, AuditedRead) and not reads.by_service:
+            # Only the handler runs in the read's transaction: a caller refused above opens none.
+            name = request.method.lower()
+            setattr(self, name, functools.partial(self._audited_read, getattr(self, name), reads.action))
 
     def parse_query(self, request: Request) -> dict[str, Any]:
         return parse_query(request, self.query_serializer if request.method in READ_METHODS else None)
 
     def audit_read(self, *, study: Any = None, site: Any = None, target: Any = None, **details: Any) -> None:
-        """Say what this GET read; `dispatch` records it once the answer is a success."""
+        """Say what this GET read; it is recorded once the handler answers with a success."""
         self._read = {"study": study, "site": site, "target": target, "details": {"via": "api", **details}}
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        self._read: dict[str, Any] | None = None
-        reads = self.reads
-        if request.method not in READ_METHODS or not isinstance(reads, AuditedRead) or reads.by_service:
-            return super().dispatch(request, *args, **kwargs)
+    def _audited_read(self, handler: Callable[..., HttpResponse], action: str, request: Request, *args: Any,
+                      **kwargs: Any) -> HttpResponse:
         with transaction.atomic():
-            response = super().dispatch(request, *args, **kwargs)
+            try:
+                response = handler(request, *args, **kwargs)
+            except Exception as exc:  # answered inside the block, so a refusal's own audit event commits
+                return self.handle_exception(exc)
             if status.is_success(response.status_code):
                 if self._read is None:
                     raise ImproperlyConfigured(f"{type(self).__name__} read study data without saying what "
                                                "(call audit_read).")
-                study_data_read(actor=self.request.user, action=reads.action, **self._read)
-        return response
+                study_data_read(actor=request.user, action=action, **self._read)
+            return response

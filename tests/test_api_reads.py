@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from rest_framework.test import APIClient
 
@@ -97,6 +98,18 @@ def test_it_records_who_read_a_studys_governance_records(walk, suffix, action):
     [event] = events_after(mark)
     assert (event.action, event.outcome, event.actor_user_id, event.study_id, event.details["via"]) == (
         action, AuditOutcome.OK, walk.fed.p.dpo.pk, walk.fed.study.pk, "api")
+
+
+def test_it_answers_no_study_data_when_the_read_cannot_be_recorded(walk, monkeypatch):
+    def audit_log_down(**kwargs):
+        raise DatabaseError("the audit log cannot be written")
+
+    monkeypatch.setattr("consortium.api_base.study_data_read", audit_log_down)
+    api = client(walk.fed.p.dpo)
+    api.raise_request_exception = False
+    response = api.get(f"/api/studies/{walk.fed.study.pk}/dpia/")
+    assert_error(response, 500, "server_error")
+    assert b"Pseudonymised" not in response.content
 
 
 def test_it_records_nothing_for_a_refused_read_but_the_denial(walk):

@@ -18,7 +18,8 @@ def port(tmp_path_factory) -> Iterator[int]:
     data: Path = tmp_path_factory.mktemp("daphne")
     number = free_port()
     process = spawn(["daphne", "-b", "127.0.0.1", "-p", str(number), "consortium.asgi:application"],
-                    data / "daphne.log", CONSORTIUM_DATA_DIR=str(data))
+                    data / "daphne.log", CONSORTIUM_DATA_DIR=str(data), REDIS_URL="",
+                    DATABASE_URL=f"sqlite:///{data / 'daphne.sqlite3'}")
     try:
         deadline = time.monotonic() + 60
         while True:

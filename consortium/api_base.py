@@ -98,11 +98,10 @@ _ERROR_TEXT = {
 
 
 def errors(*codes: int, public: bool = False) -> dict[int, Any]:
-    """OpenAPI responses for error codes, all with the one JSON error body; 401 and 403 unless `public`."""
-    codes = codes if public else (401, 403, *codes)
-    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in codes}
-
-
+    """OpenAPI responses for error codes, all with the one JSON error body. Every endpoint may answer 400
+    (a query parameter it does not take); 401 and 403 too unless `public`."""
+    always = (400,) if public else (400, 401, 403)
+    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in sorted({*always, *codes})}
 
 
 # --- Ids ---------------------------------------------------------------------------------------------

@@ -14,11 +14,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from aggregation import selectors, services
 from aggregation.downloads import model_file_response
-from consortium.api_base import StrictSerializer, errors
+from consortium.api_base import AuditedRead, ConsortiumApi, StrictSerializer, UnauditedRead, errors
 from consortium.audit import record_denial
 from consortium.errors import DomainError, PayloadTooLarge, ValidationFailed
 from sites.authentication import AgentTokenAuthentication, IsAgent
@@ -26,12 +25,14 @@ from sites.authentication import AgentTokenAuthentication, IsAgent
 AGENT = ["agent"]
 
 
-class AgentApi(APIView):
+class AgentApi(ConsortiumApi):
     authentication_classes = [AgentTokenAuthentication]
     permission_classes = [IsAgent]
 
 
 class AgentMeApi(AgentApi):
+    reads = UnauditedRead("Which site and token the agent acts as: no study data.")
+
     class OutputSerializer(serializers.Serializer):
         site = serializers.DictField()
         token = serializers.DictField()
@@ -47,6 +48,11 @@ class AgentMeApi(AgentApi):
 
 
 class AgentRoundListApi(AgentApi):
+    reads = UnauditedRead(
+        "The agent's work list, polled every few seconds: the open rounds of the studies its own site takes "
+        "part in, with the protocol that site agreed to. Auditing each poll would bury the log; the model "
+        "download that follows is audited, as is every submission.")
+
     @extend_schema(tags=AGENT, responses={200: OpenApiTypes.OBJECT, **errors()},
                    summary="Open rounds this site may work on now")
     def get(self, request: Request) -> Response:
@@ -54,6 +60,8 @@ class AgentRoundListApi(AgentApi):
 
 
 class AgentModelDownloadApi(AgentApi):
+    reads = AuditedRead("aggregation.model.downloaded", by_service=True)  # `model_download` records it
+
     @extend_schema(tags=AGENT, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
                                           **errors(404, 409)},
                    summary="Download the round's global model (safetensors; audited)")
@@ -61,18 +69,18 @@ class AgentModelDownloadApi(AgentApi):
         return model_file_response(*services.model_download(actor=request.user, round_id=round_id))
 
 
-# What the agent's headers may hold: integers as long as a 64-bit one at most (the service checks the range),
-# metrics of at most 4 KiB.
-MAX_INT_HEADER_CHARS = 20
+# Round and version numbers and example counts are stored in 32-bit columns; anything past that is malformed.
+HEADER_INT_MAX = 2**31 - 1
+# Metrics the agent sends: at most 4 KiB of JSON.
 MAX_METRICS_CHARS = 4096
 
 
 def _header_int(request: Request, name: str) -> int:
     raw = request.headers.get(name, "")
     # ASCII digits only: int() would also take "1_000", " 7 " and other scripts' digits.
-    if not re.fullmatch(rf"-?[0-9]{{1,{MAX_INT_HEADER_CHARS}}}", raw):
-        shown = raw if len(raw) <= MAX_INT_HEADER_CHARS else raw[:MAX_INT_HEADER_CHARS] + "…"
-        raise ValidationFailed(f"Header {name} must be an integer (got {shown!r}).", code="bad_header")
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or int(raw) > HEADER_INT_MAX:
+        raise ValidationFailed(f"Header {name} must be an integer from 0 to {HEADER_INT_MAX:,} (got {raw[:40]!r}).",
+                               code="bad_header")
     return int(raw)
 
 
@@ -174,7 +182,7 @@ class AgentUpdateSubmitApi(AgentApi):
 class AgentStatisticsSubmitApi(AgentApi):
     class InputSerializer(StrictSerializer):
         features = serializers.ListField(child=serializers.CharField(), min_length=1)
-        count = serializers.IntegerField(min_value=0)
+        count = serializers.IntegerField(min_value=0, max_value=HEADER_INT_MAX)
         sum = serializers.ListField(child=serializers.FloatField())
         sum_sq = serializers.ListField(child=serializers.FloatField())
 

@@ -9,6 +9,6 @@ app_name = "aggregation"
 urlpatterns = [
     path("rounds/", rounds.rounds_page, name="rounds"),
     path("dashboard/", dashboard.dashboard_page, name="dashboard"),
-    path("versions/<int:number>/", rounds.version_page, name="version"),
-    path("versions/<int:number>/download/", rounds.version_download, name="version-download"),
+    path("versions/<id:number>/", rounds.version_page, name="version"),
+    path("versions/<id:number>/download/", rounds.version_download, name="version-download"),
 ]

@@ -15,6 +15,7 @@ from django.db.models import Model
 from django.forms import ModelForm
 from django.http import HttpRequest
 
+from consortium.forms import ConsortiumUserChangeForm, ConsortiumUserCreationForm
 from consortium.models import AuditEvent
 from consortium.roles import Role
 from consortium.services import audit_log_read, user_roles_changed
@@ -66,8 +67,11 @@ admin.site.unregister(User)
 
 @admin.register(User)
 class ConsortiumUserAdmin(UserAdmin):
-    """Django's user admin, plus an audit event whenever a user's roles (groups) change."""
+    """Django's user admin, plus an audit event whenever a user's roles (groups) change; a new username
+    may not start like a spreadsheet formula."""
 
+    add_form = ConsortiumUserCreationForm
+    form = ConsortiumUserChangeForm
     list_display = ("username", "first_name", "last_name", "email", "roles", "is_active", "is_staff")
 
     def get_queryset(self, request: HttpRequest):

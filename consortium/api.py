@@ -1,26 +1,32 @@
-"""The consortium REST API: API tokens for scripts, and the audit log (read and exported, both audited)."""
+"""The consortium REST API: API tokens for scripts, the audit log (read and exported, both audited), the
+schema and its browsable docs, and the JSON 404 for any other /api/ path."""
 
 from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from consortium.api_base import StrictSerializer, errors
+from consortium.api_base import AuditedRead, ConsortiumApi, IdField, StrictSerializer, UnauditedRead, errors
+from consortium.audit import export_record
+from consortium.audit_format import EXPORT_COLUMNS
+from consortium.errors import NotFound
 from consortium.models import AuditEvent
+from consortium.request_limits import MAX_ID
 from consortium.selectors import audit_csv, audit_events_for
-from consortium.services import api_token_obtain, audit_log_read, select_or_deny
+from consortium.services import access_denied, api_token_obtain, select_or_deny
+from consortium.web import csv_attachment
 
 AUDIT = ["audit"]
 
 
-class TokenObtainApi(APIView):
+class TokenObtainApi(ConsortiumApi):
     """Scripts trade a username and password for a token, then send `Authorization: Token <key>`."""
 
     authentication_classes: list = []
@@ -49,14 +55,11 @@ class TokenObtainApi(APIView):
 
 
 class AuditFilterSerializer(serializers.Serializer):
-    """Not strict: the same query string carries the paginator's `page` and `page_size`."""
+    """The audit log's filters (the export's query parameters)."""
 
-    study = serializers.IntegerField(required=False, min_value=1, help_text="Only this study's events.")
+    study = IdField(required=False, help_text="Only this study's events.")
     action = serializers.CharField(required=False, allow_blank=True, default="", max_length=100,
                                    help_text="Only actions starting with this, e.g. `studies.dpia.`.")
-
-    def selector_kwargs(self) -> dict[str, Any]:
-        return {"study_id": self.validated_data.get("study"), "action_prefix": self.validated_data["action"]}
 
 
 class AuditPagination(PageNumberPagination):
@@ -65,48 +68,96 @@ class AuditPagination(PageNumberPagination):
     max_page_size = 500
 
 
-def _events(request: Request, via: str) -> tuple[Any, dict[str, Any]]:
+class AuditListQuerySerializer(AuditFilterSerializer):
+    """The filters, and the paginator's `page` and `page_size`."""
+
+    page = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID, help_text="Page number, from 1.")
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=AuditPagination.max_page_size,
+                                         help_text="Events a page (default 50).")
+
+
+def _events(request: Request, query: dict[str, Any], via: str) -> tuple[Any, dict[str, Any]]:
     """The filtered log if the caller may read it; a refusal (403) is audited as `consortium.audit.<via>`."""
-    query = AuditFilterSerializer(data=request.query_params)
-    query.is_valid(raise_exception=True)
-    filters = query.selector_kwargs()
+    filters = {"study_id": query.get("study"), "action_prefix": query.get("action", "")}
     events = select_or_deny(request.user, f"consortium.audit.{via}", lambda: audit_events_for(request.user, **filters))
     return events, filters
 
 
-class AuditEventListApi(APIView):
+class AuditEventOutputSerializer(serializers.ModelSerializer):
+    """An event exactly as the chain hashed it, then its hash (the export columns): `created_at` in UTC to
+    the microsecond, `details` as stored. Anyone can recompute the chain from these rows."""
+
+    actor_user_id = serializers.IntegerField(read_only=True, allow_null=True)
+    created_at = serializers.CharField(read_only=True, help_text="UTC, ISO 8601 to the microsecond, as hashed.")
+
+    class Meta:
+        model = AuditEvent
+        ref_name = "AuditEventOutput"
+        fields = EXPORT_COLUMNS
+        read_only_fields = fields
+
+    def to_representation(self, event: AuditEvent) -> dict[str, Any]:
+        return export_record(event)
+
+
+class AuditEventListApi(ConsortiumApi):
+    reads = AuditedRead("consortium.audit.api_viewed")
+    query_serializer = AuditListQuerySerializer
     pagination_class = AuditPagination
 
-    class OutputSerializer(serializers.ModelSerializer):
-        class Meta:
-            model = AuditEvent
-            ref_name = "AuditEventOutput"
-            fields = ("seq", "created_at", "actor_kind", "actor_label", "action", "outcome", "object_type",
-                      "object_id", "object_repr", "study_id", "site_id", "details", "prev_hash", "hash")
-            read_only_fields = fields
-
     @extend_schema(tags=AUDIT, summary="The audit log, newest first (auditors, DPOs, consortium admins)",
-                   parameters=[AuditFilterSerializer], responses={200: OutputSerializer(many=True), **errors(400)})
+                   responses={200: AuditEventOutputSerializer(many=True), **errors(400)})
     def get(self, request: Request) -> Response:
-        events, filters = _events(request, "api_view")
+        events, filters = _events(request, self.query, "api_view")
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(events, request, view=self)
-        audit_log_read(actor=request.user, via="api_viewed", filters=filters, count=len(page))
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        self.audit_read(study=filters["study_id"], filters=filters, events=len(page))
+        return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)
 
 
-class AuditEventExportApi(APIView):
+class AuditEventExportApi(ConsortiumApi):
+    reads = AuditedRead("consortium.audit.api_exported")
+    query_serializer = AuditFilterSerializer
+
     @extend_schema(
         tags=AUDIT, operation_id="audit_events_export",
         summary="The audit log as CSV, every field the hash chain covers (the export is audited)",
-        parameters=[AuditFilterSerializer],
-        responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="CSV, one event a row."),
-                   **errors(400)},
+        responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description=(
+            "CSV, one event a row, columns as in the JSON list. A cell starting with `'` had it added "
+            "(formula protection): remove it before recomputing the chain.")), **errors(400)},
     )
     def get(self, request: Request) -> HttpResponse:
-        events, filters = _events(request, "api_export")
+        events, filters = _events(request, self.query, "api_export")
         rows = list(events.order_by("seq"))
-        audit_log_read(actor=request.user, via="api_exported", filters=filters, count=len(rows))
-        response = HttpResponse(audit_csv(rows), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = 'attachment; filename="consortium-audit.csv"'
-        return response
+        self.audit_read(study=filters["study_id"], filters=filters, events=len(rows))
+        return csv_attachment(audit_csv(rows), "consortium-audit.csv")
+
+
+class SchemaApi(SpectacularAPIView):
+    reads = UnauditedRead("The API's own description: no study data.")
+
+
+class SwaggerApi(SpectacularSwaggerView):
+    reads = UnauditedRead("The API's browsable documentation page: no study data.")
+
+
+class ApiNotFound(ConsortiumApi):
+    """Any /api/ path no endpoint answers, including ids too large to exist: a JSON 404. An
+    authenticated caller's attempt is audited, as a refused lookup of an existing endpoint would be."""
+
+    reads = UnauditedRead("No endpoint: answers 404 (the attempt is audited as denied).")
+    permission_classes = [AllowAny]
+    schema = None
+
+    def parse_query(self, request: Request) -> dict[str, Any]:
+        return {}  # nothing to parse: whatever was asked, the answer is a 404
+
+    def _not_found(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        reason = f"No API endpoint at {request.path[:200]}."
+        if request.user.is_authenticated:
+            access_denied(actor=request.user, action="consortium.api.not_found", reason=reason, code="not_found",
+                          site=getattr(request.user, "site_id", None),  # a site agent acts for its site
+                          details={"method": request.method, "path": request.path[:300]})
+        raise NotFound(reason)
+
+    get = post = put = patch = delete = _not_found

@@ -1,17 +1,33 @@
-"""Plumbing every API module shares: strict input parsing, aware datetimes, and audited lookups.
+"""Plumbing every API module shares: the base view (strict query parameters, audited reads of study
+data), strict input parsing, bounded ids and aware datetimes.
 
 API classes stay thin (parse, call a service or selector, serialize); what is here only parses
-input or records that a lookup was refused, never decides anything a service decides.
+input or records that something was read, never decides anything a service decides.
 """
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import get_doc
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema_field, inline_serializer
-from rest_framework import serializers
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from consortium.errors import ValidationFailed
+from consortium.request_limits import MAX_ID
+from consortium.services import study_data_read
 
 
 class StrictMixin:
@@ -82,8 +98,130 @@ _ERROR_TEXT = {
 
 
 def errors(*codes: int, public: bool = False) -> dict[int, Any]:
-    """OpenAPI responses for error codes, all with the one JSON error body; 401 and 403 unless `public`."""
-    codes = codes if public else (401, 403, *codes)
-    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in codes}
+    """OpenAPI responses for error codes, all with the one JSON error body. Every endpoint may answer 400
+    (a query parameter it does not take); 401 and 403 too unless `public`."""
+    always = (400,) if public else (400, 401, 403)
+    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in sorted({*always, *codes})}
 
 
+# --- Ids ---------------------------------------------------------------------------------------------
+
+
+class IdField(serializers.IntegerField):
+    """A database id: 1 to 2**63 - 1, so a larger number is a clear 400 rather than a database overflow."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(min_value=kwargs.pop("min_value", 1), max_value=kwargs.pop("max_value", MAX_ID), **kwargs)
+
+
+# --- Reads: audited, or classified as not study data ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditedRead:
+    """A GET that returns study data. `ConsortiumApi` records one event named `action` for each
+    successful read, in the transaction of the read; with `by_service`, the service the view calls
+    records it (in its own transaction, e.g. a model download)."""
+
+    action: str
+    by_service: bool = False
+
+
+@dataclass(frozen=True)
+class UnauditedRead:
+    """A GET that is not a read of study data, and why: every view that answers GET says one or the
+    other, so a new endpoint cannot skip the audit unnoticed."""
+
+    reason: str
+
+
+READ_METHODS = ("GET", "HEAD")
+
+
+class ConsortiumSchema(AutoSchema):
+    """The OpenAPI operation of a `ConsortiumApi`: its GET lists the view's `query_serializer` fields."""
+
+    def get_description(self) -> str:
+        # The method's or the view's own docstring; never ConsortiumApi's, which describes plumbing.
+        method_doc = get_doc(getattr(self.view, self.method.lower(), None))
+        if method_doc:
+            return method_doc
+        mro = type(self.view).__mro__
+        own = [cls for cls in mro[: mro.index(ConsortiumApi)] if cls.__doc__] if ConsortiumApi in mro else []
+        return inspect.cleandoc(own[0].__doc__) if own else ""
+
+    def get_override_parameters(self) -> list[Any]:
+        parameters = super().get_override_parameters()
+        query = getattr(self.view, "query_serializer", None)
+        if self.method == "GET" and query is not None:
+            return [query, *parameters]
+        return parameters
+
+
+def _names(names: list[str]) -> str:
+    shown = [name if len(name) <= 40 else name[:40] + "..." for name in names[:5]]
+    return ", ".join(shown) + (", ..." if len(names) > 5 else "")
+
+
+def parse_query(request: Request, serializer_class: type[serializers.Serializer] | None) -> dict[str, Any]:
+    """The query parameters, typed; an unknown, repeated or malformed one is a 400 (never ignored)."""
+    params = request.query_params
+    accepted = sorted(serializer_class().fields) if serializer_class is not None else []
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        takes = f"It takes {', '.join(accepted)}." if accepted else "It takes no query parameters."
+        raise ValidationFailed(f"Unknown query parameter: {_names(unknown)}. {takes}", code="unknown_parameter")
+    repeated = sorted(name for name, values in params.lists() if len(values) > 1)
+    if repeated:
+        raise ValidationFailed(f"Give each query parameter once: {_names(repeated)}.", code="repeated_parameter")
+    if serializer_class is None:
+        return {}
+    serializer = serializer_class(data=params.dict())
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+class ConsortiumApi(APIView):
+    """Every API view. It declares what its GET reads (`reads`) and the query parameters it takes
+    (`query_serializer`, GET only; other methods take none). Any other query parameter is a 400, and a
+    successful read of study data writes one audit event in the transaction that read it."""
+
+    reads: ClassVar[AuditedRead | UnauditedRead | None] = None
+    query_serializer: ClassVar[type[serializers.Serializer] | None] = None
+    schema = ConsortiumSchema()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if callable(getattr(cls, "get", None)) and cls.reads is None:
+            raise ImproperlyConfigured(f"{cls.__name__} answers GET: declare `reads` (AuditedRead or UnauditedRead).")
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # authentication and permissions first: 401/403 before 400
+        self.query = self.parse_query(request)
+        self._read: dict[str, Any] | None = None
+        reads = self.reads
+        if request.method in READ_METHODS and isinstance(reads, AuditedRead) and not reads.by_service:
+            # Only the handler runs in the read's transaction: a caller refused above opens none.
+            name = request.method.lower()
+            setattr(self, name, functools.partial(self._audited_read, getattr(self, name), reads.action))
+
+    def parse_query(self, request: Request) -> dict[str, Any]:
+        return parse_query(request, self.query_serializer if request.method in READ_METHODS else None)
+
+    def audit_read(self, *, study: Any = None, site: Any = None, target: Any = None, **details: Any) -> None:
+        """Say what this GET read; it is recorded once the handler answers with a success."""
+        self._read = {"study": study, "site": site, "target": target, "details": {"via": "api", **details}}
+
+    def _audited_read(self, handler: Callable[..., HttpResponse], action: str, request: Request, *args: Any,
+                      **kwargs: Any) -> HttpResponse:
+        with transaction.atomic():
+            try:
+                response = handler(request, *args, **kwargs)
+            except Exception as exc:  # answered inside the block, so a refusal's own audit event commits
+                return self.handle_exception(exc)
+            if status.is_success(response.status_code):
+                if self._read is None:
+                    raise ImproperlyConfigured(f"{type(self).__name__} read study data without saying what "
+                                               "(call audit_read).")
+                study_data_read(actor=request.user, action=action, **self._read)
+            return response

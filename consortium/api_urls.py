@@ -1,32 +1,33 @@
 """Every REST endpoint, mounted at /api/ (the schema and Swagger UI are at /api/schema/ and /api/docs/)."""
 
-from django.http import HttpRequest, JsonResponse
 from django.urls import include, path, re_path
+from rest_framework.settings import api_settings
 
 from consortium import api as consortium_api
 from sites import api as sites_api
+from sites.authentication import AgentTokenAuthentication
 from studies import api as studies_api
 
-
-def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
-    """Unknown /api/ paths answer in JSON too, never with the HTML 404 page."""
-    return JsonResponse({"error": "not_found", "detail": f"No API endpoint at {request.path}."}, status=404)
+# Unknown /api/ paths answer in JSON too, never with the HTML 404 page; the caller (a person or a site
+# agent) is identified so that the attempt can be audited.
+api_not_found = consortium_api.ApiNotFound.as_view(
+    authentication_classes=[*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication])
 
 
 def _study(suffix: str, view: type, name: str) -> object:
-    return path(f"studies/<int:pk>/{suffix}", view.as_view(), name=name)
+    return path(f"studies/<id:pk>/{suffix}", view.as_view(), name=name)
 
 
 def _participation(suffix: str, view: type, name: str) -> object:
-    return path(f"participations/<int:pk>/{suffix}", view.as_view(), name=name)
+    return path(f"participations/<id:pk>/{suffix}", view.as_view(), name=name)
 
 
 urlpatterns = [
     path("auth/token/", consortium_api.TokenObtainApi.as_view(), name="api-token"),
     path("sites/", sites_api.SiteListApi.as_view(), name="api-site-list"),
-    path("sites/<int:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
+    path("sites/<id:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
          name="api-agent-token-list"),
-    path("agent-tokens/<int:pk>/revoke/", sites_api.AgentTokenRevokeApi.as_view(), name="api-agent-token-revoke"),
+    path("agent-tokens/<id:pk>/revoke/", sites_api.AgentTokenRevokeApi.as_view(), name="api-agent-token-revoke"),
     path("studies/", studies_api.StudyListCreateApi.as_view(), name="api-study-list"),
     _study("", studies_api.StudyDetailApi, "api-study-detail"),
     _study("submit/", studies_api.StudySubmitApi, "api-study-submit"),

@@ -95,6 +95,11 @@ def canonical_fields(event: AuditEvent) -> dict[str, Any]:
     }
 
 
+def export_record(event: AuditEvent) -> dict[str, Any]:
+    """An event as every export carries it: the hashed fields, then its hash (`EXPORT_FIELDS`)."""
+    return {**canonical_fields(event), "hash": event.hash}
+
+
 def compute_hash(event: AuditEvent) -> str:
     """The event's chain hash, by the one Django-free definition the offline verifier also uses."""
     return event_hash(canonical_fields(event))

@@ -1,21 +1,15 @@
 """Reads of the audit log, scoped to who may read it."""
 
-import csv
-import io
-import json
 from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
+from consortium.audit import export_record
+from consortium.audit_format import EXPORT_COLUMNS, to_cells, write_csv
 from consortium.errors import Forbidden
 from consortium.models import AuditEvent
 from consortium.permissions import can_read_audit
-
-CSV_COLUMNS = (
-    "seq", "created_at", "actor_kind", "actor_label", "action", "outcome", "object_type", "object_id",
-    "object_repr", "study_id", "site_id", "details", "prev_hash", "hash",
-)
 
 
 def audit_events_for(
@@ -33,13 +27,6 @@ def audit_events_for(
 
 
 def audit_csv(events: Iterable[AuditEvent]) -> str:
-    """The events as CSV, one row each, with every field the chain is computed over."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for event in events:
-        row = [getattr(event, column) for column in CSV_COLUMNS]
-        row[1] = event.created_at.isoformat()
-        row[CSV_COLUMNS.index("details")] = json.dumps(event.details, sort_keys=True)
-        writer.writerow(row)
-    return buffer.getvalue()
+    """The events as CSV, one row each, with every field the chain is computed over (`EXPORT_COLUMNS`),
+    written as the hash saw it; a verifier recomputes the chain from the file alone (docs/audit-export.md)."""
+    return write_csv(EXPORT_COLUMNS, (to_cells(export_record(event)) for event in events))

@@ -22,6 +22,14 @@ def audit_log_read(*, actor: AbstractBaseUser, via: str, filters: dict[str, Any]
            details={"filters": filters, "events": count})
 
 
+def study_data_read(
+    *, actor: Any, action: str, details: dict[str, Any], study: Any = None, site: Any = None, target: Any = None
+) -> AuditEvent:
+    """Record that someone read study data through the API ("who saw what"). `ConsortiumApi` calls this
+    once per successful read, inside the transaction that read it."""
+    return record(actor=actor, action=action, target=target, study=study, site=site, details=details)
+
+
 def overview_viewed(*, actor: AbstractBaseUser, study_ids: Iterable[int], via: str = "page:overview") -> AuditEvent:
     """Record that someone read the consortium overview: one event per page view, listing every study it
     showed, so "who saw what" holds for pages that span studies (no single `study_id` fits them)."""
@@ -47,7 +55,8 @@ def user_roles_changed(
 
 
 def access_denied(
-    *, actor: Any, action: str, reason: str, code: str, study: Any = None, site: Any = None, target: Any = None
+    *, actor: Any, action: str, reason: str, code: str, study: Any = None, site: Any = None, target: Any = None,
+    details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Record a refused read or lookup (an invisible object, a forbidden read) that no write service saw.
 
@@ -55,7 +64,7 @@ def access_denied(
     runs, so "the attempt is audited" holds for crafted requests too.
     """
     return record_denial(actor=actor, action=action, reason=reason, study=study, site=site, target=target,
-                         details={"code": code})
+                         details={"code": code, **(details or {})})
 
 
 def api_token_obtain(*, username: str, password: str) -> Token:

@@ -189,6 +189,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Routes name ids `<id:pk>` (consortium/request_limits.py): integers that fit a BIGINT.
+    "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**63 - 1}},
     # Three models have a `status` field with different choices: name each enum after its machine.
     "ENUM_NAME_OVERRIDES": {
         "StudyStatusEnum": "studies.choices.StudyStatus",

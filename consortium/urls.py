@@ -1,17 +1,23 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from consortium.api import SchemaApi, SwaggerApi
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/schema/", SchemaApi.as_view(), name="api-schema"),
+    path("api/docs/", SwaggerApi.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("consortium.api_urls")),
     path("studies/", include("studies.urls")),
-    path("studies/<int:pk>/", include("aggregation.urls")),
+    path("studies/<id:pk>/", include("aggregation.urls")),
     path("sites/", include("sites.urls")),
     path("", include("consortium.web_urls")),
 ]
+
+# Errors Django answers before (or instead of) a view: JSON for /api/ paths, pages elsewhere.
+handler400 = "consortium.views.bad_request"
+handler404 = "consortium.views.page_not_found"
+handler500 = "consortium.views.server_error"

@@ -1,19 +1,22 @@
-"""Consortium-wide pages: the home dashboard and the audit log (with its CSV export)."""
+"""Consortium-wide pages: the home dashboard, the audit log (with its CSV export), and the answers to
+errors Django raises before any view (JSON under /api/)."""
 
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views import defaults
 
 from consortium import selectors
 from consortium.audit import verify_chain
 from consortium.forms import AuditFilterForm
 from consortium.permissions import can_read_audit
+from consortium.request_limits import API_PREFIX
 from consortium.roles import Role, has_role
 from consortium.services import audit_log_read, select_or_deny
-from consortium.web import domain_errors
+from consortium.web import csv_attachment, domain_errors
 from studies import selectors as study_selectors
 from studies.choices import ParticipationStatus
 from studies.governance import evaluate_many
@@ -101,6 +104,30 @@ def audit_export(request: HttpRequest) -> HttpResponse:
         count=len(events),
         filters={"study_id": filters["study_id"], "action_prefix": filters["action_prefix"]},
     )
-    response = HttpResponse(selectors.audit_csv(events), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = 'attachment; filename="consortium-audit.csv"'
-    return response
+    return csv_attachment(selectors.audit_csv(events), "consortium-audit.csv")
+
+
+# --- Errors Django answers itself (handler400/404/500): JSON under /api/, pages elsewhere ---------------
+
+
+def _json_error(code: str, detail: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": code, "detail": detail}, status=status)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A request Django refuses before any view (e.g. too many query parameters)."""
+    if request.path.startswith(API_PREFIX):
+        return _json_error("bad_request", "The request is malformed (e.g. too many parameters).", 400)
+    return defaults.bad_request(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(API_PREFIX):
+        return _json_error("not_found", f"No API endpoint at {request.path[:200]}.", 404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith(API_PREFIX):
+        return _json_error("server_error", "The server failed to answer; the error is logged.", 500)
+    return defaults.server_error(request)

@@ -94,3 +94,10 @@ def form_errors_text(form: forms.Form) -> str:
             label = form.fields[field].label or field.replace("_", " ").capitalize()
         parts.extend(f"{label}: {error}" if label else str(error) for error in errors)
     return " ".join(parts)
+
+
+def csv_attachment(text: str, filename: str) -> HttpResponse:
+    """A CSV download (pages and the API alike); the text comes from `audit_format.write_csv`."""
+    response = HttpResponse(text, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

@@ -14,8 +14,8 @@ urlpatterns = [
     # Site pages list participations (studies); see sites/urls.py for why they are routed here. The site page
     # itself also shows the site's round activity, so its view lives in aggregation.
     path("sites/", site_views.sites_list, name="site-list"),
-    path("sites/<int:pk>/", site_activity_views.site_detail, name="site-detail"),
-    path("sites/<int:pk>/agent-tokens/", site_views.site_agent_token_create, name="site-agent-token-create"),
-    path("sites/<int:pk>/agent-tokens/<int:token_pk>/revoke/", site_views.site_agent_token_revoke,
+    path("sites/<id:pk>/", site_activity_views.site_detail, name="site-detail"),
+    path("sites/<id:pk>/agent-tokens/", site_views.site_agent_token_create, name="site-agent-token-create"),
+    path("sites/<id:pk>/agent-tokens/<id:token_pk>/revoke/", site_views.site_agent_token_revoke,
          name="site-agent-token-revoke"),
 ]

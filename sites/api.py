@@ -4,9 +4,8 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from consortium.api_base import ReasonInputSerializer, StrictSerializer, errors
+from consortium.api_base import ConsortiumApi, ReasonInputSerializer, StrictSerializer, UnauditedRead, errors
 from consortium.services import select_or_deny
 from sites.models import AgentToken, Site
 from sites.selectors import agent_token_get, site_agent_tokens, site_get, site_list
@@ -15,7 +14,9 @@ from sites.services import agent_token_create, agent_token_revoke
 AGENT_TOKENS = ["agent tokens"]
 
 
-class SiteListApi(APIView):
+class SiteListApi(ConsortiumApi):
+    reads = UnauditedRead("The consortium's directory of sites (names, codes, places): no study data.")
+
     class OutputSerializer(serializers.ModelSerializer):
         class Meta:
             model = Site
@@ -55,7 +56,10 @@ class AgentTokenCreatedSerializer(AgentTokenOutputSerializer):
         read_only_fields = fields
 
 
-class SiteAgentTokenListCreateApi(APIView):
+class SiteAgentTokenListCreateApi(ConsortiumApi):
+    reads = UnauditedRead("A site's agent credentials, for its own admins: names and prefixes, never a secret; "
+                          "no study data. Creating and revoking them is audited.")
+
     class InputSerializer(StrictSerializer):
         # Blank passes parsing on purpose: the service says a name is needed, and audits the refusal.
         name = serializers.CharField(max_length=100, allow_blank=True,
@@ -84,7 +88,7 @@ class SiteAgentTokenListCreateApi(APIView):
         return response
 
 
-class AgentTokenRevokeApi(APIView):
+class AgentTokenRevokeApi(ConsortiumApi):
     @extend_schema(tags=AGENT_TOKENS, summary="Revoke an agent token at once and for good, with a reason "
                    "(its site's admins)", request=ReasonInputSerializer,
                    responses={200: AgentTokenOutputSerializer, **errors(400, 404, 409)})

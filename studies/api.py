@@ -9,14 +9,16 @@ state) and audit both outcomes. A lookup refused before any service runs is audi
 from collections.abc import Callable
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from consortium.api_base import (
+    AuditedRead,
     AwareDateTimeField,
+    ConsortiumApi,
+    IdField,
     OptionalReasonInputSerializer,
     ReasonInputSerializer,
     StrictMixin,
@@ -167,7 +169,9 @@ class DpiaOutputSerializer(serializers.ModelSerializer):
 # --- Studies -----------------------------------------------------------------------------------------
 
 
-class StudyListCreateApi(APIView):
+class StudyListCreateApi(ConsortiumApi):
+    reads = AuditedRead("studies.study.listed")
+
     class InputSerializer(StrictMixin, serializers.ModelSerializer):
         agreement_text = serializers.CharField(required=False, allow_blank=True, default="",
                                                help_text="Text of the data use agreement; attached as v1.")
@@ -180,7 +184,9 @@ class StudyListCreateApi(APIView):
     @extend_schema(tags=STUDIES, summary="List the studies the caller may see",
                    responses={200: StudyOutputSerializer(many=True), **errors()})
     def get(self, request: Request) -> Response:
-        return Response(StudyOutputSerializer(study_list(request.user), many=True).data)
+        studies = list(study_list(request.user))
+        self.audit_read(studies=sorted(study.pk for study in studies))
+        return Response(StudyOutputSerializer(studies, many=True).data)
 
     @extend_schema(tags=STUDIES, summary="Create a draft study (PI); the creator becomes its lead",
                    request=InputSerializer, responses={201: StudyDetailOutputSerializer, **errors(400)})
@@ -191,7 +197,9 @@ class StudyListCreateApi(APIView):
         return Response(_study_detail(request, study), status=status.HTTP_201_CREATED)
 
 
-class StudyDetailApi(APIView):
+class StudyDetailApi(ConsortiumApi):
+    reads = AuditedRead("studies.study.viewed")
+
     class InputSerializer(StrictMixin, serializers.ModelSerializer):
         class Meta:
             model = Study
@@ -202,7 +210,7 @@ class StudyDetailApi(APIView):
                    responses={200: StudyDetailOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         study = _study(request, pk, "studies.study.view")
-        services.study_viewed(actor=request.user, study=study, via="api")
+        self.audit_read(study=study, target=study)
         return Response(_study_detail(request, study))
 
     @extend_schema(tags=STUDIES, summary="Change the title or protocol (PI); a protocol change voids approvals",
@@ -215,7 +223,7 @@ class StudyDetailApi(APIView):
         return Response(_study_detail(request, study))
 
 
-class StudySubmitApi(APIView):
+class StudySubmitApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Submit a draft for approval (PI)", request=None,
                    responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
@@ -223,7 +231,7 @@ class StudySubmitApi(APIView):
         return Response(_study_detail(request, services.study_submit(actor=request.user, study=study)))
 
 
-class StudyApproveApi(APIView):
+class StudyApproveApi(ConsortiumApi):
     class InputSerializer(StrictSerializer):
         comment = serializers.CharField(required=False, allow_blank=True, default="")
 
@@ -240,7 +248,7 @@ class StudyApproveApi(APIView):
         return Response(_study_detail(request, study_get(request.user, pk)))
 
 
-class StudyRejectApi(APIView):
+class StudyRejectApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Reject the study with a reason (a DPO who is not its PI)",
                    request=ReasonInputSerializer, responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
@@ -251,7 +259,7 @@ class StudyRejectApi(APIView):
         return Response(_study_detail(request, study_get(request.user, pk)))
 
 
-class StudyActivateApi(APIView):
+class StudyActivateApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Activate an approved study (PI)", request=None,
                    responses={200: StudyDetailOutputSerializer, **errors(404, 409)})
     def post(self, request: Request, pk: int) -> Response:
@@ -259,7 +267,7 @@ class StudyActivateApi(APIView):
         return Response(_study_detail(request, services.study_activate(actor=request.user, study=study)))
 
 
-class StudySuspendApi(APIView):
+class StudySuspendApi(ConsortiumApi):
     class InputSerializer(StrictSerializer):
         justification = serializers.CharField(allow_blank=True,
                                               help_text="Why the study is stopped; recorded and shown.")
@@ -277,7 +285,7 @@ class StudySuspendApi(APIView):
         return Response(_study_detail(request, study))
 
 
-class StudyCloseApi(APIView):
+class StudyCloseApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Close the study for good (PI)", request=ReasonInputSerializer,
                    responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
@@ -291,13 +299,15 @@ class StudyCloseApi(APIView):
 # --- The gate ----------------------------------------------------------------------------------------
 
 
-class StudyGateApi(APIView):
-    class FilterSerializer(StrictSerializer):
-        action = serializers.ChoiceField(choices=GateAction.choices, default=GateAction.AGGREGATE)
-        site = serializers.IntegerField(required=False, min_value=1, help_text="Evaluate for this site only.")
+class GateQuerySerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=GateAction.choices, default=GateAction.AGGREGATE,
+                                     help_text="Defaults to aggregate.")
+    site = IdField(required=False, help_text="Only this site's checks (and the study's).")
 
-        class Meta:
-            ref_name = "GateFilter"
+
+class StudyGateApi(ConsortiumApi):
+    reads = AuditedRead("studies.gate.viewed")
+    query_serializer = GateQuerySerializer
 
     class OutputSerializer(serializers.Serializer):
         study_id = serializers.IntegerField()
@@ -313,24 +323,22 @@ class StudyGateApi(APIView):
 
     @extend_schema(
         tags=GOVERNANCE, summary="The governance gate's verdict now, with every check and its reason",
-        parameters=[
-            OpenApiParameter("action", str, enum=GateAction.values, description="Defaults to aggregate."),
-            OpenApiParameter("site", int, description="Only this site's checks (and the study's)."),
-        ],
         responses={200: OutputSerializer, **errors(400, 404)},
     )
     def get(self, request: Request, pk: int) -> Response:
         study = _study(request, pk, "studies.gate.view")
-        query = self.FilterSerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        result = evaluate(study, query.validated_data["action"], site=query.validated_data.get("site"))
+        action, site = self.query["action"], self.query.get("site")
+        result = evaluate(study, action, site=site)
+        self.audit_read(study=study, site=site, target=study, action=action)
         return Response(self.OutputSerializer(result.as_dict()).data)
 
 
 # --- Data use agreements -----------------------------------------------------------------------------
 
 
-class AgreementListPublishApi(APIView):
+class AgreementListPublishApi(ConsortiumApi):
+    reads = AuditedRead("studies.agreement.listed")
+
     class InputSerializer(StrictSerializer):
         text = serializers.CharField(help_text="The full agreement text; any change is a new version.")
 
@@ -341,6 +349,7 @@ class AgreementListPublishApi(APIView):
                    responses={200: AgreementOutputSerializer(many=True), **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         study = _study(request, pk, "studies.agreement.list")
+        self.audit_read(study=study, target=study)
         return Response(AgreementOutputSerializer(study_agreements(study), many=True).data)
 
     @extend_schema(tags=GOVERNANCE, summary="Publish a new agreement version (PI); voids earlier approvals",
@@ -353,9 +362,10 @@ class AgreementListPublishApi(APIView):
         return Response(AgreementOutputSerializer(version).data, status=status.HTTP_201_CREATED)
 
 
-class AgreementSignApi(APIView):
+class AgreementSignApi(ConsortiumApi):
     class InputSerializer(StrictSerializer):
-        version = serializers.IntegerField(min_value=1, help_text="The version the signer read: must be current.")
+        version = serializers.IntegerField(min_value=1, max_value=2**31 - 1,
+                                           help_text="The version the signer read: must be current.")
 
         class Meta:
             ref_name = "AgreementSignInput"
@@ -377,7 +387,9 @@ class AgreementSignApi(APIView):
 # --- DPIA --------------------------------------------------------------------------------------------
 
 
-class DpiaDetailApi(APIView):
+class DpiaDetailApi(ConsortiumApi):
+    reads = AuditedRead("studies.dpia.viewed")
+
     class InputSerializer(StrictSerializer):
         summary = serializers.CharField(allow_blank=True)
         risk_level = serializers.ChoiceField(choices=RiskLevel.choices)
@@ -390,6 +402,7 @@ class DpiaDetailApi(APIView):
     def get(self, request: Request, pk: int) -> Response:
         study = _study(request, pk, "studies.dpia.view")
         dpia = select_or_deny(request.user, "studies.dpia.view", lambda: study_dpia(study))
+        self.audit_read(study=study, target=dpia)
         return Response(DpiaOutputSerializer(dpia).data)
 
     @extend_schema(tags=GOVERNANCE, summary="Create or edit the DPIA while it is a draft (DPO)",
@@ -402,7 +415,7 @@ class DpiaDetailApi(APIView):
         return Response(DpiaOutputSerializer(dpia).data)
 
 
-class DpiaSubmitApi(APIView):
+class DpiaSubmitApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Put the draft DPIA under review (DPO)", request=None,
                    responses={200: DpiaOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
@@ -410,7 +423,7 @@ class DpiaSubmitApi(APIView):
         return Response(DpiaOutputSerializer(services.dpia_submit(actor=request.user, study=study)).data)
 
 
-class DpiaApproveApi(APIView):
+class DpiaApproveApi(ConsortiumApi):
     class InputSerializer(StrictSerializer):
         comment = serializers.CharField(required=False, allow_blank=True, default="")
 
@@ -427,7 +440,7 @@ class DpiaApproveApi(APIView):
         return Response(DpiaOutputSerializer(dpia).data)
 
 
-class DpiaRejectApi(APIView):
+class DpiaRejectApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Reject the DPIA under review with a reason (DPO)",
                    request=ReasonInputSerializer, responses={200: DpiaOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
@@ -438,7 +451,7 @@ class DpiaRejectApi(APIView):
         return Response(DpiaOutputSerializer(dpia).data)
 
 
-class DpiaReviseApi(APIView):
+class DpiaReviseApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Return the DPIA to draft with a reason (DPO)",
                    request=ReasonInputSerializer, responses={200: DpiaOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
@@ -452,7 +465,7 @@ class DpiaReviseApi(APIView):
 # --- Ethics approvals --------------------------------------------------------------------------------
 
 
-class EthicsRecordApi(APIView):
+class EthicsRecordApi(ConsortiumApi):
     class InputSerializer(StrictSerializer):
         reference = serializers.CharField(max_length=200)
         valid_from = AwareDateTimeField(help_text="ISO 8601 with offset, e.g. 2026-01-01T00:00:00+01:00.")
@@ -486,9 +499,11 @@ class EthicsRecordApi(APIView):
 # --- Participation -----------------------------------------------------------------------------------
 
 
-class ParticipationListInviteApi(APIView):
+class ParticipationListInviteApi(ConsortiumApi):
+    reads = AuditedRead("studies.participation.listed")
+
     class InputSerializer(StrictSerializer):
-        site = serializers.IntegerField(min_value=1, help_text="Id of the site to invite.")
+        site = IdField(help_text="Id of the site to invite.")
 
         class Meta:
             ref_name = "ParticipationInviteInput"
@@ -497,7 +512,9 @@ class ParticipationListInviteApi(APIView):
                    responses={200: ParticipationOutputSerializer(many=True), **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         study = _study(request, pk, "studies.participation.list")
-        return Response(ParticipationOutputSerializer(study_participations_for(request.user, study), many=True).data)
+        participations = list(study_participations_for(request.user, study))
+        self.audit_read(study=study, target=study, sites=sorted(row.site_id for row in participations))
+        return Response(ParticipationOutputSerializer(participations, many=True).data)
 
     @extend_schema(tags=PARTICIPATION, summary="Invite a site to the study (PI)", request=InputSerializer,
                    responses={201: ParticipationOutputSerializer, **errors(400, 404, 409)})
@@ -512,11 +529,14 @@ class ParticipationListInviteApi(APIView):
         return Response(ParticipationOutputSerializer(participation).data, status=status.HTTP_201_CREATED)
 
 
-class ParticipationDetailApi(APIView):
+class ParticipationDetailApi(ConsortiumApi):
+    reads = AuditedRead("studies.participation.viewed")
+
     @extend_schema(tags=PARTICIPATION, summary="One participation (its site's admins, the PI and overseers)",
                    responses={200: ParticipationOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         participation = _participation(request, pk, "studies.participation.view")
+        self.audit_read(study=participation.study_id, site=participation.site_id, target=participation)
         return Response(ParticipationOutputSerializer(participation).data)
 
 
@@ -530,7 +550,7 @@ def _participation_step(request: Request, pk: int, attempt: str, service: Callab
     return Response(ParticipationOutputSerializer(participation).data)
 
 
-class ParticipationGrantApi(APIView):
+class ParticipationGrantApi(ConsortiumApi):
     @extend_schema(tags=PARTICIPATION, summary="Accept the invitation for this site (its admin)",
                    request=OptionalReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
@@ -539,7 +559,7 @@ class ParticipationGrantApi(APIView):
                                    OptionalReasonInputSerializer)
 
 
-class ParticipationSuspendApi(APIView):
+class ParticipationSuspendApi(ConsortiumApi):
     @extend_schema(tags=PARTICIPATION, summary="Pause this site's participation with a reason (its admin)",
                    request=ReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
@@ -548,7 +568,7 @@ class ParticipationSuspendApi(APIView):
                                    ReasonInputSerializer)
 
 
-class ParticipationResumeApi(APIView):
+class ParticipationResumeApi(ConsortiumApi):
     @extend_schema(tags=PARTICIPATION, summary="Resume a suspended participation (its admin)",
                    request=OptionalReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
@@ -557,7 +577,7 @@ class ParticipationResumeApi(APIView):
                                    OptionalReasonInputSerializer)
 
 
-class ParticipationRevokeApi(APIView):
+class ParticipationRevokeApi(ConsortiumApi):
     @extend_schema(tags=PARTICIPATION, summary="Revoke at once and for good, with a reason (its admin)",
                    request=ReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
@@ -566,7 +586,7 @@ class ParticipationRevokeApi(APIView):
                                    ReasonInputSerializer)
 
 
-class ParticipationWithdrawApi(APIView):
+class ParticipationWithdrawApi(ConsortiumApi):
     @extend_schema(tags=PARTICIPATION, summary="Remove the site from the study, with a reason (PI)",
                    request=ReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})

@@ -2,6 +2,7 @@
 role changes are audited."""
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
@@ -175,3 +176,36 @@ def test_it_keeps_role_groups_from_being_renamed_or_deleted(client_as_root):
     assert change.status_code == 200 and 'name="name"' not in change.content.decode()
     assert client.post(reverse("admin:auth_group_delete", args=[group.pk]), {"post": "yes"}).status_code == 403
     assert Group.objects.filter(name=Role.DPO.value).exists()
+
+
+def new_user_form(username: str) -> dict:
+    return {"username": username, "password1": "x-Strong-Pass-9412", "password2": "x-Strong-Pass-9412",
+            "usable_password": "true"}
+
+
+@pytest.mark.parametrize("username", ["-2+3", "@A1", "+1", "=cmd"])
+def test_it_refuses_a_new_username_a_spreadsheet_would_run_as_a_formula(client_as_root, username):
+    User = get_user_model()
+    response = client_as_root.post(reverse("admin:auth_user_add"), new_user_form(username))
+    assert response.status_code == 200
+    assert "spreadsheets opening the audit log&#x27;s CSV would read it as a formula" in response.content.decode()
+    assert not User.objects.filter(username=username).exists()
+
+
+def test_it_accepts_a_username_with_those_characters_inside_it(client_as_root):
+    response = client_as_root.post(reverse("admin:auth_user_add"), new_user_form("ana-maria+ward@7"))
+    assert response.status_code == 302, response.content
+    assert get_user_model().objects.filter(username="ana-maria+ward@7").exists()
+
+
+def test_it_refuses_renaming_a_user_to_a_formula_but_keeps_an_existing_name(client_as_root, p):
+    url = reverse("admin:auth_user_change", args=[p.outsider.pk])
+    response = client_as_root.post(url, user_form(p.outsider, username="-2+3"))
+    assert response.status_code == 200 and "would read it as a formula" in response.content.decode()
+    p.outsider.refresh_from_db()
+    assert p.outsider.username == "outsider"
+
+    legacy = make_user("@legacy")  # made before usernames were checked
+    response = client_as_root.post(reverse("admin:auth_user_change", args=[legacy.pk]),
+                                   user_form(legacy, first_name="Lea", email="lea@example.org"))
+    assert response.status_code == 302, response.content

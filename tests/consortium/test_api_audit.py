@@ -40,7 +40,7 @@ def test_it_lists_the_log_newest_first_for_its_readers_and_records_the_read(p, w
     read = AuditEvent.objects.order_by("-seq").first()
     assert (read.action, read.outcome, read.actor_user_id) == ("consortium.audit.api_viewed", AuditOutcome.OK,
                                                               getattr(p, who).pk)
-    assert read.details == {"filters": {"study_id": None, "action_prefix": ""}, "events": 2}
+    assert read.details == {"via": "api", "filters": {"study_id": None, "action_prefix": ""}, "events": 2}
 
 
 def test_it_filters_the_log_by_study_and_action_prefix(p):

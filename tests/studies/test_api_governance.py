@@ -163,7 +163,7 @@ def test_it_walks_the_dpia_from_draft_to_approved(p):
     dpia = Dpia.objects.get(study=study)
     assert (dpia.status, dpia.risk_level, dpia.valid_until) == (DpiaStatus.APPROVED, "low", until)
     assert client(p.pi).get(base).json()["status"] == "approved"
-    only_success(mark, "studies.dpia.saved", "studies.dpia.submitted", "studies.dpia.approved")
+    only_success(mark, "studies.dpia.saved", "studies.dpia.submitted", "studies.dpia.approved", "studies.dpia.viewed")
 
 
 def test_it_rejects_and_revises_a_dpia_with_reasons(p):

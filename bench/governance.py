@@ -62,7 +62,8 @@ def _study_with_sites(n: int):
     EthicsApproval.objects.bulk_create(
         EthicsApproval(study=study, site=s, reference="IRB", valid_from=now - timedelta(days=1),
                        valid_until=now + timedelta(days=300), recorded_by=pi, recorded_at=now) for s in sites)
-    return approve_and_activate(pi, dpo, study, summary="bench", dpia_days=300)
+    return approve_and_activate(pi, dpo, study, dpia_reviewer=_user("bench_dpo2", Role.DPO), summary="bench",
+                                dpia_days=300)
 
 
 def bench_gate() -> None:

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from consortium.audit import SYSTEM
 from consortium.roles import Role
-from consortium.services import user_roles_changed
+from consortium.services import user_roles_add
 from sites.models import Site
 from sites.services import site_admin_assign, site_create
 from studies import services
@@ -106,8 +106,7 @@ def _create_user(demo: DemoUser, password: str) -> AbstractBaseUser:
         username=demo.username, password=password, email=f"{demo.username}@consortium.example",
         first_name=first, last_name=last, is_staff=demo.staff, is_superuser=demo.staff,
     )
-    user.groups.add(*(Group.objects.get_or_create(name=role.value)[0] for role in demo.roles))
-    user_roles_changed(actor=SYSTEM, user=user, before=[], after=[r.value for r in demo.roles], via="seed_demo")
+    user_roles_add(actor=SYSTEM, user=user, roles=[role.value for role in demo.roles], via="seed_demo")
     return user
 
 

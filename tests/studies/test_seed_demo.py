@@ -119,3 +119,15 @@ def test_it_refuses_a_weak_password():
     with pytest.raises(CommandError, match="--password"):
         seed("--password", "short")
     assert not User.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_records_every_role_it_gives_in_the_audit_log():
+    """Replaying the `roles_changed` events gives every demo user exactly the groups they hold."""
+    seed()
+    for user in User.objects.prefetch_related("groups"):
+        events = AuditEvent.objects.filter(action="consortium.user.roles_changed", object_id=str(user.pk))
+        last = events.order_by("-seq").first()
+        recorded = last.details["after"] if last else []
+        assert recorded == sorted(group.name for group in user.groups.all()), user.username
+    assert AuditEvent.objects.filter(action="consortium.user.roles_changed", details__after=["Site admin"]).count() == 4

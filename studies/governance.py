@@ -65,7 +65,10 @@ class SiteVerdict:
 
 @dataclass(frozen=True)
 class GateResult:
-    """The gate's answer. `allowed` is the verdict for the action; the checks say why."""
+    """The gate's answer. `allowed` is the verdict for the action; the checks say why.
+
+    `sites` lists every site ever invited (a revoked one stays, in red); the quorum counts only the sites
+    still taking part or invited: `eligible_count` of `counted_sites`, the figures its reason quotes."""
 
     study_id: int
     action: str
@@ -73,6 +76,8 @@ class GateResult:
     study_checks: tuple[Check, ...]
     sites: tuple[SiteVerdict, ...]
     site_id: int | None = None
+    eligible_count: int = 0
+    counted_sites: int = 0
 
     @property
     def checks(self) -> list[Check]:
@@ -218,9 +223,11 @@ def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: 
         _approvals_check(study, facts.agreement, facts.approvals),
         _dpia_check(facts.dpia, moment),
     ]
+    eligible = sum(v.eligible for v in current)
     if site_id is None or action == GateAction.AGGREGATE:
-        study_checks.append(_quorum_check(study, sum(v.eligible for v in current), len(current)))
-    return GateResult(study.pk, action, moment, tuple(study_checks), tuple(verdicts), site_id)
+        study_checks.append(_quorum_check(study, eligible, len(current)))
+    return GateResult(study.pk, action, moment, tuple(study_checks), tuple(verdicts), site_id,
+                      eligible_count=eligible, counted_sites=len(current))
 
 
 def _status_check(study: Study) -> Check:

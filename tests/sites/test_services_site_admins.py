@@ -19,7 +19,8 @@ def test_it_records_the_site_admin_role_an_appointment_gives(p):
     site_admin_assign(actor=p.admin, site=p.site_a, user=p.outsider)
     assert can_administer(p.outsider, p.site_a) and has_role(p.outsider, Role.SITE_ADMIN)
     assigned, roles = events_after(mark)
-    assert (assigned.action, assigned.outcome, assigned.site_id) == ("sites.admin.assigned", AuditOutcome.OK, p.site_a.pk)
+    assert (assigned.action, assigned.outcome, assigned.site_id) == (
+        "sites.admin.assigned", AuditOutcome.OK, p.site_a.pk)
     assert (roles.action, roles.outcome, roles.actor_user, roles.object_id) == (
         "consortium.user.roles_changed", AuditOutcome.OK, p.admin, str(p.outsider.pk))
     assert roles.details == {"user": "outsider", "before": [], "after": ["Site admin"], "added": ["Site admin"],

@@ -27,27 +27,41 @@ from studies.selectors import study_list
 User = AbstractBaseUser | AnonymousUser
 
 # The gate checks the overview warns about, with the words people use for them.
-WATCHED_CHECKS = {"dpia": "DPIA", "ethics": "Ethics approval", "agreement_signed": "Data use agreement"}
+WATCHED_CHECKS = {"dpia": "DPIA", "approvals": "Approvals", "quorum": "Quorum", "ethics": "Ethics approval",
+                  "agreement_signed": "Data use agreement"}
 METRIC_KEYS = ("val_auc", "val_accuracy", "val_loss")
+# What a warning does to rounds: a failing study-level check blocks them (the gate refuses the round); a
+# failing site-level check only excludes that site (the round runs without it, unless that leaves too few
+# sites, which the failing quorum check then says); a passing check that lapses soon will do one of those.
+BLOCKS, EXCLUDES, EXPIRES = "blocks", "excludes", "expires"
 
 
 @dataclass(frozen=True)
 class GovernanceWarning:
-    """Something that stops a round (`blocking`) or will stop one when it lapses (`expires_at`).
+    """A gate verdict that needs someone: it `blocks` rounds now, `excludes` a site from them now, or
+    `expires` (lapses) within the warning horizon.
 
-    `kind` is the gate check's name ("dpia", "ethics", "agreement_signed") or "round" for a blocked
-    round; the page links each kind to where it is fixed. `days` counts calendar days from today to the
-    expiry in the consortium's time zone (negative once it has passed)."""
+    `kind` is the gate check's name ("dpia", "quorum", "ethics", "agreement_signed", ...) or "round" for a
+    blocked round; the page links each kind to where it is fixed. `days` counts calendar days from today
+    to the expiry in the consortium's time zone (negative once it has passed)."""
 
     kind: str
     label: str
     reason: str
-    blocking: bool
+    effect: str
     site_id: int | None = None
     site_name: str = ""
     expires_at: datetime | None = None
     days: int | None = None
     round_number: int | None = None
+
+    @property
+    def blocking(self) -> bool:
+        return self.effect == BLOCKS
+
+    @property
+    def failing(self) -> bool:
+        return self.effect != EXPIRES
 
     @property
     def days_ago(self) -> int | None:
@@ -118,7 +132,7 @@ def consortium_overview(user: User, *, moment: datetime | None = None) -> Overvi
     rows = []
     for study in studies:
         gate, round_ = gates[study.pk], rounds.get(study.pk)
-        current = _current(round_, len(gate.eligible_sites)) if round_ else None
+        current = _current(round_, gate.eligible_count) if round_ else None
         rows.append(OverviewRow(study, gate, current, metrics.get(study.pk),
                                 study_warnings(study, gate, round_, days=days)))
     return Overview(rows, moment, days)
@@ -163,12 +177,13 @@ def _last_metrics(study_ids: list[int]) -> dict[int, LastMetric]:
 
 
 def study_warnings(study: Study, gate: GateResult, round_: Round | None, *, days: int) -> list[GovernanceWarning]:
-    """What blocks the study's rounds now, then what lapses within `days`, soonest first.
+    """The gate's own failing checks (what blocks the study's rounds, then which sites they exclude), a
+    blocked round, then what lapses within `days`, soonest first; every reason in the gate's words.
 
     A closed study warns about nothing. Only sites whose participation is granted count: a revoked or
     invited site takes no part in rounds, so its paperwork stops nothing. Failures that do not lapse
-    (no DPIA yet, an unsigned agreement) block only an active study's rounds; a lapsed approval is
-    shown in any study still running its course, since it must be renewed before the next round."""
+    (no DPIA yet, an unsigned agreement, too few sites) matter only in an active study; a lapsed approval
+    is shown in any study still running its course, since it must be renewed before the next round."""
     if study.status == StudyStatus.CLOSED:
         return []
     taking_part = {verdict.site_id for verdict in gate.sites
@@ -178,13 +193,13 @@ def study_warnings(study: Study, gate: GateResult, round_: Round | None, *, days
         return check.name in WATCHED_CHECKS and (check.site_id is None or check.site_id in taking_part)
 
     active = study.status == StudyStatus.ACTIVE
-    blocking = [_from_check(check, True, gate.moment) for check in gate.failures
-                if watched(check) and (active or check.expires_at is not None)]
+    failing = [_from_check(check, EXCLUDES if check.site_id else BLOCKS, gate.moment) for check in gate.failures
+               if watched(check) and (active or check.expires_at is not None)]
     if round_ is not None and round_.status == RoundStatus.BLOCKED:
-        blocking.append(_blocked_round(round_))
-    expiring = [_from_check(check, False, gate.moment) for check in gate.expiring_within(days) if watched(check)]
-    # Lapsed approvals first, oldest first; then blocked rounds and failures that carry no date.
-    return sorted(blocking, key=lambda w: (w.expires_at is None, w.expires_at or gate.moment)) + expiring
+        failing.append(_blocked_round(round_))
+    expiring = [_from_check(check, EXPIRES, gate.moment) for check in gate.expiring_within(days) if watched(check)]
+    # What blocks first, then excluded sites; within each, lapsed ones oldest first, then those with no date.
+    return sorted(failing, key=lambda w: (not w.blocking, w.expires_at is None, w.expires_at or gate.moment)) + expiring
 
 
 def _calendar_days(moment: datetime, until: datetime) -> int:
@@ -192,9 +207,9 @@ def _calendar_days(moment: datetime, until: datetime) -> int:
     return (timezone.localdate(until) - timezone.localdate(moment)).days
 
 
-def _from_check(check: Check, blocking: bool, moment: datetime) -> GovernanceWarning:
+def _from_check(check: Check, effect: str, moment: datetime) -> GovernanceWarning:
     return GovernanceWarning(
-        kind=check.name, label=WATCHED_CHECKS[check.name], reason=check.reason, blocking=blocking,
+        kind=check.name, label=WATCHED_CHECKS[check.name], reason=check.reason, effect=effect,
         site_id=check.site_id, site_name=check.site_name, expires_at=check.expires_at,
         days=_calendar_days(moment, check.expires_at) if check.expires_at else None,
     )
@@ -203,5 +218,5 @@ def _from_check(check: Check, blocking: bool, moment: datetime) -> GovernanceWar
 def _blocked_round(round_: Round) -> GovernanceWarning:
     return GovernanceWarning(
         kind="round", label=f"Round {round_.number}", reason=round_.status_reason or "Blocked by the gate.",
-        blocking=True, round_number=round_.number,
+        effect=BLOCKS, round_number=round_.number,
     )

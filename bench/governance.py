@@ -22,15 +22,15 @@ import django  # noqa: E402
 django.setup()
 
 from django.contrib.auth import get_user_model  # noqa: E402
-from django.contrib.auth.models import Group  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from consortium.audit import record, verify_chain  # noqa: E402
+from consortium.audit import SYSTEM, record, verify_chain  # noqa: E402
 from consortium.models import AuditEvent  # noqa: E402
 from consortium.roles import Role  # noqa: E402
+from consortium.services import user_roles_add  # noqa: E402
 from sites.models import Site  # noqa: E402
 from studies import services  # noqa: E402
 from studies.demo import approve_and_activate  # noqa: E402
@@ -42,7 +42,7 @@ User = get_user_model()
 
 def _user(name: str, role: Role):
     user, _ = User.objects.get_or_create(username=name)
-    user.groups.add(Group.objects.get_or_create(name=role.value)[0])
+    user_roles_add(actor=SYSTEM, user=user, roles=[role.value], via="bench")
     return user
 
 
@@ -62,7 +62,8 @@ def _study_with_sites(n: int):
     EthicsApproval.objects.bulk_create(
         EthicsApproval(study=study, site=s, reference="IRB", valid_from=now - timedelta(days=1),
                        valid_until=now + timedelta(days=300), recorded_by=pi, recorded_at=now) for s in sites)
-    return approve_and_activate(pi, dpo, study, summary="bench", dpia_days=300)
+    return approve_and_activate(pi, dpo, study, dpia_reviewer=_user("bench_dpo2", Role.DPO), summary="bench",
+                                dpia_days=300)
 
 
 def bench_gate() -> None:

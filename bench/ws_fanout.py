@@ -49,15 +49,16 @@ django.setup()
 import redis  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
-from django.contrib.auth.models import Group  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, connections, transaction  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
 from aggregation.demo import free_port, spawn, stop  # noqa: E402
+from consortium.audit import SYSTEM  # noqa: E402
 from consortium.layers import redis_channel_layer  # noqa: E402
 from consortium.roles import Role  # noqa: E402
+from consortium.services import user_roles_add  # noqa: E402
 from studies import services  # noqa: E402
 from studies.choices import EventKind  # noqa: E402
 from studies.events import publish  # noqa: E402
@@ -96,7 +97,7 @@ def seed() -> tuple[int, str]:
     """A fresh database, a PI leading one draft study, and the PI's session cookie (`name=value`)."""
     call_command("migrate", verbosity=0)
     pi = get_user_model().objects.create_user(username="bench_pi", email="bench_pi@example.org")
-    pi.groups.add(Group.objects.get_or_create(name=Role.PI.value)[0])
+    user_roles_add(actor=SYSTEM, user=pi, roles=[Role.PI.value], via="bench")
     study = services.study_create(actor=pi, title="ws fan-out", clinical_question="q", agreement_text="DUA", quorum=1)
     client = Client()
     client.force_login(pi)

@@ -11,14 +11,15 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
-from django.db.models import Model
+from django.db import transaction
+from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
 from consortium.forms import ConsortiumUserChangeForm, ConsortiumUserCreationForm
 from consortium.models import AuditEvent
 from consortium.roles import Role
-from consortium.services import audit_log_read, user_roles_changed
+from consortium.services import audit_log_read, group_names, user_roles_changed
 
 User = get_user_model()
 
@@ -97,7 +98,8 @@ admin.site.unregister(Group)
 @admin.register(Group)
 class RoleGroupAdmin(GroupAdmin):
     """Role groups are the roles themselves: renaming or deleting one would silently take a role away
-    from everyone holding it, so their names are fixed and they cannot be deleted."""
+    from everyone holding it, so their names are fixed and they cannot be deleted. Renaming or deleting
+    another group changes its members' groups, so each member gets a `roles_changed` event."""
 
     def get_readonly_fields(self, request: HttpRequest, obj: Group | None = None) -> tuple[str, ...]:
         if obj is not None and obj.name in Role.values:
@@ -108,3 +110,26 @@ class RoleGroupAdmin(GroupAdmin):
         if obj is not None and obj.name in Role.values:
             return False
         return super().has_delete_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Group, form: ModelForm, change: bool) -> None:
+        # The change view runs in one transaction, so the events commit with the rename.
+        old_name = Group.objects.filter(pk=obj.pk).values_list("name", flat=True).first() if change else None
+        super().save_model(request, obj, form, change)
+        if old_name is not None and old_name != obj.name:
+            for user in obj.user_set.all():
+                after = group_names(user)
+                before = [old_name if name == obj.name else name for name in after]
+                user_roles_changed(actor=request.user, user=user, before=before, after=after, via="admin:group")
+
+    def delete_model(self, request: HttpRequest, obj: Group) -> None:
+        self.delete_queryset(request, Group.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Group]) -> None:
+        # The bulk "delete selected" action runs outside the admin's transaction: take one here.
+        with transaction.atomic():
+            members = list(User.objects.filter(groups__in=queryset).distinct())
+            before = {user.pk: group_names(user) for user in members}
+            super().delete_queryset(request, queryset)
+            for user in members:
+                user_roles_changed(actor=request.user, user=user, before=before[user.pk], after=group_names(user),
+                                   via="admin:group")

@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from django.contrib.auth import authenticate
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
@@ -42,8 +42,9 @@ def user_roles_changed(
 ) -> AuditEvent | None:
     """Record a change of a user's groups (global roles), if there was one.
 
-    Users and their groups are managed in the Django admin (and created by `seed_demo`), not by a
-    service, so those two callers report the change here, inside the transaction that made it.
+    Every path that changes a user's groups reports it here, inside the transaction that made it:
+    `user_roles_add` (appointing a site admin, `seed_demo`), and the Django admin's user and group
+    pages, whose forms change the groups themselves.
     """
     old, new = sorted(set(before)), sorted(set(after))
     if old == new:
@@ -52,6 +53,21 @@ def user_roles_changed(
                   details={"user": user.get_username(), "before": old, "after": new,
                            "added": sorted(set(new) - set(old)), "removed": sorted(set(old) - set(new)),
                            "via": via})
+
+
+def group_names(user: AbstractBaseUser) -> list[str]:
+    """The names of the groups `user` is in, read from the database (not a cached prefetch)."""
+    return list(Group.objects.filter(user=user).values_list("name", flat=True))
+
+
+def user_roles_add(*, actor: Any, user: AbstractBaseUser, roles: Iterable[str], via: str) -> AuditEvent | None:
+    """Put `user` in the groups of `roles` (created if missing) and record the change, in one transaction.
+    A role the user already holds changes nothing and records nothing."""
+    with transaction.atomic():
+        before = group_names(user)
+        user.groups.add(*(Group.objects.get_or_create(name=role)[0] for role in roles))
+        user.__dict__.pop("_consortium_roles", None)  # roles are cached per user object
+        return user_roles_changed(actor=actor, user=user, before=before, after=group_names(user), via=via)
 
 
 def access_denied(

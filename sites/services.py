@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
@@ -11,6 +11,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
 from consortium.roles import Role
+from consortium.services import user_roles_add
 from sites import tokens
 from sites.models import AgentToken, Site
 from sites.permissions import ADMINISTER_SITE, can_administer, can_manage_sites, sites_for
@@ -68,11 +69,11 @@ def site_admin_assign(*, actor: AbstractBaseUser, site: Site, user: AbstractBase
     _require_manager(actor)
     if can_administer(user, site):
         raise Conflict(f"{user.get_username()} already administers {site}.", site=site)
-    user.groups.add(Group.objects.get_or_create(name=Role.SITE_ADMIN.value)[0])
     assign_perm(f"sites.{ADMINISTER_SITE}", user, site)
-    user.__dict__.pop("_consortium_roles", None)
     record(actor=actor, action="sites.admin.assigned", target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
+    # The global role comes with the appointment; a role change is recorded as such (once, the first time).
+    user_roles_add(actor=actor, user=user, roles=[Role.SITE_ADMIN.value], via="sites.admin.assign")
 
 
 @audited_service("sites.admin.remove")

@@ -157,12 +157,14 @@ class AgreementOutputSerializer(serializers.ModelSerializer):
 class DpiaOutputSerializer(serializers.ModelSerializer):
     study = serializers.IntegerField(source="study_id", read_only=True)
     prepared_by = serializers.CharField(source="prepared_by.username", read_only=True)
+    submitted_by = serializers.CharField(source="submitted_by.username", read_only=True, allow_null=True,
+                                         help_text="Who last put it under review; another DPO decides on it.")
     decided_by = serializers.CharField(source="decided_by.username", read_only=True, allow_null=True)
 
     class Meta:
         model = Dpia
-        fields = ("study", "status", "risk_level", "summary", "valid_until", "prepared_by", "decided_by",
-                  "decided_at", "comment", "updated_at")
+        fields = ("study", "status", "risk_level", "summary", "valid_until", "prepared_by", "submitted_by",
+                  "submitted_at", "decided_by", "decided_at", "comment", "updated_at")
         read_only_fields = fields
 
 
@@ -401,7 +403,7 @@ class DpiaDetailApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="The study's DPIA", responses={200: DpiaOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
         study = _study(request, pk, "studies.dpia.view")
-        dpia = select_or_deny(request.user, "studies.dpia.view", lambda: study_dpia(study))
+        dpia = select_or_deny(request.user, "studies.dpia.view", lambda: study_dpia(request.user, study))
         self.audit_read(study=study, target=dpia)
         return Response(DpiaOutputSerializer(dpia).data)
 

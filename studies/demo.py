@@ -1,4 +1,4 @@
-"""The demo consortium: four hospitals, their admins, a PI, a DPO, an auditor and two studies.
+"""The demo consortium: four hospitals, their admins, a PI, two DPOs, an auditor and two studies.
 
 Everything governed is built through the services with the person who would do it in real life as
 the actor, so the audit log records the whole story. Only users are created directly: managing them
@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from consortium.audit import SYSTEM
 from consortium.roles import Role
-from consortium.services import user_roles_changed
+from consortium.services import user_roles_add
 from sites.models import Site
 from sites.services import site_admin_assign, site_create
 from studies import services
@@ -63,7 +63,9 @@ class DemoUser:
 
 USERS = (
     DemoUser("pi", ("Anna", "Visser"), (Role.PI,), "leads both studies; creates, submits, approves as PI"),
-    DemoUser("dpo", ("Jonas", "Becker"), (Role.DPO,), "keeps the DPIAs; approves or rejects studies"),
+    DemoUser("dpo", ("Jonas", "Becker"), (Role.DPO,), "drafts and submits the DPIAs; approves or rejects studies"),
+    DemoUser("dpo2", ("Sofia", "Lindqvist"), (Role.DPO,),
+             "reviews the DPIAs dpo submits (four eyes: the submitter may not decide)"),
     DemoUser("auditor", ("Claire", "Dubois"), (Role.AUDITOR,), "reads everything; exports the audit log"),
     DemoUser("admin", ("Consortium", "Administrator"), (Role.CONSORTIUM_ADMIN,),
              "sites, users and roles in the Django admin (/admin/)", staff=True),
@@ -104,8 +106,7 @@ def _create_user(demo: DemoUser, password: str) -> AbstractBaseUser:
         username=demo.username, password=password, email=f"{demo.username}@consortium.example",
         first_name=first, last_name=last, is_staff=demo.staff, is_superuser=demo.staff,
     )
-    user.groups.add(*(Group.objects.get_or_create(name=role.value)[0] for role in demo.roles))
-    user_roles_changed(actor=SYSTEM, user=user, before=[], after=[r.value for r in demo.roles], via="seed_demo")
+    user_roles_add(actor=SYSTEM, user=user, roles=[role.value for role in demo.roles], via="seed_demo")
     return user
 
 
@@ -132,13 +133,15 @@ def govern(users: dict[str, AbstractBaseUser], study: Study, site: Site, *, sign
     return participation
 
 
-def approve_and_activate(pi: AbstractBaseUser, dpo: AbstractBaseUser, study: Study, *, summary: str,
-                         risk_level: str = "low", dpia_days: int = 365, comments: tuple[str, str] = ("", "")) -> Study:
-    """The DPO approves a DPIA; the study is submitted, approved by the PI and a DPO, and activated."""
+def approve_and_activate(pi: AbstractBaseUser, dpo: AbstractBaseUser, study: Study, *, dpia_reviewer: AbstractBaseUser,
+                         summary: str, risk_level: str = "low", dpia_days: int = 365,
+                         comments: tuple[str, str] = ("", "")) -> Study:
+    """`dpo` drafts and submits the DPIA and `dpia_reviewer`, another DPO, approves it; the study is
+    submitted, approved by the PI and `dpo`, and activated."""
     services.dpia_save(actor=dpo, study=study, risk_level=risk_level, summary=summary,
                        valid_until=timezone.now() + timedelta(days=dpia_days))
     services.dpia_submit(actor=dpo, study=study)
-    services.dpia_approve(actor=dpo, study=study)
+    services.dpia_approve(actor=dpia_reviewer, study=study)
     services.study_submit(actor=pi, study=study)
     services.study_approve(actor=pi, study=study, comment=comments[0])
     services.study_approve(actor=dpo, study=study, comment=comments[1])
@@ -161,7 +164,7 @@ def _active_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) ->
     for code, site in sites.items():
         govern(users, study, site, ethics_days=EXPIRING_IN_DAYS if code == EXPIRING_SITE else 730)
     return approve_and_activate(
-        pi, dpo, study,
+        pi, dpo, study, dpia_reviewer=users["dpo2"],
         summary="Pseudonymised cytology features stay at each site; only model weights and aggregate metrics reach "
                 "the coordinator. Re-identification risk from a 31-parameter linear model is negligible.",
         comments=("Protocol as agreed with the four sites.", "DPIA approved; DUA covers the processing."),
@@ -169,7 +172,8 @@ def _active_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) ->
 
 
 def _pending_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) -> Study:
-    """The sepsis study: submitted, sites at different steps, DPIA under review, no approvals yet."""
+    """The sepsis study: submitted, sites at different steps, DPIA under review (submitted by dpo, so dpo2
+    decides on it), no approvals yet."""
     pi, dpo = users["pi"], users["dpo"]
     study = services.study_create(
         actor=pi, title=PENDING_TITLE, agreement_text=DUA_TEXT.format(title=PENDING_TITLE),
@@ -201,6 +205,9 @@ def federation_study(*, title: str, rounds: int) -> Study:
     """A fresh, fully governed, active copy of the breast cancer study for a headless run
     (`run_study_demo`), over the four demo sites."""
     users = demo_users()
+    if "dpo2" not in users:
+        raise LookupError("This demo database predates the second DPO (dpo2), who approves the DPIA; "
+                          "start from a fresh database (remove data/consortium.sqlite3).")
     pi, dpo = users["pi"], users["dpo"]
     study = services.study_create(
         actor=pi, title=title, agreement_text=DUA_TEXT.format(title=title),
@@ -210,5 +217,5 @@ def federation_study(*, title: str, rounds: int) -> Study:
     )
     for site in Site.objects.filter(code__in=[s.code for s in SITES]):
         govern(users, study, site)
-    return approve_and_activate(pi, dpo, study, dpia_days=30,
+    return approve_and_activate(pi, dpo, study, dpia_reviewer=users["dpo2"], dpia_days=30,
                                 summary="Demo data from scikit-learn; only weights and metrics leave the sites.")

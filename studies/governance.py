@@ -65,7 +65,10 @@ class SiteVerdict:
 
 @dataclass(frozen=True)
 class GateResult:
-    """The gate's answer. `allowed` is the verdict for the action; the checks say why."""
+    """The gate's answer. `allowed` is the verdict for the action; the checks say why.
+
+    `sites` lists every site ever invited (a revoked one stays, in red); the quorum counts only the sites
+    still taking part or invited: `eligible_count` of `counted_sites`, the figures its reason quotes."""
 
     study_id: int
     action: str
@@ -73,6 +76,8 @@ class GateResult:
     study_checks: tuple[Check, ...]
     sites: tuple[SiteVerdict, ...]
     site_id: int | None = None
+    eligible_count: int = 0
+    counted_sites: int = 0
 
     @property
     def checks(self) -> list[Check]:
@@ -218,9 +223,11 @@ def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: 
         _approvals_check(study, facts.agreement, facts.approvals),
         _dpia_check(facts.dpia, moment),
     ]
+    eligible = sum(v.eligible for v in current)
     if site_id is None or action == GateAction.AGGREGATE:
-        study_checks.append(_quorum_check(study, sum(v.eligible for v in current), len(current)))
-    return GateResult(study.pk, action, moment, tuple(study_checks), tuple(verdicts), site_id)
+        study_checks.append(_quorum_check(study, eligible, len(current)))
+    return GateResult(study.pk, action, moment, tuple(study_checks), tuple(verdicts), site_id,
+                      eligible_count=eligible, counted_sites=len(current))
 
 
 def _status_check(study: Study) -> Check:
@@ -275,17 +282,38 @@ def _site_verdict(
     reason = "Participation granted." if granted else f"Participation is {participation.get_status_display().lower()}."
     if not granted and participation.reason:
         reason += f" {participation.reason}"
-    checks = [Check("participation", granted, reason, **here)]
-
-    if agreement is None:
-        checks.append(Check("agreement_signed", False, "There is no data use agreement to sign.", **here))
-    elif site.pk in signed:
-        checks.append(Check("agreement_signed", True, f"Signed the current DUA v{agreement.version}.", **here))
-    else:
-        checks.append(Check("agreement_signed", False, f"Has not signed the current DUA v{agreement.version}.", **here))
-
-    checks.append(_ethics_check(ethics, moment, site, here))
+    checks = [
+        Check("participation", granted, reason, **here),
+        _agreement_check(agreement, site.pk in signed, moment, site, here),
+        _ethics_check(ethics, moment, site, here),
+    ]
     return SiteVerdict(site.pk, site.name, tuple(checks))
+
+
+def _local(value: datetime, site: Site) -> str:
+    """An instant as the site's people read it: in the site's own time zone."""
+    return timezone.localtime(value, site.tzinfo).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _agreement_check(agreement: AgreementVersion | None, signed: bool, moment: datetime, site: Site,
+                     here: dict[str, Any]) -> Check:
+    """The site signed the current DUA version, and that version is in force at `moment`.
+
+    The DUA is the contract each site signs, so its period is judged here, per site, like the site's
+    ethics approval: once the version ends no site is covered, every site fails with the reason, and
+    the quorum fails with them. (The approvals check stays about what the PI and a DPO approved.)"""
+    if agreement is None:
+        return Check("agreement_signed", False, "There is no data use agreement to sign.", **here)
+    name, since, until = f"DUA v{agreement.version}", agreement.effective_from, agreement.effective_until
+    if moment < since:
+        return Check("agreement_signed", False, f"The current {name} takes effect {_local(since, site)}.", **here)
+    if until is not None and until <= moment:
+        return Check("agreement_signed", False, f"The current {name} ended {_local(until, site)}; a new version must "
+                     "be published and signed.", expires_at=until, **here)
+    if not signed:
+        return Check("agreement_signed", False, f"Has not signed the current {name}.", **here)
+    ends = f", in force until {_local(until, site)}" if until else ""
+    return Check("agreement_signed", True, f"Signed the current {name}{ends}.", expires_at=until, **here)
 
 
 def _ethics_check(ethics: EthicsApproval | None, moment: datetime, site: Site, here: dict[str, Any]) -> Check:
@@ -293,7 +321,7 @@ def _ethics_check(ethics: EthicsApproval | None, moment: datetime, site: Site, h
         return Check("ethics", False, "No ethics approval recorded.", **here)
 
     def local(value: datetime) -> str:
-        return timezone.localtime(value, site.tzinfo).strftime("%Y-%m-%d %H:%M %Z")
+        return _local(value, site)
 
     if moment < ethics.valid_from:
         return Check("ethics", False, f"Ethics approval {ethics.reference} starts {local(ethics.valid_from)}.", **here)

@@ -9,11 +9,13 @@ from guardian.shortcuts import get_objects_for_user, get_user_perms
 from consortium.roles import Role, has_role, is_person, sees_everything
 from sites.permissions import sites_for
 from studies.choices import (
+    DPIA_TRANSITIONS,
     STUDY_EDITABLE,
     STUDY_REVIEWABLE,
+    DpiaStatus,
     StudyStatus,
 )
-from studies.models import Study
+from studies.models import Dpia, Study
 
 LEAD_STUDY = "lead_study"
 
@@ -79,4 +81,32 @@ def allowed_actions(user: User, study: Study) -> set[str]:
         actions |= {"close", "withdraw_site"}
     if dpo and status != StudyStatus.CLOSED:
         actions.add("manage_dpia")
+    return actions
+
+
+def can_read_dpia(user: User, study: Study) -> bool:
+    """Whoever may see the study may read its DPIA: the PI and the sites' admins weigh what the DPOs
+    assessed before they approve or take part, DPOs keep it, auditors and consortium admins oversee it.
+    The one read policy behind the DPIA page and the DPIA API."""
+    return can_view(user, study)
+
+
+def dpia_actions(user: User, study: Study, dpia: Dpia | None) -> set[str]:
+    """What the user may do to the study's DPIA now; the DPIA page renders these as buttons.
+
+    DPOs keep it while the study is not closed: "save" a draft, "submit" it for review, "revise" it back
+    to draft. "approve" and "reject" are the reviewer's, so the DPO who submitted it gets neither (four
+    eyes). The services check all of it again.
+    """
+    if "manage_dpia" not in allowed_actions(user, study):
+        return set()
+    if dpia is None:
+        return {"save"}
+    moves = {DpiaStatus.UNDER_REVIEW: "submit", DpiaStatus.APPROVED: "approve", DpiaStatus.REJECTED: "reject",
+             DpiaStatus.DRAFT: "revise"}
+    actions = {moves[to] for to in DPIA_TRANSITIONS[dpia.status]}
+    if dpia.status == DpiaStatus.DRAFT:
+        actions.add("save")
+    if dpia.submitted_by_id == user.pk:
+        actions -= {"approve", "reject"}
     return actions

@@ -5,13 +5,13 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Prefetch, Q, QuerySet
 
-from consortium.errors import NotFound
+from consortium.errors import Forbidden, NotFound
 from consortium.roles import sees_everything
 from sites.models import Site
 from sites.permissions import sites_for
 from studies.choices import STUDY_REVIEWABLE, ApprovalDecision, DpiaStatus, StudyStatus
 from studies.models import AgreementVersion, Approval, Dpia, EthicsApproval, Participation, Study
-from studies.permissions import studies_for
+from studies.permissions import can_read_dpia, studies_for
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -107,7 +107,7 @@ def dpias_under_review(user: User) -> QuerySet[Dpia]:
     """DPIAs under review in studies the user may see."""
     return (
         Dpia.objects.filter(study__in=studies_for(user), status=DpiaStatus.UNDER_REVIEW)
-        .select_related("study", "prepared_by")
+        .select_related("study", "prepared_by", "submitted_by")
         .order_by("updated_at")
     )
 
@@ -150,10 +150,13 @@ def study_participations_for(user: User, study: Study) -> list[Participation]:
     )
 
 
-def study_dpia(study: Study) -> Dpia:
-    """The study's DPIA; NotFound while none has been drafted."""
-    dpia = Dpia.objects.filter(study=study).select_related("prepared_by", "decided_by").first()
-    if dpia is None:
+def study_dpia(user: User, study: Study, *, drafted: bool = True) -> Dpia | None:
+    """The study's DPIA as `user` may read it (`can_read_dpia`, the one policy for the page and the API):
+    Forbidden when the policy refuses; while none has been drafted, NotFound, or None if not `drafted`."""
+    if not can_read_dpia(user, study):
+        raise Forbidden("You may not read this study's DPIA.", study=study)
+    dpia = Dpia.objects.filter(study=study).select_related("prepared_by", "submitted_by", "decided_by").first()
+    if dpia is None and drafted:
         raise NotFound("No DPIA has been drafted for this study yet.", study=study)
     return dpia
 

@@ -31,6 +31,7 @@ def make_user(username: str, *roles: Role, **extra) -> User:
 class Personas:
     pi: User
     dpo: User
+    dpo2: User  # a second DPO: the one who approves what `dpo` submits (four eyes on the DPIA)
     site_a_admin: User
     site_b_admin: User
     auditor: User
@@ -55,6 +56,7 @@ def make_personas() -> Personas:
     return Personas(
         pi=make_user("pi", Role.PI),
         dpo=make_user("dpo", Role.DPO),
+        dpo2=make_user("dpo2", Role.DPO),
         site_a_admin=site_a_admin,
         site_b_admin=site_b_admin,
         auditor=make_user("auditor", Role.AUDITOR),
@@ -89,13 +91,14 @@ def approve_dpia(p: Personas, study: Study, *, days: int = 365) -> None:
     services.dpia_save(actor=p.dpo, study=study, summary="Pseudonymised vitals; weights only leave sites.",
                        risk_level="medium", valid_until=timezone.now() + timedelta(days=days))
     services.dpia_submit(actor=p.dpo, study=study)
-    services.dpia_approve(actor=p.dpo, study=study)
+    services.dpia_approve(actor=p.dpo2, study=study)
 
 
 def activate(p: Personas, study: Study) -> Study:
-    """DPIA approved, submitted, approved by the PI and the DPO (four eyes), activated."""
-    approve_and_activate(p.pi, p.dpo, study, summary="Pseudonymised vitals; weights only leave sites.",
-                         risk_level="medium")
+    """DPIA submitted by the DPO and approved by the second DPO; study submitted, approved by the PI and
+    the DPO (four eyes), activated."""
+    approve_and_activate(p.pi, p.dpo, study, dpia_reviewer=p.dpo2,
+                         summary="Pseudonymised vitals; weights only leave sites.", risk_level="medium")
     study.refresh_from_db()
     return study
 

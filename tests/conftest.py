@@ -24,5 +24,5 @@ def _fast_password_hashing(settings) -> None:
 
 @pytest.fixture
 def p(db) -> Personas:
-    """The personas: pi, dpo, site_a_admin, site_b_admin, auditor, outsider, admin, site_a, site_b."""
+    """The personas: pi, dpo, dpo2, site_a_admin, site_b_admin, auditor, outsider, admin, site_a, site_b."""
     return make_personas()

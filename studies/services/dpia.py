@@ -26,13 +26,20 @@ def _snapshot(dpia: Dpia) -> dict:
             "valid_until": dpia.valid_until.isoformat() if dpia.valid_until else None}
 
 
-def _move(actor: AbstractBaseUser, dpia: Dpia, to: DpiaStatus, comment: str, event: str) -> Dpia:
+def _check_transition(dpia: Dpia, to: DpiaStatus) -> None:
     if to not in DPIA_TRANSITIONS[dpia.status]:
         raise InvalidTransition(f"A DPIA that is {dpia.get_status_display().lower()} cannot become "
                                 f"{DpiaStatus(to).label.lower()}.", study=dpia.study, target=dpia)
+
+
+def _move(actor: AbstractBaseUser, dpia: Dpia, to: DpiaStatus, comment: str, event: str) -> Dpia:
+    _check_transition(dpia, to)
     before = _snapshot(dpia)
     dpia.status, dpia.comment = to, comment.strip()
-    dpia.decided_by, dpia.decided_at = actor, timezone.now()
+    if to == DpiaStatus.UNDER_REVIEW:  # a submission is not a decision: it names who may not decide
+        dpia.submitted_by, dpia.submitted_at = actor, timezone.now()
+    else:
+        dpia.decided_by, dpia.decided_at = actor, timezone.now()
     dpia.full_clean()
     dpia.save()
     record(actor=actor, action=f"studies.dpia.{event}", target=dpia, study=dpia.study,
@@ -72,8 +79,18 @@ def _existing(actor: AbstractBaseUser, study: Study) -> Dpia:
     return dpia
 
 
+def _require_second_dpo(actor: AbstractBaseUser, dpia: Dpia, doing: str) -> None:
+    """Four eyes: the DPO who put the DPIA under review may not decide on it. Called after the transition
+    check, so a DPIA that is not under review gets the clearer "cannot become" answer first."""
+    if dpia.submitted_by_id == actor.pk:
+        raise Forbidden(f"You put this DPIA under review, so another data-protection officer must {doing} it "
+                        "(four eyes). To change it yourself, revise it back to draft.",
+                        study=dpia.study, target=dpia)
+
+
 @audited_service("studies.dpia.submit")
 def dpia_submit(*, actor: AbstractBaseUser, study: Study) -> Dpia:
+    """Put the draft under review; from then on only a DPO other than `actor` may approve or reject it."""
     dpia = _existing(actor, study)
     if not dpia.summary:
         raise ValidationFailed("Write the DPIA's summary before putting it under review.", study=dpia.study)
@@ -82,8 +99,11 @@ def dpia_submit(*, actor: AbstractBaseUser, study: Study) -> Dpia:
 
 @audited_service("studies.dpia.approve")
 def dpia_approve(*, actor: AbstractBaseUser, study: Study, comment: str = "") -> Dpia:
-    """Approve the DPIA; it then passes the gate until `valid_until`."""
+    """Approve the DPIA under review; it then passes the gate until `valid_until`. Only a DPO other
+    than the one who submitted it may approve it."""
     dpia = _existing(actor, study)
+    _check_transition(dpia, DpiaStatus.APPROVED)
+    _require_second_dpo(actor, dpia, "approve")
     if dpia.valid_until is None or dpia.valid_until <= timezone.now():
         raise ValidationFailed("Set a future 'valid until' before approving the DPIA.", study=dpia.study)
     return _move(actor, dpia, DpiaStatus.APPROVED, comment, "approved")
@@ -91,7 +111,11 @@ def dpia_approve(*, actor: AbstractBaseUser, study: Study, comment: str = "") ->
 
 @audited_service("studies.dpia.reject")
 def dpia_reject(*, actor: AbstractBaseUser, study: Study, reason: str) -> Dpia:
+    """Reject the DPIA under review with a reason. Like an approval, a rejection is the reviewer's verdict,
+    so its submitter may not give it; they withdraw their own submission with `dpia_revise`."""
     dpia = _existing(actor, study)
+    _check_transition(dpia, DpiaStatus.REJECTED)
+    _require_second_dpo(actor, dpia, "reject")
     if not reason.strip():
         raise ValidationFailed("Give the reason for rejecting the DPIA.", study=dpia.study)
     return _move(actor, dpia, DpiaStatus.REJECTED, reason, "rejected")

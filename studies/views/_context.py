@@ -13,7 +13,7 @@ from studies import selectors
 from studies.choices import PARTICIPATION_TRANSITIONS, ParticipationStatus
 from studies.governance import GateResult, SiteVerdict, evaluate
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, Study
-from studies.permissions import allowed_actions
+from studies.permissions import allowed_actions, can_read_dpia
 
 # What a site admin may do to a participation, by the status it would move to (transitions are data).
 SITE_ADMIN_MOVES = {
@@ -130,6 +130,7 @@ def study_context(user: AbstractBaseUser, study: Study) -> dict[str, Any]:
         "agreement": current,
         "older_agreements": agreements[1:],
         "dpia": getattr(study, "dpia", None),
+        "may_read_dpia": can_read_dpia(user, study),
         "ethics": selectors.study_ethics(study),
         "participation_rows": participation_rows(user, participations, actions=actions, current=current),
         "approvals": selectors.study_approvals(study),

@@ -16,7 +16,7 @@ from consortium.web import call_or_form_error, domain_errors, forbidden
 from studies import selectors, services
 from studies.forms import AgreementForm, DpiaForm, ProtocolForm, StudyCreateForm
 from studies.models import PROTOCOL_FIELDS, Study
-from studies.permissions import allowed_actions
+from studies.permissions import allowed_actions, dpia_actions
 from studies.views._context import diff_rows, gate_context, protocol_rows, study_context
 
 
@@ -141,11 +141,15 @@ def agreement_publish(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @domain_errors
 def dpia_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """The DPIA for everyone who may read it (`selectors.study_dpia`, as the API); its form and buttons only
+    for the steps `dpia_actions` opens to the user."""
     study = visible_study(request, pk, _attempt(request, "studies.dpia.save"))
-    actions = allowed_actions(request.user, study)
-    if request.method != "POST" and "manage_dpia" not in actions:
-        return forbidden(request, "Only data-protection officers keep a study's DPIA.")
-    dpia = getattr(study, "dpia", None)
+    if request.method == "POST":
+        dpia = getattr(study, "dpia", None)  # saving is the service's to allow or refuse
+    else:
+        dpia = select_or_deny(request.user, "studies.dpia.view",
+                              lambda: selectors.study_dpia(request.user, study, drafted=False), study=study)
+    actions = dpia_actions(request.user, study, dpia)
     initial = (
         {
             "summary": dpia.summary,

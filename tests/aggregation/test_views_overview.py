@@ -3,7 +3,7 @@ the governance warnings (lapsing soon, lapsed, blocking), one audit event per vi
 does not grow with the studies. Data is built with the real services; time passing is simulated with
 explicit dates relative to now."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -16,6 +16,7 @@ from aggregation.services import round_aggregate
 from consortium.models import AuditEvent, AuditOutcome
 from consortium.roles import Role
 from studies import services as study_services
+from studies.governance import evaluate
 from studies.models import Dpia, EthicsApproval, Study
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     GOOD_METRICS,
@@ -150,6 +151,52 @@ def test_it_shows_an_expired_dpia_as_blocking_with_its_date_and_a_link(p):
     assert 'data-warning="dpia" data-blocking="true"' in row
     assert f"expired on {local_date(lapsed)}" in row and "(3 days ago) and blocks rounds" in row
     assert f'href="/studies/{study.pk}/dpia/"' in row
+
+
+def lapse_ethics(study: Study, site) -> datetime:
+    """Time passes: the site's ethics approval ended two days ago. Returns when it ended."""
+    ended = timezone.now() - timedelta(days=2)
+    EthicsApproval.objects.filter(study=study, site=site).update(valid_from=ended - timedelta(days=300),
+                                                                 valid_until=ended)
+    return ended
+
+
+def test_it_says_a_sites_lapsed_ethics_excludes_it_while_rounds_run_without_it(p):
+    study = governed_study(p, quorum=1)
+    ended = lapse_ethics(study, p.site_a)
+    assert evaluate(study).allowed, "the gate lets rounds run with site B alone"
+    body = page(client_for(p.pi).get(OVERVIEW))
+    row = row_of(body, study)
+    assert f'data-warning="ethics" data-blocking="false" data-site="{p.site_a.pk}" data-effect="excludes"' in row
+    assert f"expired on {local_date(ended)}" in row and "(2 days ago) and excludes Amsterdam UMC from rounds." in row
+    assert "blocks rounds" not in row and 'data-warning="quorum"' not in row
+    assert row.startswith(' data-blocked="false">') and "a round could not run now" not in row
+    assert "1 of 2 sites eligible now" in row
+
+
+def test_it_says_the_quorum_blocks_rounds_once_an_excluded_site_leaves_too_few(p):
+    study = governed_study(p, quorum=2)
+    lapse_ethics(study, p.site_a)
+    gate = evaluate(study)
+    [quorum] = [check for check in gate.failures if check.name == "quorum"]
+    row = row_of(page(client_for(p.dpo).get(OVERVIEW)), study)
+    assert f'data-warning="ethics" data-blocking="false" data-site="{p.site_a.pk}" data-effect="excludes"' in row
+    assert 'data-warning="quorum" data-blocking="true" data-effect="blocks">' in row
+    assert f'<span class="fail">blocks rounds:</span> {quorum.reason}' in row
+    assert quorum.reason == "1 of 2 sites eligible, which is below the quorum of 2."
+    assert row.startswith(' data-blocked="true">') and "a round could not run now" in row
+    assert row.index('data-warning="quorum"') < row.index('data-warning="ethics"'), "what blocks comes first"
+
+
+def test_it_counts_the_eligible_sites_exactly_as_the_gates_quorum_does(p):
+    study = governed_study(p, quorum=1)
+    study_services.participation_withdraw(actor=p.pi, participation=study.participations.get(site=p.site_b),
+                                          reason="The site left the consortium.")
+    gate = evaluate(study)
+    [quorum] = [check for check in gate.study_checks if check.name == "quorum"]
+    assert len(gate.sites) == 2 and quorum.reason.startswith("1 of 1 sites eligible")
+    row = row_of(page(client_for(p.pi).get(OVERVIEW)), study)
+    assert '<span data-testid="eligible-count">1 of 1 sites eligible now</span>' in row
 
 
 def test_it_shows_a_blocked_round_with_its_reason_and_the_last_global_metric(fed):

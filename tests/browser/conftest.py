@@ -12,6 +12,9 @@ from tests.conftest import skip_or_fail
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "browser"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# Generous, for every wait and screenshot: a test waits for an outcome, it does not time it, and on a busy
+# machine (two cores, several test runs) drawing the dashboard alone has taken more than 15 s.
+TIMEOUT_MS = 60_000
 
 
 def _chromium() -> str:
@@ -39,7 +42,7 @@ def browser(monkeypatch):
 def log_in(browser, base_url: str, username: str, password: str = PASSWORD):
     """A fresh browser context (its own cookies) logged in through the login form."""
     page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.set_default_timeout(15_000)
+    page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{base_url}/accounts/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", password)
@@ -49,4 +52,4 @@ def log_in(browser, base_url: str, username: str, password: str = PASSWORD):
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True, timeout=TIMEOUT_MS)

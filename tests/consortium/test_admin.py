@@ -209,3 +209,41 @@ def test_it_refuses_renaming_a_user_to_a_formula_but_keeps_an_existing_name(clie
     response = client_as_root.post(reverse("admin:auth_user_change", args=[legacy.pk]),
                                    user_form(legacy, first_name="Lea", email="lea@example.org"))
     assert response.status_code == 302, response.content
+
+
+def roles_events(user) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action="consortium.user.roles_changed", object_id=str(user.pk))
+                .order_by("seq"))
+
+
+def test_it_audits_the_role_an_appointment_in_the_site_admin_gives(client_as_root, root, p):
+    url = reverse("admin:sites_site_change", args=[p.site_b.pk])
+    data = site_form(name=p.site_b.name, code=p.site_b.code, city="Berlin", country="DE",
+                     timezone="Europe/Berlin", admins=[p.site_b_admin.pk, p.auditor.pk])
+    assert client_as_root.post(url, data).status_code == 302
+    [event] = roles_events(p.auditor)
+    assert event.actor_user_id == root.pk
+    assert (event.details["before"], event.details["after"]) == (["Auditor"], ["Auditor", "Site admin"])
+
+
+@pytest.mark.parametrize("how", ["rename", "delete", "bulk_delete"])
+def test_it_audits_each_members_groups_when_a_group_is_renamed_or_deleted(client_as_root, root, p, how):
+    group = Group.objects.create(name="Biobank liaison")
+    p.pi.groups.add(group)  # test setup: the admin's user form would have audited this
+    if how == "rename":
+        response = client_as_root.post(reverse("admin:auth_group_change", args=[group.pk]),
+                                       {"name": "Biobank contact", "permissions": []})
+        after = ["Biobank contact", "PI"]
+    elif how == "delete":
+        response = client_as_root.post(reverse("admin:auth_group_delete", args=[group.pk]), {"post": "yes"})
+        after = ["PI"]
+    else:
+        response = client_as_root.post(reverse("admin:auth_group_changelist"),
+                                       {"action": "delete_selected", "_selected_action": [group.pk], "post": "yes"})
+        after = ["PI"]
+    assert response.status_code == 302, response.content
+    [event] = roles_events(p.pi)
+    assert event.actor_user_id == root.pk and event.details["via"] == "admin:group"
+    assert (event.details["before"], event.details["after"]) == (["Biobank liaison", "PI"], after)
+    assert roles_events(p.dpo) == [], "only the group's members changed"
+    assert verify_chain().intact

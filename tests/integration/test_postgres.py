@@ -92,12 +92,9 @@ def test_it_approves_once_when_the_pi_and_the_dpo_approve_at_the_same_moment(tra
 
 
 def test_it_lets_only_one_of_two_racing_dpos_give_the_dpo_approval(transactional_db):
-    from consortium.roles import Role
-    from tests.base import make_user
-
     p = make_personas()
     study = study_in(p, StudyStatus.SUBMITTED)
-    dpos = [p.dpo, make_user("dpo2", Role.DPO)]
+    dpos = [p.dpo, p.dpo2]
     errors = in_threads(2, lambda i: services.study_approve(actor=dpos[i], study=study))
     assert [type(e).__name__ for e in errors] == ["Conflict"]
     assert Approval.objects.filter(study=study, role="dpo", voided_at__isnull=True).count() == 1

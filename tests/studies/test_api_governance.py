@@ -157,9 +157,9 @@ def test_it_walks_the_dpia_from_draft_to_approved(p):
     mark = last_seq()
     saved = api.put(base, {"summary": "Vitals only.", "risk_level": "low", "valid_until": iso(until)}, format="json")
     assert saved.status_code == 200, saved.json()
-    assert api.post(f"{base}submit/", format="json").json()["status"] == "under_review"
-    approved = api.post(f"{base}approve/", {"comment": "Proportionate."}, format="json").json()
-    assert (approved["status"], approved["comment"], approved["decided_by"]) == ("approved", "Proportionate.", "dpo")
+    assert api.post(f"{base}submit/", format="json").json()["submitted_by"] == "dpo"
+    approved = client(p.dpo2).post(f"{base}approve/", {"comment": "Proportionate."}, format="json").json()
+    assert (approved["status"], approved["comment"], approved["decided_by"]) == ("approved", "Proportionate.", "dpo2")
     dpia = Dpia.objects.get(study=study)
     assert (dpia.status, dpia.risk_level, dpia.valid_until) == (DpiaStatus.APPROVED, "low", until)
     assert client(p.pi).get(base).json()["status"] == "approved"
@@ -172,9 +172,19 @@ def test_it_rejects_and_revises_a_dpia_with_reasons(p):
     services.dpia_submit(actor=p.dpo, study=study)
     base = f"/api/studies/{study.pk}/dpia/"
     mark = last_seq()
-    assert client(p.dpo).post(f"{base}reject/", {"reason": "Too risky."}, format="json").json()["status"] == "rejected"
+    assert client(p.dpo2).post(f"{base}reject/", {"reason": "Too risky."}, format="json").json()["status"] == "rejected"
     assert client(p.dpo).post(f"{base}revise/", {"reason": "Mitigated."}, format="json").json()["status"] == "draft"
     only_success(mark, "studies.dpia.rejected", "studies.dpia.revised")
+
+
+def test_it_refuses_the_submitter_the_dpias_approval_with_a_403(p):
+    study = draft_study(p)
+    services.dpia_save(actor=p.dpo, study=study, summary="S", risk_level="low",
+                       valid_until=timezone.now() + timedelta(days=9))
+    services.dpia_submit(actor=p.dpo, study=study)
+    with nothing_changes(denied="studies.dpia.approve"):
+        response = client(p.dpo).post(f"/api/studies/{study.pk}/dpia/approve/", format="json")
+    assert_error(response, 403, "forbidden", mentions="another data-protection officer must approve it")
 
 
 def test_it_answers_404_for_a_dpia_not_yet_drafted(p):

@@ -77,6 +77,52 @@ def test_it_fails_only_the_signature_of_a_site_that_signed_v1_but_not_v2(p):
     assert evaluate(study, "submit_update", site=p.site_a).allowed
 
 
+def end_agreement(study: Study, until: datetime) -> None:
+    """Give the current DUA version an end (no service sets one yet: the data model allows it, so the gate
+    must honour it)."""
+    study.agreement_versions.filter(version=1).update(effective_until=until)
+
+
+def test_it_fails_every_sites_signature_once_the_current_dua_version_ended_exact_to_the_second(p):
+    study = governed_study(p, quorum=1)
+    until = (timezone.now() + timedelta(days=100)).replace(microsecond=0)
+    end_agreement(study, until)
+    shown = {site.pk: f"{timezone.localtime(until, site.tzinfo):%Y-%m-%d %H:%M %Z}" for site in (p.site_a, p.site_b)}
+    before = evaluate(study, "aggregate", moment=until - timedelta(seconds=1))
+    assert before.allowed
+    assert [(c.site_id, c.passed, c.expires_at, c.reason) for c in before.checks if c.name == "agreement_signed"] == [
+        (site, True, until, f"Signed the current DUA v1, in force until {shown[site]}.") for site in shown]
+
+    ended = evaluate(study, "aggregate", moment=until)
+    assert not ended.allowed
+    assert failures(ended) == [
+        ("quorum", None, "0 of 2 sites eligible, which is below the quorum of 1."),
+        *(("agreement_signed", site.name,
+           f"The current DUA v1 ended {shown[site.pk]}; a new version must be published and signed.")
+          for site in (p.site_a, p.site_b)),
+    ]
+    assert not evaluate(study, "submit_update", site=p.site_a, moment=until).allowed
+
+
+def test_it_warns_about_a_dua_version_ending_within_30_days(p):
+    study = governed_study(p)
+    until = timezone.now() + timedelta(days=12)
+    end_agreement(study, until)
+    soon = evaluate(study, "aggregate").expiring_within(30)
+    assert [(c.name, c.site_id, c.expires_at) for c in soon] == [
+        ("agreement_signed", p.site_a.pk, until), ("agreement_signed", p.site_b.pk, until)]
+
+
+def test_it_fails_a_dua_version_not_yet_in_force(p):
+    study = governed_study(p)
+    starts = timezone.now() + timedelta(days=2)
+    study.agreement_versions.filter(version=1).update(effective_from=starts)
+    [(name, site, reason)] = failures(evaluate(study, "submit_update", site=p.site_a))
+    assert (name, site) == ("agreement_signed", p.site_a.name)
+    assert reason == f"The current DUA v1 takes effect {timezone.localtime(starts, p.site_a.tzinfo):%Y-%m-%d %H:%M %Z}."
+    assert evaluate(study, "submit_update", site=p.site_a, moment=starts).allowed
+
+
 def test_it_fails_only_the_ethics_check_of_a_site_whose_approval_expired(p):
     study = governed_study(p, site_b_ethics_days=10)
     later = timezone.now() + timedelta(days=11)

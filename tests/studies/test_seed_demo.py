@@ -37,7 +37,7 @@ def test_it_creates_four_sites_with_their_admins_and_the_roles():
         assert admin.groups.filter(name=Role.SITE_ADMIN.value).exists()
     consortium_admin = User.objects.get(username="admin")
     assert consortium_admin.is_staff and consortium_admin.is_superuser
-    for username, role in [("pi", Role.PI), ("dpo", Role.DPO), ("auditor", Role.AUDITOR),
+    for username, role in [("pi", Role.PI), ("dpo", Role.DPO), ("dpo2", Role.DPO), ("auditor", Role.AUDITOR),
                            ("admin", Role.CONSORTIUM_ADMIN)]:
         assert User.objects.get(username=username).groups.filter(name=role.value).exists()
     assert User.objects.get(username="pi").check_password(DEMO_PASSWORD)
@@ -54,6 +54,15 @@ def test_it_makes_the_active_study_pass_the_gate_with_four_sites():
     assert len(result.eligible_sites) == 4
     expiring = [check for check in result.expiring_within(30) if check.name == "ethics"]
     assert [check.site_name for check in expiring] == ["Helsinki University Hospital"]
+
+
+@pytest.mark.django_db
+def test_it_has_each_dpia_decided_by_a_dpo_other_than_its_submitter():
+    output = seed()
+    active, pending = Study.objects.get(title=ACTIVE_TITLE).dpia, Study.objects.get(title=PENDING_TITLE).dpia
+    assert (active.submitted_by.username, active.decided_by.username) == ("dpo", "dpo2")
+    assert (pending.status, pending.submitted_by.username) == (DpiaStatus.UNDER_REVIEW, "dpo")
+    assert [line.split()[0] for line in output.splitlines() if line.startswith("dpo")] == ["dpo", "dpo2"]
 
 
 @pytest.mark.django_db
@@ -110,3 +119,15 @@ def test_it_refuses_a_weak_password():
     with pytest.raises(CommandError, match="--password"):
         seed("--password", "short")
     assert not User.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_records_every_role_it_gives_in_the_audit_log():
+    """Replaying the `roles_changed` events gives every demo user exactly the groups they hold."""
+    seed()
+    for user in User.objects.prefetch_related("groups"):
+        events = AuditEvent.objects.filter(action="consortium.user.roles_changed", object_id=str(user.pk))
+        last = events.order_by("-seq").first()
+        recorded = last.details["after"] if last else []
+        assert recorded == sorted(group.name for group in user.groups.all()), user.username
+    assert AuditEvent.objects.filter(action="consortium.user.roles_changed", details__after=["Site admin"]).count() == 4

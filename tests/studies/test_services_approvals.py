@@ -11,7 +11,7 @@ from studies import services
 from studies.choices import ApprovalDecision, ApprovalRole, StudyStatus
 from studies.governance import evaluate
 from studies.models import Approval
-from tests.base import draft_study, make_user
+from tests.base import draft_study
 from tests.support import actions_after, events_after, last_seq, only_event, refused, study_in
 
 S = StudyStatus
@@ -110,10 +110,9 @@ def test_it_does_not_let_a_dpo_who_is_also_a_site_admin_approve_twice(p):
 def test_it_refuses_a_second_dpo_once_the_dpo_approval_is_given(p):
     study = study_in(p, S.SUBMITTED)
     services.study_approve(actor=p.dpo, study=study)
-    second_dpo = make_user("dpo2", Role.DPO)
     with refused(Conflict, "The Data-protection officer approval has already been given",
                  action="studies.study.approve"):
-        services.study_approve(actor=second_dpo, study=study)
+        services.study_approve(actor=p.dpo2, study=study)
 
 
 def test_it_refuses_approval_by_a_site_admin_who_sees_the_study(p):

@@ -46,10 +46,11 @@ def test_it_walks_draft_to_review_to_approved(p, study):
     services.dpia_submit(actor=p.dpo, study=study)
     event = only_event(mark, "studies.dpia.submitted")
     assert (event.details["before"]["status"], event.details["after"]["status"]) == ("draft", "under_review")
+    assert (Dpia.objects.get(study=study).submitted_by, Dpia.objects.get(study=study).decided_by) == (p.dpo, None)
     mark = last_seq()
-    dpia = services.dpia_approve(actor=p.dpo, study=study, comment="Fine.")
-    assert (dpia.status, dpia.decided_by, dpia.comment) == (D.APPROVED, p.dpo, "Fine.")
-    assert dpia.decided_at is not None
+    dpia = services.dpia_approve(actor=p.dpo2, study=study, comment="Fine.")
+    assert (dpia.status, dpia.submitted_by, dpia.decided_by, dpia.comment) == (D.APPROVED, p.dpo, p.dpo2, "Fine.")
+    assert dpia.decided_at is not None and dpia.submitted_at <= dpia.decided_at
     assert only_event(mark, "studies.dpia.approved").details["comment"] == "Fine."
 
 
@@ -57,9 +58,9 @@ def test_it_rejects_with_a_reason_and_revises_back_to_draft(p, study):
     save(p, study)
     services.dpia_submit(actor=p.dpo, study=study)
     with refused(ValidationFailed, "Give the reason for rejecting the DPIA", action="studies.dpia.reject"):
-        services.dpia_reject(actor=p.dpo, study=study, reason=" ")
+        services.dpia_reject(actor=p.dpo2, study=study, reason=" ")
     mark = last_seq()
-    dpia = services.dpia_reject(actor=p.dpo, study=study, reason="Re-identification risk unaddressed.")
+    dpia = services.dpia_reject(actor=p.dpo2, study=study, reason="Re-identification risk unaddressed.")
     assert (dpia.status, dpia.comment) == (D.REJECTED, "Re-identification risk unaddressed.")
     only_event(mark, "studies.dpia.rejected")
     with refused(ValidationFailed, "Say why the DPIA is being revised", action="studies.dpia.revise"):
@@ -72,7 +73,7 @@ def test_it_rejects_with_a_reason_and_revises_back_to_draft(p, study):
 def test_it_revises_an_approved_dpia_back_to_draft(p, study):
     save(p, study)
     services.dpia_submit(actor=p.dpo, study=study)
-    services.dpia_approve(actor=p.dpo, study=study)
+    services.dpia_approve(actor=p.dpo2, study=study)
     mark = last_seq()
     assert services.dpia_revise(actor=p.dpo, study=study, reason="Annual renewal.").status == D.DRAFT
     event = only_event(mark, "studies.dpia.revised")
@@ -111,9 +112,9 @@ def test_it_refuses_illegal_dpia_transitions(p, study):
     services.dpia_submit(actor=p.dpo, study=study)
     with refused(InvalidTransition, "revise it to edit it", action="studies.dpia.save"):
         save(p, study, risk_level="low")
-    services.dpia_approve(actor=p.dpo, study=study)
+    services.dpia_approve(actor=p.dpo2, study=study)
     with refused(InvalidTransition, "A DPIA that is approved cannot become approved", action="studies.dpia.approve"):
-        services.dpia_approve(actor=p.dpo, study=study)
+        services.dpia_approve(actor=p.dpo2, study=study)
 
 
 @pytest.mark.parametrize("valid_until", [None, "past"])
@@ -121,4 +122,32 @@ def test_it_refuses_to_approve_a_dpia_without_a_future_expiry(p, study, valid_un
     save(p, study, valid_until=timezone.now() - timedelta(seconds=1) if valid_until else None)
     services.dpia_submit(actor=p.dpo, study=study)
     with refused(ValidationFailed, "Set a future 'valid until'", action="studies.dpia.approve"):
-        services.dpia_approve(actor=p.dpo, study=study)
+        services.dpia_approve(actor=p.dpo2, study=study)
+
+
+# --- four eyes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("service", "kwargs", "doing"), [
+    ("dpia_approve", {"comment": "Looks fine to me."}, "approve"),
+    ("dpia_reject", {"reason": "Not good enough."}, "reject"),
+])
+def test_it_refuses_the_dpo_who_submitted_the_dpia_its_decision(p, study, service, kwargs, doing):
+    save(p, study)
+    services.dpia_submit(actor=p.dpo, study=study)
+    message = f"You put this DPIA under review, so another data-protection officer must {doing} it"
+    with refused(Forbidden, message, action=f"studies.dpia.{doing}") as refusal:
+        getattr(services, service)(actor=p.dpo, study=study, **kwargs)
+    assert refusal.event.actor_user == p.dpo and refusal.event.study_id == study.pk
+    assert Dpia.objects.get(study=study).status == D.UNDER_REVIEW
+
+
+def test_it_lets_the_submitter_withdraw_and_then_another_dpo_submits_for_them_to_approve(p, study):
+    save(p, study)
+    services.dpia_submit(actor=p.dpo, study=study)
+    services.dpia_revise(actor=p.dpo, study=study, reason="Forgot the retention period.")
+    services.dpia_submit(actor=p.dpo2, study=study)
+    with refused(Forbidden, "another data-protection officer must approve it", action="studies.dpia.approve"):
+        services.dpia_approve(actor=p.dpo2, study=study)
+    dpia = services.dpia_approve(actor=p.dpo, study=study)
+    assert (dpia.status, dpia.submitted_by, dpia.decided_by) == (D.APPROVED, p.dpo2, p.dpo)

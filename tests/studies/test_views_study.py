@@ -9,6 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from consortium.models import AuditEvent, AuditOutcome
 from consortium.roles import Role
@@ -368,7 +369,8 @@ def test_it_walks_the_dpia_through_draft_review_and_approval(p):
     )
     assert response.status_code == 302
     client.post(reverse("studies:action", args=[study.pk, "dpia-submit"]), {"next": dpia_url})
-    client.post(reverse("studies:action", args=[study.pk, "dpia-approve"]), {"comment": "Fine", "next": dpia_url})
+    client_for(p.dpo2).post(reverse("studies:action", args=[study.pk, "dpia-approve"]),
+                            {"comment": "Fine", "next": dpia_url})
     study.dpia.refresh_from_db()
     assert (study.dpia.status, study.dpia.risk_level) == (DpiaStatus.APPROVED, "low")
     assert timezone.localtime(study.dpia.valid_until).hour == 12
@@ -377,11 +379,62 @@ def test_it_walks_the_dpia_through_draft_review_and_approval(p):
     assert views_of(study, p.dpo)
 
 
-def test_it_refuses_the_dpia_page_to_non_dpos(p):
+def under_review(p) -> Study:
+    """A draft study inviting site A, its DPIA drafted and put under review by `dpo`."""
+    study = draft_study(p)
+    services.participation_invite(actor=p.pi, study=study, site=p.site_a)
+    services.dpia_save(actor=p.dpo, study=study, summary="Vitals, pseudonymised at the site.", risk_level="low",
+                       valid_until=timezone.now() + timedelta(days=90))
+    services.dpia_submit(actor=p.dpo, study=study)
+    return study
+
+
+@pytest.mark.parametrize("persona", ["pi", "site_a_admin", "auditor", "admin", "dpo", "dpo2", "site_b_admin",
+                                     "outsider"])
+def test_it_lets_whoever_reads_the_dpia_through_the_api_read_it_on_its_page(p, persona):
+    study = under_review(p)
+    user = getattr(p, persona)
+    response = client_for(user).get(reverse("studies:dpia", args=[study.pk]))
+    api = APIClient()
+    api.force_login(user)
+    assert response.status_code == api.get(f"/api/studies/{study.pk}/dpia/").status_code
+    if persona in {"site_b_admin", "outsider"}:  # site B was not invited: the study is invisible to them
+        assert response.status_code == 404 and denied("studies.dpia.view", user)
+        return
+    body = page(response)
+    assert response.status_code == 200
+    assert "Vitals, pseudonymised at the site." in body and '<span data-testid="dpia-submitted-by">dpo</span>' in body
+    assert views_of(study, user)[-1].details["via"] == "page:dpia"
+    if persona not in {"dpo", "dpo2"}:  # read-only: no draft form, no decision buttons
+        assert 'name="summary"' not in body and 'data-action="dpia-' not in body
+
+
+def test_it_links_the_dpia_from_the_study_page_for_its_readers(p):
+    study = under_review(p)
+    for user in (p.pi, p.site_a_admin, p.auditor, p.dpo):
+        body = page(client_for(user).get(reverse("studies:detail", args=[study.pk])))
+        assert f'href="{reverse("studies:dpia", args=[study.pk])}" data-testid="dpia-link"' in body
+
+
+def test_it_offers_the_dpia_decision_only_to_a_dpo_other_than_its_submitter(p):
+    study = under_review(p)
+    url = reverse("studies:dpia", args=[study.pk])
+    submitter = page(client_for(p.dpo).get(url))
+    assert 'data-action="dpia-approve"' not in submitter and 'data-action="dpia-reject"' not in submitter
+    assert 'data-testid="dpia-second-dpo"' in submitter and 'data-action="dpia-revise"' in submitter
+    reviewer = page(client_for(p.dpo2).get(url))
+    assert 'data-action="dpia-approve"' in reviewer and 'data-action="dpia-reject"' in reviewer
+    response = client_for(p.dpo).post(reverse("studies:action", args=[study.pk, "dpia-approve"]), {"next": url})
+    assert response.status_code == 403 and "another data-protection officer must approve it" in page(response)
+    assert Dpia.objects.get(study=study).status == DpiaStatus.UNDER_REVIEW
+    assert denied("studies.dpia.approve", p.dpo)
+
+
+def test_it_refuses_the_dpia_draft_to_non_dpos(p):
     study = draft_study(p)
     url = reverse("studies:dpia", args=[study.pk])
-    assert client_for(p.pi).get(url).status_code == 403
-    assert client_for(p.outsider).get(url).status_code == 404
+    body = page(client_for(p.pi).get(url))
+    assert "No DPIA yet. A data-protection officer drafts it." in body and 'name="summary"' not in body
     response = client_for(p.pi).post(url, {"summary": "x", "risk_level": "low"})
     assert response.status_code == 403
     assert not Dpia.objects.filter(study=study).exists()

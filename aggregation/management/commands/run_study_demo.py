@@ -41,7 +41,10 @@ class Command(BaseCommand):
         demo.interrupt_on_sigterm()
         call_command("migrate", verbosity=0)
         call_command("seed_demo", stdout=io.StringIO())
-        study = federation_study(title=f"Headless federation {timezone.now():%Y-%m-%d %H:%M:%S}", rounds=rounds)
+        try:
+            study = federation_study(title=f"Headless federation {timezone.now():%Y-%m-%d %H:%M:%S}", rounds=rounds)
+        except LookupError as exc:  # a demo database seeded by an older version
+            raise CommandError(str(exc)) from exc
         data, tokens = demo.ensure_partitions(), demo.ensure_tokens()
         logs = Path(demo.demo_dir()) / "logs" / f"study{study.pk}"
         port = demo.free_port()

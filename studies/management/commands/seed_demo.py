@@ -22,7 +22,7 @@ from studies.models import Study
 
 
 class Command(BaseCommand):
-    help = "Create a demo consortium (4 hospital sites, their admins, a PI, a DPO, an auditor, two studies)."
+    help = "Create a demo consortium (4 hospital sites, their admins, a PI, two DPOs, an auditor, two studies)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--password", default=DEMO_PASSWORD,
@@ -76,4 +76,4 @@ class Command(BaseCommand):
         self.stdout.write(f'"{ACTIVE_TITLE}" is active with all 4 sites eligible; '
                           f"one site's ethics approval expires within 30 days.")
         self.stdout.write(f'"{PENDING_TITLE}" awaits approval: log in as pi, then as dpo, and approve it '
-                          "(four eyes).")
+                          "(four eyes); its DPIA, submitted by dpo, awaits dpo2's review.")

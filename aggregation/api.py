@@ -149,3 +149,26 @@ class AgentStatisticsSubmitApi(AgentApi):
             sums_of_squares=data.validated_data["sum_sq"],
         )
         return Response({"round_id": row.round_id, "status": "accepted"}, status=status.HTTP_201_CREATED)
+
+
+class AgentEvaluationSubmitApi(AgentApi):
+    class InputSerializer(StrictSerializer):
+        round = serializers.IntegerField(help_text="The round number (`number` in the round list).")
+        base_version = serializers.IntegerField(help_text="The model version evaluated (X-Model-Version).")
+        metrics = serializers.DictField(help_text='{"val_loss", "val_accuracy", "val_auc", "val_examples", '
+                                                  '"score_histogram": {"positives": [100 counts], '
+                                                  '"negatives": [100 counts]}}')
+
+        class Meta:
+            ref_name = "AgentEvaluationInput"
+
+    @extend_schema(tags=AGENT, request=InputSerializer, responses={201: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
+                   summary="Submit the site's evaluation of the final model (metrics only; an evaluation round)")
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        row = services.evaluation_submit(actor=request.user, round_id=round_id,
+                                         round_number=data.validated_data["round"],
+                                         base_version=data.validated_data["base_version"],
+                                         metrics=data.validated_data["metrics"])
+        return Response({"round_id": row.round_id, "status": "accepted"}, status=status.HTTP_201_CREATED)

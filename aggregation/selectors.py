@@ -34,8 +34,8 @@ def open_rounds_for_site(site_id: int) -> list[dict[str, Any]]:
     for round_ in rounds:
         if not evaluate(round_.study, GateAction.DOWNLOAD_MODEL, site=site_id).allowed:
             continue
-        submitted = (round_.statistics if round_.kind == RoundKind.STATISTICS else round_.updates).filter(
-            site_id=site_id).exists()
+        answers = {RoundKind.STATISTICS: round_.statistics, RoundKind.EVALUATION: round_.evaluations}
+        submitted = answers.get(round_.kind, round_.updates).filter(site_id=site_id).exists()
         answer.append(_describe(round_, submitted, standardizations.get(round_.study_id)))
     return answer
 

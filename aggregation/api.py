@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from aggregation import selectors, services
 from aggregation.downloads import model_file_response
 from consortium.api_base import StrictSerializer, errors
+from consortium.api_errors import summarise
 from consortium.audit import record_denial
 from consortium.errors import DomainError, PayloadTooLarge, ValidationFailed
 from sites.authentication import AgentTokenAuthentication, IsAgent
@@ -166,7 +167,11 @@ class AgentEvaluationSubmitApi(AgentApi):
                    summary="Submit the site's evaluation of the final model (metrics only; an evaluation round)")
     def post(self, request: Request, round_id: int) -> Response:
         data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        if not data.is_valid():
+            # Refused before the service runs: audited all the same, as the service audits its refusals.
+            record_denial(actor=request.user, action="aggregation.evaluation.submit", reason=summarise(data.errors),
+                          site=request.user.site_id, details={"code": "validation_failed"})
+            raise serializers.ValidationError(data.errors)
         row = services.evaluation_submit(actor=request.user, round_id=round_id,
                                          round_number=data.validated_data["round"],
                                          base_version=data.validated_data["base_version"],

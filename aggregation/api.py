@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from aggregation import selectors, services
 from aggregation.downloads import model_file_response
 from consortium.api_base import AuditedRead, ConsortiumApi, StrictSerializer, UnauditedRead, errors
+from consortium.api_errors import summarise
 from consortium.audit import record_denial
 from consortium.errors import DomainError, PayloadTooLarge, ValidationFailed
 from sites.authentication import AgentTokenAuthentication, IsAgent
@@ -199,4 +200,31 @@ class AgentStatisticsSubmitApi(AgentApi):
             count=data.validated_data["count"], sums=data.validated_data["sum"],
             sums_of_squares=data.validated_data["sum_sq"],
         )
+        return Response({"round_id": row.round_id, "status": "accepted"}, status=status.HTTP_201_CREATED)
+
+
+class AgentEvaluationSubmitApi(AgentApi):
+    class InputSerializer(StrictSerializer):
+        round = serializers.IntegerField(help_text="The round number (`number` in the round list).")
+        base_version = serializers.IntegerField(help_text="The model version evaluated (X-Model-Version).")
+        metrics = serializers.DictField(help_text='{"val_loss", "val_accuracy", "val_auc", "val_examples", '
+                                                  '"score_histogram": {"positives": [100 counts], '
+                                                  '"negatives": [100 counts]}}')
+
+        class Meta:
+            ref_name = "AgentEvaluationInput"
+
+    @extend_schema(tags=AGENT, request=InputSerializer, responses={201: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
+                   summary="Submit the site's evaluation of the final model (metrics only; an evaluation round)")
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.InputSerializer(data=request.data)
+        if not data.is_valid():
+            # Refused before the service runs: audited all the same, as the service audits its refusals.
+            record_denial(actor=request.user, action="aggregation.evaluation.submit", reason=summarise(data.errors),
+                          site=request.user.site_id, details={"code": "validation_failed"})
+            raise serializers.ValidationError(data.errors)
+        row = services.evaluation_submit(actor=request.user, round_id=round_id,
+                                         round_number=data.validated_data["round"],
+                                         base_version=data.validated_data["base_version"],
+                                         metrics=data.validated_data["metrics"])
         return Response({"round_id": row.round_id, "status": "accepted"}, status=status.HTTP_201_CREATED)

@@ -8,4 +8,5 @@ urlpatterns = [
     path("rounds/<id:round_id>/model/", api.AgentModelDownloadApi.as_view(), name="api-agent-model"),
     path("rounds/<id:round_id>/update/", api.AgentUpdateSubmitApi.as_view(), name="api-agent-update"),
     path("rounds/<id:round_id>/statistics/", api.AgentStatisticsSubmitApi.as_view(), name="api-agent-statistics"),
+    path("rounds/<id:round_id>/evaluation/", api.AgentEvaluationSubmitApi.as_view(), name="api-agent-evaluation"),
 ]

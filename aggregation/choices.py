@@ -6,6 +6,8 @@ from django.db import models
 class RoundKind(models.TextChoices):
     STATISTICS = "statistics", "Federated statistics"
     TRAINING = "training", "Training"
+    # After the last training round: the sites score the final model and send metrics only.
+    EVALUATION = "evaluation", "Final evaluation"
 
 
 class RoundStatus(models.TextChoices):

@@ -25,7 +25,7 @@ from django.db.models import Prefetch
 from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, UpdateStatus
-from aggregation.models import Round, SiteStatistics, Update
+from aggregation.models import Evaluation, Round, SiteStatistics, Update
 from studies.choices import EventKind, GateAction
 from studies.event_text import event_sentence, event_tone
 from studies.governance import GateResult, evaluate
@@ -141,6 +141,7 @@ class Dashboard:
     gate: GatePanel
     feed: list[FeedItem]
     state: dict[str, Any] = field(default_factory=dict)
+    auc_gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def study_dashboard(study: Study, *, moment: datetime | None = None) -> Dashboard:
@@ -162,12 +163,14 @@ def study_dashboard(study: Study, *, moment: datetime | None = None) -> Dashboar
         "heatmap": heatmap_figure(views, sites),
     }
     points = {name: distinct_x(figure) for name, figure in figures.items()}
+    gaps = auc_gaps(rounds, sites)
     state = {"study": study.pk, "last_event_id": last_id, "palette": PALETTE,
              "sites": [{"id": s.site_id, "name": s.name, "color": s.color} for s in sites],
              "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
-             "cell_states": CELL_STATES, "check_labels": CHECK_LABELS, "expiry_days": settings.EXPIRY_WARNING_DAYS}
+             "cell_states": CELL_STATES, "check_labels": CHECK_LABELS, "expiry_days": settings.EXPIRY_WARNING_DAYS,
+             "auc_gaps": gaps}
     return Dashboard(last_id, figures, points, _progress(views[-1] if views else None), gate_panel(gate.as_dict()),
-                     [feed_item(event) for event in events], state)
+                     [feed_item(event) for event in events], state, gaps)
 
 
 # --- reading -------------------------------------------------------------------------------------------
@@ -180,8 +183,10 @@ def _rounds(study: Study) -> list[Round]:
         "site__name")
     statistics = SiteStatistics.objects.select_related("site").only("round", "site", "received_at", "exclusion_reason",
                                                                     "site__name")
+    evaluations = Evaluation.objects.select_related("site").only("round", "site", "received_at", "site__name")
     return list(Round.objects.filter(study=study).select_related("base_version", "produced_version")
-                .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics))
+                .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics),
+                                  Prefetch("evaluations", queryset=evaluations))
                 .order_by("number"))
 
 
@@ -214,6 +219,8 @@ def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict
     for row in round_.statistics.all():
         cells[row.site_id] = (("excluded", row.exclusion_reason) if row.exclusion_reason
                               else ("submitted", f"statistics received {_clock(row.received_at)}"))
+    for row in round_.evaluations.all():
+        cells[row.site_id] = ("submitted", f"final model evaluated {_clock(row.received_at)}")
     for update in round_.updates.all():
         cells[update.site_id] = (("excluded", update.exclusion_reason) if update.status == UpdateStatus.EXCLUDED
                                  else ("submitted", f"{update.num_examples} examples, {_clock(update.received_at)}"))
@@ -227,6 +234,7 @@ def _sites(gate: GateResult, rounds: list[Round], opened: dict[int, dict[int, st
     for round_ in rounds:
         names.update({u.site_id: u.site.name for u in round_.updates.all()})
         names.update({s.site_id: s.site.name for s in round_.statistics.all()})
+        names.update({e.site_id: e.site.name for e in round_.evaluations.all()})
     for eligible in opened.values():
         names.update({site: name for site, name in eligible.items() if site not in names})
     for refused in refusals.values():
@@ -312,6 +320,35 @@ def site_metric_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, A
     layout = _layout("Model version evaluated", "Site's AUC",
                      empty="" if series else "No site has evaluated a model version yet.")
     return _figure(traces, layout)
+
+
+def auc_gaps(rounds: list[Round], sites: list[SiteRef]) -> list[dict[str, Any]]:
+    """What the sites' chart cannot show, and why: per site and reason, the evaluated versions for which the
+    site reported no AUC of its own (e.g. only one class in its validation split). The global AUC still counts
+    those rows (it comes from the sites' score histograms). `static/js/dashboard.js` words them the same way."""
+    gaps: dict[tuple[int, str], list[int]] = {}
+    for number, evaluation in _evaluated(rounds):
+        for key, metrics in (evaluation.get("sites") or {}).items():
+            if metrics.get("val_auc") is None and metrics.get("val_auc_note"):
+                gaps.setdefault((int(key), metrics["val_auc_note"]), []).append(number)
+    names = {site.site_id: site.name for site in sites}
+    rows = [{"site_id": site_id, "site": names.get(site_id, f"Site {site_id}"), "reason": reason,
+             "versions": versions} for (site_id, reason), versions in gaps.items()]
+    for row in rows:
+        row["text"] = gap_text(row["site"], row["versions"], row["reason"])
+    return sorted(rows, key=lambda row: (row["site"].casefold(), row["reason"]))
+
+
+def gap_text(site: str, versions: list[int], reason: str) -> str:
+    """"Helsinki: no AUC of its own for v0–v3, v5 (only one class in the validation split)."."""
+    spans: list[list[int]] = []
+    for number in sorted(set(versions)):
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    listed = ", ".join(f"v{a}" if a == b else f"v{a}–v{b}" for a, b in spans)
+    return f"{site}: no AUC of its own for {listed} ({reason})."
 
 
 def spread_band(series: dict[int, list[tuple[int, float]]]) -> list[go.Scatter]:

@@ -37,7 +37,8 @@ class ModelVersion(models.Model):
 
 
 class Round(models.Model):
-    """A federated round: a statistics round, or a training round from `base_version`."""
+    """A federated round: a statistics round, a training round from `base_version`, or the evaluation of
+    the final `base_version` after the last training round."""
 
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="rounds_run")
     number = models.PositiveIntegerField(help_text="Every round of the study counts, from 1.")
@@ -89,6 +90,24 @@ class Update(models.Model):
 
     def __str__(self) -> str:
         return f"Update of {self.site} for {self.round}"
+
+
+class Evaluation(models.Model):
+    """A site's validation metrics of a round's model in an evaluation round: metrics only, never rows or
+    weights (its score histogram is kept with the model version's evaluation, not here)."""
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="evaluations")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    metrics = models.JSONField(default=dict, blank=True)
+    submitted_by = models.CharField(max_length=200, help_text="The agent credential that sent it.")
+    received_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["round", "site__name"]
+        constraints = [models.UniqueConstraint(fields=["round", "site"], name="one_evaluation_per_site_per_round")]
+
+    def __str__(self) -> str:
+        return f"Evaluation by {self.site_id} for round {self.round_id}"
 
 
 class SiteStatistics(models.Model):

@@ -10,7 +10,7 @@ from django.db.models.functions import Coalesce
 
 from aggregation import privacy
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
-from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization, Update
+from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization, Update
 from consortium.errors import NotFound
 from sites.models import Site
 from studies.choices import PARTICIPATION_CURRENT, DpiaStatus, GateAction, RiskLevel, Strategy
@@ -34,8 +34,8 @@ def open_rounds_for_site(site_id: int) -> list[dict[str, Any]]:
     for round_ in rounds:
         if not evaluate(round_.study, GateAction.DOWNLOAD_MODEL, site=site_id).allowed:
             continue
-        submitted = (round_.statistics if round_.kind == RoundKind.STATISTICS else round_.updates).filter(
-            site_id=site_id).exists()
+        answers = {RoundKind.STATISTICS: round_.statistics, RoundKind.EVALUATION: round_.evaluations}
+        submitted = answers.get(round_.kind, round_.updates).filter(site_id=site_id).exists()
         answer.append(_describe(round_, submitted, standardizations.get(round_.study_id)))
     return answer
 
@@ -75,12 +75,14 @@ def latest_version(study: Study) -> ModelVersion | None:
 @dataclass(frozen=True)
 class RoundRow:
     """One round as the rounds page shows it: the updates it received, or for a statistics round only who
-    sent figures and when (never the figures), and the model version it produced, if any."""
+    sent figures and when (never the figures), or for an evaluation round who evaluated the final model and
+    when, and the model version it produced, if any."""
 
     round: Round
     updates: list[Update]
     statistics: list[SiteStatistics]
     version: ModelVersion | None
+    evaluations: list[Evaluation] = field(default_factory=list)
 
     @property
     def weighted_updates(self) -> list[tuple[Update, dict[str, Any] | None]]:
@@ -113,18 +115,21 @@ class RoundsOverview:
 
 
 def rounds_overview(study: Study) -> RoundsOverview:
-    """The rounds page's data in four queries, however many rounds and sites there are."""
+    """The rounds page's data in five queries, however many rounds and sites there are."""
     updates = Update.objects.select_related("site").order_by("site__name")
     # Only who sent statistics and when: the sites' own sums never leave this function.
     statistics = SiteStatistics.objects.select_related("site").only(
         "round", "site", "received_at", "exclusion_reason", "site__name", "site__code").order_by("site__name")
+    evaluations = Evaluation.objects.select_related("site").only(
+        "round", "site", "received_at", "site__name", "site__code").order_by("site__name")
     rounds = list(
         Round.objects.filter(study=study).select_related("base_version", "produced_version")
-        .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics))
+        .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics),
+                          Prefetch("evaluations", queryset=evaluations))
         .order_by("-number")
     )
-    rows = [RoundRow(r, list(r.updates.all()), list(r.statistics.all()), getattr(r, "produced_version", None))
-            for r in rounds]
+    rows = [RoundRow(r, list(r.updates.all()), list(r.statistics.all()), getattr(r, "produced_version", None),
+                     list(r.evaluations.all())) for r in rounds]
     closed = sum(1 for r in rounds if r.kind == RoundKind.TRAINING and r.status == RoundStatus.CLOSED)
     budget = privacy_budget(study, closed)
     voided = [row.version.provenance["privacy"] for row in rows
@@ -157,6 +162,17 @@ class RoundsSummary:
     @property
     def live(self) -> bool:
         return self.current is not None and self.current.status in ROUND_LIVE
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The final model's figures once its evaluation round closed (the study's last round): the global
+        metrics of the newest version, which the sites scored after the last training round."""
+        version, current = self.latest_version, self.current
+        if (version is None or current is None or current.kind != RoundKind.EVALUATION
+                or current.status != RoundStatus.CLOSED or current.base_version_id != version.pk):
+            return None
+        return {"version": version.number, "round": current.number, "sites": len(version.evaluation.get("sites", {})),
+                **(version.evaluation.get("global") or {})}
 
 
 def rounds_summary(study: Study) -> RoundsSummary:

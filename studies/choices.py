@@ -139,6 +139,7 @@ class EventKind(models.TextChoices):
     UPDATE_REFUSED = "update.refused", "Update refused"
     UPDATE_EXCLUDED = "update.excluded", "Update excluded"
     STATISTICS_RECEIVED = "statistics.received", "Statistics received"
+    EVALUATION_RECEIVED = "evaluation.received", "Evaluation received"
     GATE_EVALUATED = "gate.evaluated", "Gate evaluated"
     AGGREGATION_STARTED = "aggregation.started", "Aggregation started"
     AGGREGATION_FINISHED = "aggregation.finished", "Aggregation finished"

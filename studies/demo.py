@@ -6,8 +6,10 @@ is the consortium admin's job in the Django admin, and there is no user service.
 `seed_demo` and by the headless `run_study_demo`.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -126,7 +128,7 @@ def govern(users: dict[str, AbstractBaseUser], study: Study, site: Site, *, sign
         agreement = study.agreement_versions.order_by("-version").first()
         services.agreement_sign(actor=admin, agreement=agreement, participation=participation)
     if ethics_days is not None:
-        reference = next(s.ethics_reference for s in SITES if s.code == site.code)
+        reference = next((s.ethics_reference for s in SITES if s.code == site.code), f"IRB-{site.code.upper()}-DEMO")
         services.ethics_record(actor=admin, participation=participation, reference=reference,
                                valid_from=_local(site, -90, time(0, 0)), valid_until=_local(site, ethics_days,
                                                                                               time(23, 59)))
@@ -201,21 +203,46 @@ def demo_users() -> dict[str, AbstractBaseUser]:
     return {user.username: user for user in get_user_model().objects.filter(username__in=names)}
 
 
-def federation_study(*, title: str, rounds: int) -> Study:
-    """A fresh, fully governed, active copy of the breast cancer study for a headless run
-    (`run_study_demo`), over the four demo sites."""
+def federation_study(*, title: str, rounds: int, site_codes: Sequence[str] = (), **protocol: Any) -> Study:
+    """A fresh, fully governed, active study for a headless run (`run_study_demo`): by default the breast
+    cancer protocol over the four demo sites; `site_codes` names other sites (created when missing, see
+    `ensure_sites`) and `protocol` overrides any protocol field (strategy, its settings, label, features...)."""
+    codes = list(site_codes) or [s.code for s in SITES]
     users = demo_users()
     if "dpo2" not in users:
         raise LookupError("This demo database predates the second DPO (dpo2), who approves the DPIA; "
                           "start from a fresh database (remove data/consortium.sqlite3).")
     pi, dpo = users["pi"], users["dpo"]
-    study = services.study_create(
-        actor=pi, title=title, agreement_text=DUA_TEXT.format(title=title),
-        clinical_question="Headless run of the breast cancer federation: malignant or benign from FNA features?",
-        model_kind="logistic_regression", strategy="fedavg", rounds=rounds, local_epochs=2, batch_size=32,
-        learning_rate=0.05, quorum=3, round_deadline_minutes=10, label_column="target",
+    settings = {"model_kind": "logistic_regression", "strategy": "fedavg", "local_epochs": 2, "batch_size": 32,
+                "learning_rate": 0.05, "quorum": min(3, len(codes)), "round_deadline_minutes": 10,
+                "label_column": "target", **protocol}
+    study = services.study_create(  # first: a protocol the model refuses leaves no site behind
+        actor=pi, title=title, agreement_text=DUA_TEXT.format(title=title), rounds=rounds,
+        clinical_question="Headless run of a federation: can the sites' data, kept where they are, train one model?",
+        **settings,
     )
-    for site in Site.objects.filter(code__in=[s.code for s in SITES]):
-        govern(users, study, site)
+    sites = ensure_sites(codes)
+    users.update({user.username: user for user in get_user_model().objects.filter(
+        username__in=[f"admin_{code}" for code in codes])})
+    for code in codes:
+        govern(users, study, sites[code])
     return approve_and_activate(pi, dpo, study, dpia_reviewer=users["dpo2"], dpia_days=30,
-                                summary="Demo data from scikit-learn; only weights and metrics leave the sites.")
+                                summary="Demo run; only weights and aggregate metrics leave the sites.")
+
+
+def ensure_sites(codes: Sequence[str]) -> dict[str, Site]:
+    """The sites with these codes, each administered by `admin_<code>`. A demo hospital is as seeded; any other
+    code (a site of someone's own data in `run_study_demo --data-dir`) is registered by the consortium admin,
+    with an admin user who has no password (nobody logs in as them: they only act in the headless run)."""
+    admin = demo_users()["admin"]
+    sites = {site.code: site for site in Site.objects.filter(code__in=codes)}
+    for code in codes:
+        if code not in sites:
+            sites[code] = site_create(actor=admin, name=f"Site {code}", code=code, city="", country="")
+        user, created = get_user_model().objects.get_or_create(
+            username=f"admin_{code}", defaults={"first_name": "Admin of", "last_name": code})
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+            site_admin_assign(actor=admin, site=sites[code], user=user)
+    return sites

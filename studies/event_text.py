@@ -13,14 +13,15 @@ def _num(value: Any, digits: int = 3) -> str:
 def _round_sentence(kind: str, d: dict[str, Any]) -> str | None:
     r = d.get("round")
     sentences = {
-        EventKind.ROUND_OPENED: lambda: (f"Round {r} opened" + (f" from model v{d['base_version']}"
-                                         if d.get("base_version") is not None else " (federated statistics)")
-                                         + f": {d.get('eligible', 0)} sites eligible."),
+        EventKind.ROUND_OPENED: lambda: f"Round {r} opened{_opened_what(d)}: {d.get('eligible', 0)} sites eligible.",
         EventKind.UPDATE_RECEIVED: lambda: (f"{d.get('site')} submitted its update to round {r} "
                                             f"({d.get('num_examples')} examples): {d.get('submitted')} of "
                                             f"{d.get('eligible')} eligible sites in."),
         EventKind.STATISTICS_RECEIVED: lambda: (f"{d.get('site')} sent its statistics for round {r}: "
                                                 f"{d.get('submitted')} of {d.get('eligible')} eligible sites in."),
+        EventKind.EVALUATION_RECEIVED: lambda: (f"{d.get('site')} evaluated the final model v{d.get('version')} "
+                                                f"for round {r}: {d.get('submitted')} of {d.get('eligible')} "
+                                                "eligible sites in."),
         EventKind.UPDATE_REFUSED: lambda: f"An update from {d.get('site') or 'a site'} was refused: {d.get('reason')}",
         EventKind.UPDATE_EXCLUDED: lambda: f"{d.get('site')}'s update to round {r} was excluded: {d.get('reason')}",
         EventKind.AGGREGATION_STARTED: lambda: f"Aggregating round {r}: {d.get('reason')}",
@@ -35,6 +36,12 @@ def _round_sentence(kind: str, d: dict[str, Any]) -> str | None:
         EventKind.ROUND_FAILED: lambda: f"Round {r} failed: {d.get('reason')}",
     }
     return sentences[kind]() if kind in sentences else None
+
+
+def _opened_what(d: dict[str, Any]) -> str:
+    if d.get("kind") == "evaluation":
+        return f" to evaluate the final model v{d.get('base_version')} (no training)"
+    return f" from model v{d['base_version']}" if d.get("base_version") is not None else " (federated statistics)"
 
 
 def _governance_sentence(kind: str, d: dict[str, Any]) -> str | None:
@@ -71,8 +78,8 @@ def event_sentence(kind: str, data: dict[str, Any]) -> str:
 
 BAD_KINDS = {EventKind.UPDATE_REFUSED, EventKind.UPDATE_EXCLUDED, EventKind.ROUND_BLOCKED, EventKind.ROUND_FAILED,
              EventKind.GOVERNANCE_EXPIRED}
-GOOD_KINDS = {EventKind.UPDATE_RECEIVED, EventKind.STATISTICS_RECEIVED, EventKind.AGGREGATION_FINISHED,
-              EventKind.ROUND_METRICS, EventKind.ROUND_CLOSED}
+GOOD_KINDS = {EventKind.UPDATE_RECEIVED, EventKind.STATISTICS_RECEIVED, EventKind.EVALUATION_RECEIVED,
+              EventKind.AGGREGATION_FINISHED, EventKind.ROUND_METRICS, EventKind.ROUND_CLOSED}
 
 
 def event_tone(kind: str, data: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ EXPECTED_PATHS = {
     "/api/agent/rounds/{round_id}/model/": {"get"},
     "/api/agent/rounds/{round_id}/update/": {"post"},
     "/api/agent/rounds/{round_id}/statistics/": {"post"},
+    "/api/agent/rounds/{round_id}/evaluation/": {"post"},
     "/api/studies/": {"get", "post"},
     "/api/studies/{id}/": {"get", "patch"},
     "/api/studies/{id}/submit/": {"post"},

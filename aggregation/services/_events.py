@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from aggregation.models import ModelVersion, Round, Update
+from aggregation.models import Evaluation, ModelVersion, Round, Update
 from consortium.audit import denial_reason
 from consortium.errors import DomainError, NotFound
 from sites.models import Site
@@ -15,6 +15,7 @@ from studies.events import publish, publish_gate
 from studies.governance import GateResult
 
 LOCAL_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_auc", "val_examples", "training_seconds")
+EVALUATION_METRICS = ("val_loss", "val_accuracy", "val_auc", "val_examples")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,19 @@ def update_received(update: Update, round_: Round, progress: Progress) -> None:
 def statistics_received(round_: Round, site: Site, count: int, progress: Progress) -> None:
     publish(round_.study_id, EventKind.STATISTICS_RECEIVED,
             {**_round(round_), "site_id": site.pk, "site": site.name, "count": count, **progress.as_dict()})
+
+
+def evaluation_received(evaluation: Evaluation, round_: Round, progress: Progress) -> None:
+    """A site's metrics of the final model arrived (never its score histogram)."""
+    publish(round_.study_id, EventKind.EVALUATION_RECEIVED,
+            {**_round(round_), "site_id": evaluation.site_id, "site": evaluation.site.name,
+             "version": round_.base_version.number, "received_at": evaluation.received_at.isoformat(),
+             "metrics": {key: evaluation.metrics.get(key) for key in EVALUATION_METRICS}, **progress.as_dict()})
+
+
+def evaluation_finished(round_: Round) -> None:
+    """The evaluation round closed: the final model's figures join the metric charts."""
+    _round_metrics(round_, None, None, [])
 
 
 def update_refused(exc: DomainError | ValidationError, kwargs: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""Opening rounds, noticing when a round is complete or past its deadline, and closing statistics
-rounds. The scheduler (`rounds_tick`) and the submission services call these; every step is audited."""
+"""Opening rounds, noticing when a round is complete or past its deadline, and closing statistics and
+evaluation rounds. The scheduler (`rounds_tick`) and the submission services call these; every step is
+audited."""
 
 import math
 from datetime import datetime, timedelta
@@ -9,7 +10,7 @@ from django.utils import timezone
 
 from aggregation import codec, zoo
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
-from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization
+from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events
 from aggregation.services._common import move_round, store
 from aggregation.services._events import Progress
@@ -25,24 +26,23 @@ AGGREGATION_RESCUE_AFTER = timedelta(minutes=2)
 
 
 def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round | None:
-    """Open the study's next round if it is active, has rounds left, has none open, and the gate would
-    let a round run now (otherwise nothing is opened; the study page shows why)."""
+    """Open the study's next round if it is active, has none open, has a round left to run (training rounds
+    left in its budget, or else the evaluation of its final model), and the gate would let a round run now
+    (otherwise nothing is opened; the study page shows why)."""
     moment = moment or timezone.now()
     with transaction.atomic():
         study = Study.objects.select_for_update().get(pk=study_id)
         if study.status != StudyStatus.ACTIVE or Round.objects.filter(study=study, status__in=ROUND_LIVE).exists():
             return None
-        done = Round.objects.filter(study=study, kind=RoundKind.TRAINING, status=RoundStatus.CLOSED).count()
-        if done >= study.rounds:
+        kind = _next_kind(study)
+        if kind is None:
             return None
         gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
         if not gate.allowed:
             return None
-        statistics = study.federated_statistics and not Standardization.objects.filter(study=study).exists()
-        base = None if statistics else _latest_version(study)
+        base = None if kind == RoundKind.STATISTICS else _latest_version(study)
         last = Round.objects.filter(study=study).order_by("-number").values_list("number", flat=True).first() or 0
-        round_ = Round(study=study, number=last + 1, kind=RoundKind.STATISTICS if statistics else RoundKind.TRAINING,
-                       base_version=base, opened_at=moment,
+        round_ = Round(study=study, number=last + 1, kind=kind, base_version=base, opened_at=moment,
                        deadline=moment + timedelta(minutes=study.round_deadline_minutes))
         round_.full_clean()
         round_.save()
@@ -52,6 +52,20 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
                         "eligible_site_ids": [v.site_id for v in gate.eligible_sites]})
         _events.round_opened(round_, gate)
         return round_
+
+
+def _next_kind(study: Study) -> str | None:
+    """The kind of the study's next round: statistics first (if its protocol has them), then training rounds
+    up to the budget, then one evaluation of the final model by the sites (none closed for it yet); else None."""
+    done = Round.objects.filter(study=study, kind=RoundKind.TRAINING, status=RoundStatus.CLOSED).count()
+    if done >= study.rounds:
+        final = ModelVersion.objects.filter(study=study).order_by("-number").first()
+        evaluated = Round.objects.filter(study=study, kind=RoundKind.EVALUATION, status=RoundStatus.CLOSED,
+                                         base_version=final).exists()
+        return None if final is None or evaluated else RoundKind.EVALUATION
+    if study.federated_statistics and not Standardization.objects.filter(study=study).exists():
+        return RoundKind.STATISTICS
+    return RoundKind.TRAINING
 
 
 def _latest_version(study: Study) -> ModelVersion:
@@ -78,6 +92,8 @@ def round_progress(round_: Round, *, moment: datetime | None = None) -> Progress
     gate = evaluate(round_.study, GateAction.AGGREGATE, moment=moment)
     if round_.kind == RoundKind.STATISTICS:
         submitted = SiteStatistics.objects.filter(round=round_).values_list("site_id", flat=True)
+    elif round_.kind == RoundKind.EVALUATION:
+        submitted = Evaluation.objects.filter(round=round_).values_list("site_id", flat=True)
     else:
         submitted = round_.updates.filter(status=UpdateStatus.ACCEPTED).values_list("site_id", flat=True)
     return Progress(frozenset(submitted), frozenset(verdict.site_id for verdict in gate.eligible_sites), gate)
@@ -85,7 +101,8 @@ def round_progress(round_: Round, *, moment: datetime | None = None) -> Progress
 
 def round_complete_if_ready(round_: Round, *, moment: datetime | None = None, progress: Progress | None = None) -> None:
     """After a submission: once every eligible site has submitted, close a statistics round at once
-    or hand a training round to the aggregation task (after this transaction commits)."""
+    or an evaluation round at once, or hand a training round to the aggregation task (after this transaction
+    commits)."""
     if (progress or round_progress(round_, moment=moment)).complete:
         _finish(round_, reason="Every eligible site has submitted.", moment=moment)
 
@@ -94,6 +111,9 @@ def _finish(round_: Round, *, reason: str, moment: datetime | None = None) -> No
     if round_.kind == RoundKind.STATISTICS:
         statistics_close(round_, moment=moment)
         return
+    if round_.kind == RoundKind.EVALUATION:
+        evaluation_close(round_, reason=reason)
+        return
     from aggregation.tasks import aggregate_round  # tasks import services: import here, not at module load
 
     move_round(round_, RoundStatus.AGGREGATING, actor=SYSTEM, reason=reason)
@@ -101,7 +121,8 @@ def _finish(round_: Round, *, reason: str, moment: datetime | None = None) -> No
 
 
 def round_check_deadline(*, round_id: int, moment: datetime | None = None) -> None:
-    """Past its deadline, a round with enough eligible submissions is finished; else it is blocked."""
+    """Past its deadline, a round with enough eligible submissions (the quorum; one for an evaluation round,
+    whose figures do not depend on how many sites answered) is finished; else it is blocked."""
     moment = moment or timezone.now()
     with transaction.atomic():
         round_ = Round.objects.select_for_update().select_related("study").get(pk=round_id)
@@ -109,14 +130,13 @@ def round_check_deadline(*, round_id: int, moment: datetime | None = None) -> No
             return
         progress = round_progress(round_, moment=moment)
         got, gate = progress.submitted & progress.eligible, progress.gate
-        if len(got) >= round_.study.quorum:
-            quorum = round_.study.quorum
+        quorum = 1 if round_.kind == RoundKind.EVALUATION else round_.study.quorum
+        if len(got) >= quorum:
             _finish(round_, reason=f"Deadline passed with {len(got)} eligible submissions (quorum {quorum}).",
                     moment=moment)
         else:
             move_round(round_, RoundStatus.BLOCKED, actor=SYSTEM, details={"gate": gate.as_dict()},
-                       reason=f"Deadline passed with {len(got)} eligible submissions; the quorum is "
-                              f"{round_.study.quorum}.")
+                       reason=f"Deadline passed with {len(got)} eligible submissions; the quorum is {quorum}.")
 
 
 def statistics_close(round_: Round, *, moment: datetime | None = None) -> Standardization | None:
@@ -185,6 +205,19 @@ def _pool(round_: Round, rows: list[SiteStatistics]) -> Standardization:
 
 def _block(round_: Round, reason: str, gate: GateResult) -> None:
     move_round(round_, RoundStatus.BLOCKED, actor=SYSTEM, reason=reason, details={"gate": gate.as_dict()})
+
+
+def evaluation_close(round_: Round, *, reason: str) -> None:
+    """Close the evaluation round: the final model's evaluation holds every site's answer, and the metric
+    charts gain its point. The study has no more rounds to run."""
+    round_.base_version.refresh_from_db(fields=["evaluation"])  # the last answer was recorded on another instance
+    evaluation = round_.base_version.evaluation.get("global") or {}
+    sites = Evaluation.objects.filter(round=round_).count()
+    move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"{reason} Model v{round_.base_version.number} "
+                                                               f"evaluated by {sites} sites.",
+               details={"version": round_.base_version.number, "sites": sites,
+                        "val_auc": evaluation.get("val_auc"), "val_examples": evaluation.get("val_examples")})
+    _events.evaluation_finished(round_)
 
 
 def rounds_tick(*, moment: datetime | None = None) -> None:

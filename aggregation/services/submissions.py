@@ -1,6 +1,6 @@
 """What a site agent does to a round: download the global model, submit an update, submit its
-feature statistics. Every request is checked by the gate at that moment; a refused one changes
-nothing and is audited (see `audited_service`)."""
+feature statistics, submit its evaluation of the final model. Every request is checked by the gate at
+that moment; a refused one changes nothing and is audited (see `audited_service`)."""
 
 import math
 from datetime import datetime
@@ -10,9 +10,9 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
-from aggregation import codec
+from aggregation import codec, federated_metrics
 from aggregation.choices import RoundKind, RoundStatus
-from aggregation.models import ModelVersion, Round, SiteStatistics, Update
+from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
 from aggregation.services._common import (
     lock_round_for_site,
@@ -30,6 +30,9 @@ from studies.choices import GateAction
 from studies.governance import evaluate
 
 METRIC_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_auc", "val_examples", "training_seconds")
+# A site's evaluation of a model on its validation split (the `base` of an update, or an evaluation round's).
+EVALUATION_KEYS = ("val_loss", "val_accuracy", "val_auc", "val_examples")
+HISTOGRAM_KEY = "score_histogram"
 
 
 def _require_gate(round_: Round, site_id: int, action: str) -> None:
@@ -40,8 +43,8 @@ def _require_gate(round_: Round, site_id: int, action: str) -> None:
                           study=round_.study_id, site=site_id, checks=[check.as_dict() for check in failing])
 
 
-def _require_open(round_: Round, kind: str) -> None:
-    if round_.kind != kind:
+def _require_open(round_: Round, *kinds: str) -> None:
+    if round_.kind not in kinds:
         raise Conflict(f"Round {round_.number} is a {round_.get_kind_display().lower()} round.",
                        code="wrong_round_kind", study=round_.study_id)
     if round_.status != RoundStatus.OPEN:
@@ -53,7 +56,7 @@ def _require_open(round_: Round, kind: str) -> None:
 def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     """The round's base model for a site the gate allows to download it now; audited as a model download."""
     round_ = lock_round_for_site(round_id, actor.site_id, lock=False)
-    _require_open(round_, RoundKind.TRAINING)
+    _require_open(round_, RoundKind.TRAINING, RoundKind.EVALUATION)
     _require_gate(round_, actor.site_id, GateAction.DOWNLOAD_MODEL)
     version = round_.base_version
     data = verified_bytes(version)
@@ -88,6 +91,7 @@ def update_submit(
     if base_version != round_.base_version.number:
         raise Conflict(f"Round {round_.number} trains from model v{round_.base_version.number}, not v{base_version}.",
                        code="stale_model", study=round_.study_id)
+    metrics, histogram = _split_base_evaluation(metrics, round_)
     _check_numbers(num_examples, metrics, round_)
     _check_known_examples(num_examples, round_, actor)
     _require_gate(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
@@ -105,7 +109,7 @@ def update_submit(
     record(actor=actor, action="aggregation.update.accepted", target=update, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "sha256": digest, "num_examples": num_examples,
                                         "metrics": metrics, "weight_norm": weight_norm, "delta_norm": delta_norm})
-    _record_base_evaluation(round_.base_version, actor.site_id, metrics.get("base"))
+    _record_base_evaluation(round_.base_version, actor.site_id, metrics.get("base"), histogram)
     progress = round_progress(round_)
     _events.update_received(update, round_, progress)
     round_complete_if_ready(round_, progress=progress)
@@ -168,19 +172,90 @@ def _norms(tensors: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> t
     return weight, delta
 
 
-def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str, Any] | None) -> None:
-    """Sites evaluate the global model they download on their own validation split; the mean of those,
-    weighted by validation rows, is the model's global metric."""
+def _split_base_evaluation(metrics: dict[str, Any], round_: Round) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The update's `base` evaluation checked, and its score histogram taken out: the histogram is kept only in
+    the model version's evaluation, never in the update's row, the audit log or a live event."""
+    if metrics.get("base") is None:
+        return metrics, None
+    base, histogram = _checked_evaluation(metrics["base"], round_, required=False)
+    return {**metrics, "base": base}, histogram
+
+
+def _checked_evaluation(evaluation: Any, round_: Round, *, required: bool) -> tuple[dict[str, Any], Any]:
+    """A site's evaluation of a model (untrusted): (its metrics, its score histogram or None). Loss, accuracy and
+    AUC are finite numbers in range or null; the validation rows a whole number (positive when `required`);
+    the histogram counts exactly those rows."""
+    def refuse(message: str, code: str = "metrics") -> ValidationFailed:
+        return ValidationFailed(message, code=code, study=round_.study_id)
+
+    if not isinstance(evaluation, dict):
+        raise refuse("The model's evaluation must be a JSON object.")
+    unknown = sorted(set(evaluation) - {*EVALUATION_KEYS, HISTOGRAM_KEY})
+    if unknown:
+        raise refuse(f"Unknown evaluation metrics: {', '.join(unknown)}.")
+    metrics = {key: evaluation.get(key) for key in EVALUATION_KEYS}
+    for value in metrics.values():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            raise refuse("Metrics must be finite numbers.")
+    examples = metrics["val_examples"]
+    if (examples is None and required) or (examples is not None and (examples < (1 if required else 0)
+                                                                      or examples != int(examples))):
+        raise refuse("val_examples must be the number of validation rows" + (" (at least 1)." if required else "."))
+    if not all(metrics[key] is None or 0 <= metrics[key] <= 1 for key in ("val_accuracy", "val_auc")) or (
+            metrics["val_loss"] is not None and metrics["val_loss"] < 0):
+        raise refuse("Accuracy and AUC must lie between 0 and 1, and the loss must not be negative.")
+    histogram = evaluation.get(HISTOGRAM_KEY)
+    if histogram is not None:
+        problem = federated_metrics.histogram_problem(histogram, examples)
+        if problem:
+            raise refuse(problem, code="score_histogram")
+    return metrics, histogram
+
+
+def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str, Any] | None,
+                            histogram: dict[str, list[int]] | None = None) -> None:
+    """Keep a site's evaluation of a model on its own validation split, and recompute the model's global figures.
+
+    Each site's loss, accuracy and AUC stay as it reported them; an AUC the site could not compute is null, with
+    the reason. The global loss and accuracy are the sites' means weighted by validation rows; the global AUC is
+    computed from the sum of the sites' score histograms (a federated ROC curve): the AUC over every site's
+    validation rows, without pooling any, and defined even when some sites hold one class only. The histograms
+    stay in the version's evaluation: no page and no event shows them."""
     if not base or not base.get("val_examples"):
         return
     version = ModelVersion.objects.select_for_update().get(pk=version.pk)
-    sites = {**version.evaluation.get("sites", {}), str(site_id): base}
-    total = sum(entry["val_examples"] for entry in sites.values())
-    keys = ("val_loss", "val_accuracy", "val_auc")
-    mean = {key: sum(e[key] * e["val_examples"] for e in sites.values() if e.get(key) is not None) / total
-            for key in keys if all(e.get(key) is not None for e in sites.values())}
-    version.evaluation = {"sites": sites, "global": {**mean, "val_examples": total}}
+    key = str(site_id)
+    entry = {name: base.get(name) for name in EVALUATION_KEYS}
+    if entry["val_auc"] is None:
+        entry["val_auc_note"] = federated_metrics.auc_missing_reason(histogram)
+    sites = {**version.evaluation.get("sites", {}), key: entry}
+    histograms = {k: v for k, v in version.evaluation.get("score_histograms", {}).items() if k != key}
+    if histogram is not None:
+        histograms[key] = histogram
+    version.evaluation = {"sites": sites, "global": _global_evaluation(sites, histograms),
+                          "score_histograms": histograms}
     version.save(update_fields=["evaluation"])
+
+
+def _global_evaluation(sites: dict[str, dict[str, Any]], histograms: dict[str, dict[str, list[int]]]
+                       ) -> dict[str, Any]:
+    total = sum(entry["val_examples"] for entry in sites.values())
+    figures: dict[str, Any] = {
+        key: sum(e[key] * e["val_examples"] for e in sites.values()) / total
+        for key in ("val_loss", "val_accuracy") if all(e.get(key) is not None for e in sites.values())}
+    if set(histograms) == set(sites):
+        auc = federated_metrics.auc_from_histogram(federated_metrics.summed(histograms.values()))
+        method, note = "federated_roc", "only one class in every site's validation split"
+    elif all(e.get("val_auc") is not None for e in sites.values()):
+        # Agents that send no score histogram: the mean of the sites' AUCs, weighted by validation rows.
+        auc = sum(e["val_auc"] * e["val_examples"] for e in sites.values()) / total
+        method, note = "site_mean", ""
+    else:
+        auc, method, note = None, "", "a site without a score histogram could not compute its AUC"
+    figures["val_examples"] = total
+    figures.update({"val_auc": auc, "val_auc_method": method} if auc is not None else {"val_auc_note": note})
+    return figures
 
 
 @audited_service("aggregation.statistics.submit", on_denial=_events.update_refused, denial_details=_round_named)
@@ -221,3 +296,36 @@ def _check_statistics(round_: Round, features: list[str], count: int, sums: list
     if first is not None and list(first) != list(features):
         raise ValidationFailed("Your feature columns differ from the other sites' (names or order).",
                                code="feature_mismatch", study=round_.study_id)
+
+
+@audited_service("aggregation.evaluation.submit", on_denial=_events.update_refused, denial_details=_round_named)
+def evaluation_submit(*, actor: Any, round_id: int, round_number: int, base_version: int,
+                      metrics: dict[str, Any]) -> Evaluation:
+    """A site's evaluation of the study's final model in an evaluation round: loss, accuracy, AUC, validation rows
+    and a score histogram; never rows, never weights. It fills the model version's evaluation, and the round
+    closes once every eligible site has answered (or at its deadline)."""
+    round_ = lock_round_for_site(round_id, actor.site_id)
+    if Evaluation.objects.filter(round=round_, site_id=actor.site_id).exists():
+        raise Conflict(f"{actor.site} already sent its evaluation for round {round_.number}.",
+                       code="duplicate_evaluation", study=round_.study_id, site=actor.site_id)
+    _require_open(round_, RoundKind.EVALUATION)
+    if round_number != round_.number:
+        raise Conflict(f"This is round {round_.number}, not {round_number}.", code="stale_round", study=round_.study_id)
+    if base_version != round_.base_version.number:
+        raise Conflict(f"Round {round_.number} evaluates model v{round_.base_version.number}, not v{base_version}.",
+                       code="stale_model", study=round_.study_id)
+    entry, histogram = _checked_evaluation(metrics, round_, required=True)
+    _require_gate(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
+    row = Evaluation(round=round_, site_id=actor.site_id, metrics=entry, submitted_by=actor.get_username(),
+                     received_at=timezone.now())
+    row.full_clean()
+    row.save()
+    # The histogram stays out of the audit details, as out of every page: only the version's evaluation holds it.
+    record(actor=actor, action="aggregation.evaluation.accepted", target=round_, study=round_.study_id,
+           site=actor.site_id, details={"round": round_.number, "version": round_.base_version.number,
+                                        "metrics": entry, "score_histogram": histogram is not None})
+    _record_base_evaluation(round_.base_version, actor.site_id, entry, histogram)
+    progress = round_progress(round_)
+    _events.evaluation_received(row, round_, progress)
+    round_complete_if_ready(round_, progress=progress)
+    return row

@@ -21,7 +21,8 @@ from typing import Any
 
 RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
 # 409 codes meaning "this site's update for the round is already in": the work is done, not refused.
-ALREADY_SUBMITTED_CODES = {"duplicate_statistics", "already_submitted", "duplicate", "duplicate_update"}
+ALREADY_SUBMITTED_CODES = {"duplicate_statistics", "already_submitted", "duplicate", "duplicate_update",
+                           "duplicate_evaluation"}
 
 
 class AgentError(Exception):
@@ -147,6 +148,21 @@ class AgentClient:
         body = json.dumps(dict(statistics), allow_nan=False).encode("utf-8")
         try:
             return self.request("POST", f"/api/agent/rounds/{round_id}/statistics/", body=body,
+                                headers={"Content-Type": "application/json"}).json() or {}
+        except ApiError as exc:
+            if exc.status == 409 and _is_already_submitted(exc):
+                return {"round_id": round_id, "status": "already_submitted", "detail": exc.detail}
+            raise
+
+    def submit_evaluation(self, round_id: int, *, round_number: int, base_version: int,
+                          metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """POST the metrics of the round's model on the validation split (an evaluation round: no weights).
+
+        A 409 whose code says the site's evaluation is already in counts as success ("already_submitted")."""
+        body = json.dumps({"round": round_number, "base_version": base_version, "metrics": dict(metrics)},
+                          allow_nan=False, separators=(",", ":")).encode("utf-8")
+        try:
+            return self.request("POST", f"/api/agent/rounds/{round_id}/evaluation/", body=body,
                                 headers={"Content-Type": "application/json"}).json() or {}
         except ApiError as exc:
             if exc.status == 409 and _is_already_submitted(exc):

@@ -28,7 +28,7 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
-from .data import Dataset, standardize
+from .data import DataError, Dataset, pooled, split, standardize
 from .training import Protocol, State, train
 from .training import evaluate as evaluate_on
 
@@ -94,12 +94,13 @@ def make_partitions(site_codes: Sequence[str], seed: int = 0) -> tuple[dict[str,
     return {code: pool.subset(rows) for code, rows in zip(site_codes, parts, strict=True)}, test
 
 
-def write_csv(dataset: Dataset, path: Path) -> Path:
-    """Header of feature names plus `target`; values written exactly (repr) so reading them back is lossless."""
+def write_csv(dataset: Dataset, path: Path, label: str = LABEL) -> Path:
+    """Header of feature names plus the label column; values written exactly (repr) so reading them back is
+    lossless."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*dataset.features, LABEL])
+        writer.writerow([*dataset.features, label])
         for features, label in zip(dataset.x, dataset.y, strict=True):
             writer.writerow([repr(float(v)) for v in features] + [int(label)])
     return path
@@ -116,6 +117,18 @@ def write_partitions(directory: str | Path, site_codes: Sequence[str], seed: int
     sites, test = make_partitions(site_codes, seed)
     write_csv(test, directory / TEST_FILE)
     return {code: write_csv(data, directory / f"site_{code}.csv") for code, data in sites.items()}
+
+
+def hold_out(sites: Mapping[str, Dataset], fraction: float, seed: int) -> tuple[dict[str, Dataset], Dataset]:
+    """({site: the rows it keeps to train on}, the held-out test rows of every site together): a stratified
+    `fraction` of each site's rows, fixed by `seed`, taken before any training so no site ever sees them."""
+    if not 0 < fraction < 1:
+        raise DataError(f"The held-out fraction must lie between 0 and 1; got {fraction}.")
+    parts = {code: split(rows, fraction, seed) for code, rows in sites.items()}
+    empty = sorted(code for code, (train_part, _) in parts.items() if len(train_part) == 0)
+    if empty:
+        raise DataError(f"No rows would be left to train on at {', '.join(empty)}; hold out a smaller fraction.")
+    return {code: train_part for code, (train_part, _) in parts.items()}, pooled([test for _, test in parts.values()])
 
 
 def train_local(rows: Dataset, protocol: Mapping[str, Any] | Protocol, epochs: int, *, seed: int = 0,

@@ -1,7 +1,9 @@
 """The agent's loop: ask the coordinator for open rounds and do each one once. Imports no Django.
 
 A statistics round sends counts, sums and sums of squares; a training round downloads the global model,
-checks its SHA-256, evaluates it, trains from it and submits the weights. Data rows are never sent.
+checks its SHA-256, evaluates it, trains from it and submits the weights; an evaluation round (after the
+last training round) downloads the final model, evaluates it and submits only the metrics. Data rows are
+never sent.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .client import (
     new_idempotency_key,
 )
 from .data import DEFAULT_LABEL, DataError, Dataset, Table, local_statistics, split, standardize
-from .training import LocalUpdate, Protocol, check_features, local_update
+from .training import LocalUpdate, Protocol, check_features, evaluate, local_update
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 
@@ -117,6 +119,8 @@ class Agent:
         try:
             if round_["kind"] == "statistics":
                 message = self.statistics_round(round_)
+            elif round_["kind"] == "evaluation":
+                message = self.evaluation_round(round_)
             else:
                 message = self.training_round(round_)
         except TokenRefused as exc:
@@ -166,15 +170,34 @@ class Agent:
         outcome = "already submitted earlier" if status == "already_submitted" else f"submitted ({status})"
         return f"{summary}, {outcome}"
 
-    def _train(self, round_: Mapping[str, Any]) -> tuple[PendingUpdate, str]:
+    def evaluation_round(self, round_: Mapping[str, Any]) -> str:
+        """Score the study's final model on the validation split and send the metrics only (no weights)."""
         protocol = Protocol.from_json(round_["protocol"])
-        train_set, val_set = self._prepared(protocol, round_.get("standardization"))
+        _, val_set = self._prepared(protocol, round_.get("standardization"))
+        model, state = self._download(round_, protocol)
+        metrics = evaluate(protocol, state, val_set, histogram=True)
+        if not metrics["val_examples"]:
+            raise DataError("There are no validation rows to evaluate the model on (raise --val-fraction).")
+        answer = self.client.submit_evaluation(round_["round_id"], round_number=int(round_["number"]),
+                                               base_version=model.version, metrics=_json_safe(metrics))
+        outcome = "already sent earlier" if answer.get("status") == "already_submitted" else "sent the metrics"
+        return (f"evaluated model v{model.version} (sha ok) on {metrics['val_examples']} validation rows: AUC "
+                f"{_fmt(metrics['val_auc'])}, accuracy {_fmt(metrics['val_accuracy'])}; {outcome} (no rows, "
+                "no weights)")
+
+    def _download(self, round_: Mapping[str, Any], protocol: Protocol) -> tuple[Any, dict[str, Any]]:
+        """The round's model, its SHA-256 checked (by the client) and its tensors checked against the protocol."""
         model = self.client.download_model(round_["round_id"])
         expected = codec.spec_of(protocol.initial_state())
         try:
-            global_state = codec.decode(model.data, expected=expected, max_bytes=MAX_MODEL_BYTES)
+            return model, codec.decode(model.data, expected=expected, max_bytes=MAX_MODEL_BYTES)
         except codec.UpdateRejected as exc:
             raise AgentError(f"The downloaded model does not fit the study's protocol: {exc.message}") from exc
+
+    def _train(self, round_: Mapping[str, Any]) -> tuple[PendingUpdate, str]:
+        protocol = Protocol.from_json(round_["protocol"])
+        train_set, val_set = self._prepared(protocol, round_.get("standardization"))
+        model, global_state = self._download(round_, protocol)
         update = local_update(protocol, global_state, train_set, val_set, seed=self.seed + int(round_["number"]))
         headers = {"round_number": int(round_["number"]), "base_version": model.version,
                    "num_examples": update.num_examples, "metrics": _json_safe(update.metrics)}

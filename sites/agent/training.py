@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from aggregation.federated_metrics import score_histogram
 from aggregation.zoo import build_model, initial_state
 
 from .data import DataError, Dataset
@@ -83,8 +84,13 @@ def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(dataset.x, dtype=torch.float32), torch.as_tensor(dataset.y, dtype=torch.float32)
 
 
-def evaluate(protocol: Protocol, state: Mapping[str, torch.Tensor], dataset: Dataset) -> dict[str, Any]:
-    """Loss (BCE), accuracy at 0.5 and ROC AUC on `dataset`. AUC is None when only one label is present."""
+def evaluate(protocol: Protocol, state: Mapping[str, torch.Tensor], dataset: Dataset, *,
+             histogram: bool = False) -> dict[str, Any]:
+    """Loss (BCE), accuracy at 0.5 and ROC AUC on `dataset`. AUC is None when only one label is present.
+
+    With `histogram`, also `score_histogram`: per-class counts of the scores in fixed bins, from which the
+    coordinator computes the AUC over every site's validation rows without pooling them (a site with one
+    class has no AUC of its own, but its counts still count)."""
     if len(dataset) == 0:
         return {"val_loss": None, "val_accuracy": None, "val_auc": None, "val_examples": 0}
     model = model_from_state(protocol, state).eval()
@@ -95,7 +101,10 @@ def evaluate(protocol: Protocol, state: Mapping[str, torch.Tensor], dataset: Dat
     scores = torch.sigmoid(logits).numpy()
     accuracy = float(((scores >= 0.5) == (dataset.y >= 0.5)).mean())
     auc = float(roc_auc_score(dataset.y, scores)) if 0 < dataset.positives < len(dataset) else None
-    return {"val_loss": loss, "val_accuracy": accuracy, "val_auc": auc, "val_examples": len(dataset)}
+    metrics = {"val_loss": loss, "val_accuracy": accuracy, "val_auc": auc, "val_examples": len(dataset)}
+    if histogram:
+        metrics["score_histogram"] = score_histogram(scores, dataset.y)
+    return metrics
 
 
 def train(protocol: Protocol, state: Mapping[str, torch.Tensor], dataset: Dataset, *, seed: int,
@@ -151,7 +160,7 @@ def _detached(model: nn.Module) -> State:
 def local_update(protocol: Protocol, global_state: Mapping[str, torch.Tensor], train_set: Dataset,
                  val_set: Dataset, *, seed: int) -> LocalUpdate:
     """One round at this site: evaluate the global model, train from it, evaluate the result, time the training."""
-    base = evaluate(protocol, global_state, val_set)
+    base = evaluate(protocol, global_state, val_set, histogram=True)
     state, train_loss, seconds = train(protocol, global_state, train_set, seed=seed)
     metrics = {"train_loss": train_loss, **evaluate(protocol, state, val_set), "training_seconds": seconds,
                "base": base}

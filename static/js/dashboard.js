@@ -8,7 +8,8 @@
  * the page may already show data newer than the event id it embedded (aggregation/dashboard.py).
  * Hooks for browser tests: #dashboard[data-last-event-id], .chart[data-points], the heatmap's
  * [data-columns] and [data-rows], [data-testid=connection][data-state], the governance panel's rows
- * [data-site-id][data-eligible], the progress card's [data-submitted][data-eligible][data-status].
+ * [data-site-id][data-eligible], the progress card's [data-submitted][data-eligible][data-status], and the note of
+ * what the sites' chart cannot show, [data-testid=auc-gaps] (hidden while there is nothing to note).
  */
 (function () {
   "use strict";
@@ -256,6 +257,43 @@
     return row < 0 || col < 0 ? "missing" : state.cell_states[heat.z[row][col]];
   }
 
+  // --- what the sites' chart cannot show (aggregation/dashboard.py `auc_gaps`, worded the same way) ------
+
+  const gaps = new Map(); // "site id|reason" -> {site_id, reason, versions: Set}
+  (state.auc_gaps || []).forEach((g) => gaps.set(g.site_id + "|" + g.reason,
+    {site_id: g.site_id, reason: g.reason, versions: new Set(g.versions)}));
+
+  function gapText(site, versions, reason) {
+    const spans = [];
+    versions.slice().sort((a, b) => a - b).forEach((n) => {
+      if (spans.length && n === spans[spans.length - 1][1] + 1) spans[spans.length - 1][1] = n;
+      else spans.push([n, n]);
+    });
+    const listed = spans.map(([a, b]) => (a === b ? "v" + a : "v" + a + "–v" + b)).join(", ");
+    return site + ": no AUC of its own for " + listed + " (" + reason + ").";
+  }
+
+  /* A version's evaluations arrived: note each site without an AUC of its own, and why. */
+  function noteGaps(version, bySite) {
+    Object.entries(bySite).forEach(([id, m]) => {
+      const siteId = Number(id);
+      gaps.forEach((g) => { if (g.site_id === siteId) g.versions.delete(version); });
+      if ((m.val_auc === null || m.val_auc === undefined) && m.val_auc_note) {
+        const key = siteId + "|" + m.val_auc_note;
+        if (!gaps.has(key)) gaps.set(key, {site_id: siteId, reason: m.val_auc_note, versions: new Set()});
+        gaps.get(key).versions.add(version);
+      }
+    });
+    const box = document.querySelector('[data-testid="auc-gaps"]');
+    if (!box) return;
+    const rows = Array.from(gaps.values()).filter((g) => g.versions.size)
+      .map((g) => ({g: g, name: siteName(g.site_id)}))
+      .sort((a, b) => a.name.localeCompare(b.name) || a.g.reason.localeCompare(b.g.reason));
+    box.querySelector('[data-role="auc-gaps"]').replaceChildren(...rows.map((r) =>
+      el("li", {"data-site-id": String(r.g.site_id)}, gapText(r.name, Array.from(r.g.versions), r.g.reason))));
+    box.hidden = !rows.length;
+  }
+
   // --- round progress -----------------------------------------------------------------------------------
 
   const progress = document.querySelector('[data-testid="progress"]');
@@ -269,7 +307,7 @@
     const d = progress.dataset;
     const status = d.status || "none";
     part("round").textContent = d.round || "—";
-    part("kind").textContent = d.kind === "statistics" ? "(federated statistics)" : "";
+    part("kind").textContent = {statistics: "(federated statistics)", evaluation: "(final evaluation)"}[d.kind] || "";
     part("status").textContent = STATUS_LABELS[status] || status;
     part("status").className = "badge round-" + status;
     part("bar").max = Math.max(Number(d.eligible) || 0, 1);
@@ -389,6 +427,12 @@
       setParticipation(d.round, d.submitted, d.eligible);
       progressCount(d);
     },
+    "evaluation.received": (d, event) => {
+      ensureSite(d.site_id, d.site);
+      setCell(d.round, d.site_id, "submitted", "final model evaluated " + clock(d.received_at || event.at));
+      setParticipation(d.round, d.submitted, d.eligible);
+      progressCount(d);
+    },
     "update.refused": (d) => {
       if (d.round === null || d.round === undefined || d.site_id === null || d.site_id === undefined) return;
       ensureSite(d.site_id, d.site);
@@ -418,6 +462,7 @@
         upsertSite("sites", Number(id), d.evaluated_version, bySite[id].val_auc, "");
       });
       if (charts.sites && Object.keys(bySite).length) redrawBand();
+      noteGaps(d.evaluated_version, bySite);
       Object.keys(d.sites || {}).forEach((id) => upsertSite("norms", Number(id), d.round, d.sites[id].weight_norm, ""));
       upsert("norms", "global", d.round, d.global_weight_norm, () => ({name: "Global model"}));
     },

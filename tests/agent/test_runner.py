@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load as st_load
 
 from aggregation import codec
+from aggregation.federated_metrics import SCORE_BINS
 from sites.agent.client import AgentClient
 from sites.agent.data import load_table, local_statistics, split
 from sites.agent.demo_data import DEMO_PROTOCOL, write_partitions
@@ -74,11 +75,54 @@ def test_it_trains_and_submits_an_update_with_the_protocol_headers(server, csv_p
     assert codec.spec_of(tensors) == codec.spec_of(st_load(MODEL))
     metrics = json.loads(update.headers["X-Metrics"])
     assert {"train_loss", "val_loss", "val_accuracy", "val_auc", "val_examples", "training_seconds"} <= set(metrics)
-    assert set(metrics["base"]) == {"val_loss", "val_accuracy", "val_auc", "val_examples"}
+    assert set(metrics["base"]) == {"val_loss", "val_accuracy", "val_auc", "val_examples", "score_histogram"}
+    histogram = metrics["base"]["score_histogram"]
+    assert len(histogram["positives"]) == len(histogram["negatives"]) == SCORE_BINS
+    assert sum(histogram["positives"]) + sum(histogram["negatives"]) == metrics["base"]["val_examples"]
+    assert "score_histogram" not in metrics  # only the downloaded model's evaluation carries one
     rows = len(load_table(csv_path).values)
     assert int(update.headers["X-Num-Examples"]) + metrics["val_examples"] == rows
     assert (update.headers["X-Round"], update.headers["X-Base-Version"]) == ("3", "2")
     assert "downloaded model v2 (sha ok)" in lines[-1] and "submitted (accepted)" in lines[-1]
+
+
+def script_evaluation(server, csv_path: Path) -> None:
+    """An evaluation round (after the last training round): round 21 scores the final model v20."""
+    server.on("GET", "/api/agent/me/", Reply(200, ME))
+    final = {**training_round(csv_path), "round_id": 40, "number": 21, "kind": "evaluation", "base_version": 20}
+    server.on("GET", "/api/agent/rounds/", Reply(200, [final]))
+    server.on("GET", "/api/agent/rounds/40/model/", Reply(200, MODEL, {
+        "X-Model-SHA256": hashlib.sha256(MODEL).hexdigest(), "X-Model-Version": "20"}))
+    server.on("POST", "/api/agent/rounds/40/evaluation/", Reply(201, {"round_id": 40, "status": "accepted"}))
+
+
+def test_it_evaluates_the_final_model_and_sends_only_its_metrics_in_an_evaluation_round(server, csv_path):
+    script_evaluation(server, csv_path)
+    lines: list[str] = []
+    assert agent_for(server, csv_path, lines).run(once=True, poll=0) == 0
+    assert len(server.requests_to("GET", "/api/agent/rounds/40/model/")) == 1
+    [sent] = server.requests_to("POST", "/api/agent/rounds/40/evaluation/")
+    assert sent.headers["Content-Type"] == "application/json"
+    body = sent.json()
+    assert set(body) == {"round", "base_version", "metrics"} and (body["round"], body["base_version"]) == (21, 20)
+    metrics = body["metrics"]
+    assert set(metrics) == {"val_loss", "val_accuracy", "val_auc", "val_examples", "score_histogram"}
+    _, val_set = split(load_table(csv_path).dataset("target"), 0.2, seed=0)
+    histogram = metrics["score_histogram"]
+    assert metrics["val_examples"] == len(val_set) == sum(histogram["positives"]) + sum(histogram["negatives"])
+    assert sum(histogram["positives"]) == val_set.positives
+    assert not server.requests_to("POST", "/api/agent/rounds/40/update/")  # no weights leave the site
+    assert "round 21 of study 'Breast cancer': evaluated model v20 (sha ok) on" in lines[-1]
+    assert "sent the metrics (no rows, no weights)" in lines[-1]
+
+
+def test_it_counts_an_evaluation_the_coordinator_already_has_as_done(server, csv_path):
+    script_evaluation(server, csv_path)
+    server.on("POST", "/api/agent/rounds/40/evaluation/", Reply(409, {
+        "error": "duplicate_evaluation", "detail": "Amsterdam UMC already sent its evaluation for round 21."}))
+    lines: list[str] = []
+    assert agent_for(server, csv_path, lines).run(once=True, poll=0) == 0
+    assert "already sent earlier" in lines[-1]
 
 
 def test_it_does_a_submitted_round_only_once(server, csv_path):

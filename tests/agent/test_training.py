@@ -1,11 +1,13 @@
 """Local training with the study's protocol: it learns, FedProx holds it near the global model, and it repeats."""
 
+import numpy as np
 import pytest
 import torch
 
+from aggregation.federated_metrics import auc_from_histogram, binning_error_bound
 from sites.agent.data import split, standardization_of, standardize
 from sites.agent.demo_data import DEMO_PROTOCOL, make_partitions
-from sites.agent.training import Protocol, local_update, train, weight_distance
+from sites.agent.training import Protocol, evaluate, local_update, train, weight_distance
 
 PROTOCOL = Protocol.from_json(DEMO_PROTOCOL)
 
@@ -37,9 +39,29 @@ def test_it_reports_the_downloaded_model_on_the_validation_split_before_training
     train_set, val_set = site_split
     update = local_update(PROTOCOL, random_init(), train_set, val_set, seed=0)
     base = update.metrics["base"]
-    assert set(base) == {"val_loss", "val_accuracy", "val_auc", "val_examples"}
+    assert set(base) == {"val_loss", "val_accuracy", "val_auc", "val_examples", "score_histogram"}
     assert base["val_examples"] == len(val_set) and base["val_loss"] != update.metrics["val_loss"]
     assert update.num_examples == len(train_set) and update.metrics["training_seconds"] > 0
+
+
+def test_it_counts_the_scores_of_the_validation_rows_per_class_so_the_coordinator_can_pool_the_roc(site_split):
+    _, val_set = site_split
+    state = random_init()
+    metrics = evaluate(PROTOCOL, state, val_set, histogram=True)
+    histogram = metrics["score_histogram"]
+    assert (sum(histogram["positives"]), sum(histogram["negatives"])) == (val_set.positives,
+                                                                          len(val_set) - val_set.positives)
+    assert auc_from_histogram(histogram) == pytest.approx(metrics["val_auc"], abs=binning_error_bound(histogram))
+    assert "score_histogram" not in evaluate(PROTOCOL, state, val_set)
+
+
+def test_it_has_no_auc_of_its_own_on_one_class_but_still_counts_the_scores(site_split):
+    _, val_set = site_split
+    negatives = val_set.subset(np.flatnonzero(val_set.y == 0))
+    metrics = evaluate(PROTOCOL, random_init(), negatives, histogram=True)
+    assert metrics["val_auc"] is None and metrics["val_accuracy"] is not None
+    assert sum(metrics["score_histogram"]["negatives"]) == len(negatives) > 0
+    assert sum(metrics["score_histogram"]["positives"]) == 0
 
 
 def test_it_keeps_weights_closer_to_the_global_model_with_a_large_fedprox_mu(site_split):

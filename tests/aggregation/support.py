@@ -16,8 +16,9 @@ import torch
 from django.conf import settings as django_settings
 
 from aggregation import codec
-from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization, Update
-from aggregation.services import round_open_next, update_submit
+from aggregation.federated_metrics import score_histogram
+from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization, Update
+from aggregation.services import evaluation_submit, round_open_next, update_submit
 from aggregation.services._common import version_tensors
 from consortium.errors import DomainError, NotFound
 from sites.agents import AgentPrincipal
@@ -29,10 +30,22 @@ from tests.base import Personas, active_study
 from tests.support import Refusal, refused
 
 # Every aggregation table: equal snapshots mean a refused request stored nothing.
-AGGREGATION = (Round, Update, ModelVersion, SiteStatistics, Standardization)
+AGGREGATION = (Round, Update, ModelVersion, SiteStatistics, Standardization, Evaluation)
 
 GOOD_METRICS = {"train_loss": 0.5, "val_loss": 0.55, "val_accuracy": 0.8, "val_auc": 0.85, "val_examples": 20,
                 "training_seconds": 1.5}
+
+
+
+
+def evaluation_metrics(scores: list[float], labels: list[int], **metrics: Any) -> dict[str, Any]:
+    """A site's evaluation of a model as the agent sends it: loss, accuracy, AUC, rows and the score histogram."""
+    return {"val_loss": 0.3, "val_accuracy": 0.9, "val_auc": 0.95, "val_examples": len(scores),
+            "score_histogram": score_histogram(scores, labels), **metrics}
+
+
+# Twenty validation rows, both classes, ranked perfectly.
+GOOD_EVALUATION = evaluation_metrics([0.1] * 10 + [0.9] * 10, [0] * 10 + [1] * 10, val_auc=1.0)
 
 
 @pytest.fixture(name="model_store", autouse=True)
@@ -123,6 +136,15 @@ def submit(agent: AgentPrincipal, round_: Round, *, body: bytes | None = None, s
     )
 
 
+def send_evaluation(agent: AgentPrincipal, round_: Round, *, metrics: dict[str, Any] | None = None,
+                    round_number: int | None = None, base_version: int | None = None) -> Evaluation:
+    """Submit the site's evaluation of an evaluation round's model as `agent` (by default: valid)."""
+    return evaluation_submit(
+        actor=agent, round_id=round_.pk, round_number=round_.number if round_number is None else round_number,
+        base_version=round_.base_version.number if base_version is None else base_version,
+        metrics=dict(GOOD_EVALUATION) if metrics is None else metrics)
+
+
 def aggregation_rows() -> dict[str, list[dict[str, Any]]]:
     return {model._meta.label: list(model.objects.order_by("pk").values()) for model in AGGREGATION}
 
@@ -140,7 +162,8 @@ def rejected(error: type[DomainError], match: str, *, code: str, status: int,
     for a submission also names its round."""
     rows, files = aggregation_rows(), stored_files()
     # A refused submission is shown on the study's dashboard; a 404 names no study to show it on.
-    submission = action in ("aggregation.update.submit", "aggregation.statistics.submit")
+    submission = action in ("aggregation.update.submit", "aggregation.statistics.submit",
+                            "aggregation.evaluation.submit")
     published = (EventKind.UPDATE_REFUSED,) if submission and not issubclass(error, NotFound) else ()
     with refused(error, match, action=action, published=published,
                  context=frozenset({"round_id", "round"}) if submission else frozenset()) as outcome:

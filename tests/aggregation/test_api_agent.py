@@ -13,10 +13,12 @@ from aggregation.models import Round, Update
 from consortium.models import AuditOutcome
 from sites.services import agent_token_revoke
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
+    GOOD_EVALUATION,
     GOOD_METRICS,
     agent_for,
     aggregation_rows,
     fed_fixture,
+    governed_study,
     model_store_fixture,
     open_round,
     record_enqueued,
@@ -243,3 +245,52 @@ def test_it_hands_the_round_to_aggregation_when_both_sites_uploaded(fed, monkeyp
             assert upload(agent_client(plaintext), round_, update_bytes(round_), **headers(round_)).status_code == 201
     assert enqueued == [round_.pk]
     assert Round.objects.get(pk=round_.pk).status == RoundStatus.AGGREGATING
+
+
+def final_round_over_http(fed, monkeypatch) -> Round:
+    """A one-round study (now `fed.study`) whose training round closed: its evaluation round is open."""
+    from aggregation.services import round_aggregate
+
+    record_enqueued(monkeypatch)
+    fed.study = governed_study(fed.p, rounds=1)
+    first = open_round(fed.study)
+    for plaintext in (fed.plaintext_a, fed.plaintext_b):
+        assert upload(agent_client(plaintext), first, update_bytes(first), **headers(first)).status_code == 201
+    round_aggregate(round_id=first.pk)
+    return Round.objects.get(study=fed.study, number=2)
+
+
+def test_it_runs_the_evaluation_round_of_the_final_model_over_http(fed, monkeypatch):
+    final = final_round_over_http(fed, monkeypatch)
+    api = agent_client(fed.plaintext_a)
+    [listed] = api.get("/api/agent/rounds/").json()
+    assert (listed["kind"], listed["number"], listed["base_version"], listed["submitted"]) == (
+        "evaluation", 2, 1, False)
+    model = api.get(f"/api/agent/rounds/{final.pk}/model/")
+    assert model.status_code == 200 and model["X-Model-Version"] == "1"
+    payload = {"round": 2, "base_version": 1, "metrics": GOOD_EVALUATION}
+    response = api.post(f"/api/agent/rounds/{final.pk}/evaluation/", payload, format="json")
+    assert response.status_code == 201 and response.json() == {"round_id": final.pk, "status": "accepted"}
+    assert [r["submitted"] for r in api.get("/api/agent/rounds/").json()] == [True]
+    again = api.post(f"/api/agent/rounds/{final.pk}/evaluation/", payload, format="json")
+    assert_error(again, 409, "duplicate_evaluation", mentions="already sent its evaluation")
+    response = agent_client(fed.plaintext_b).post(f"/api/agent/rounds/{final.pk}/evaluation/", payload, format="json")
+    assert response.status_code == 201
+    final.refresh_from_db()
+    assert final.status == RoundStatus.CLOSED
+
+
+@pytest.mark.parametrize(("payload", "status", "code", "mentions"), [
+    ({"round": 2, "base_version": 1, "metrics": {**GOOD_EVALUATION, "val_examples": 3}}, 400, "score_histogram",
+     "val_examples says 3"),
+    ({"round": 2, "base_version": 1, "metrics": "fine"}, 400, "validation_failed", "metrics"),
+    ({"round": 2, "base_version": 1, "metrics": GOOD_EVALUATION, "weights": "AAAA"}, 400, "validation_failed",
+     "Unknown fields: weights"),
+    ({"round": 2, "base_version": 0, "metrics": GOOD_EVALUATION}, 409, "stale_model", "evaluates model v1"),
+], ids=["histogram-mismatch", "metrics-not-an-object", "unknown-field", "stale-model"])
+def test_it_answers_a_bad_evaluation_with_a_json_error_and_stores_nothing(fed, monkeypatch, payload, status, code,
+                                                                         mentions):
+    final = final_round_over_http(fed, monkeypatch)
+    rows, mark = aggregation_rows(), last_seq()
+    response = agent_client(fed.plaintext_a).post(f"/api/agent/rounds/{final.pk}/evaluation/", payload, format="json")
+    assert_refused_unchanged(response, status, code, mentions, mark, rows, action="aggregation.evaluation.submit")

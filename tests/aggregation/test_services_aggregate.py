@@ -8,7 +8,7 @@ import torch
 from django.db import IntegrityError, transaction
 
 from aggregation import codec
-from aggregation.choices import RoundStatus, UpdateStatus
+from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate
 from aggregation.services._common import absolute, version_tensors
@@ -265,11 +265,13 @@ def test_it_opens_each_next_round_from_the_new_version_until_the_budget_is_used(
     submit(agent_b, second)
     v2 = round_aggregate(round_id=second.pk)
     assert (v2.number, v2.provenance["base_version"]["number"]) == (2, 1)
-    assert not Round.objects.filter(study=study, number=3).exists()
+    # The budget is used: what opens next is no training round but the sites' evaluation of the final model.
+    third = Round.objects.get(study=study, number=3)
+    assert (third.kind, third.base_version) == (RoundKind.EVALUATION, v2)
     assert list(ModelVersion.objects.filter(study=study).values_list("number", flat=True)) == [0, 1, 2]
 
 
-def test_it_evaluates_a_version_by_the_validation_weighted_mean_the_sites_report_next_round(fed):
+def test_it_evaluates_a_version_by_the_validation_weighted_mean_of_sites_that_send_no_histogram(fed):
     first = open_round(fed.study)
     submit(fed.agent_a, first)
     submit(fed.agent_b, first)
@@ -279,12 +281,13 @@ def test_it_evaluates_a_version_by_the_validation_weighted_mean_the_sites_report
     base_b = {"val_loss": 0.6, "val_accuracy": 0.7, "val_auc": 0.75, "val_examples": 10}
     submit(fed.agent_a, second, metrics={**GOOD_METRICS, "base": base_a})
     v1.refresh_from_db()
-    assert v1.evaluation["global"] == pytest.approx(base_a)
+    assert {key: v1.evaluation["global"][key] for key in base_a} == pytest.approx(base_a)
     submit(fed.agent_b, second, metrics={**GOOD_METRICS, "base": base_b})
     v1.refresh_from_db()
     assert v1.evaluation["sites"] == {str(fed.p.site_a.pk): base_a, str(fed.p.site_b.pk): base_b}
-    assert v1.evaluation["global"] == pytest.approx(
-        {"val_loss": 0.45, "val_accuracy": 0.85, "val_auc": 0.9, "val_examples": 40})
+    expected = {"val_loss": 0.45, "val_accuracy": 0.85, "val_auc": 0.9, "val_examples": 40}
+    assert {key: v1.evaluation["global"][key] for key in expected} == pytest.approx(expected)
+    assert v1.evaluation["global"]["val_auc_method"] == "site_mean"  # agents from before score histograms
     assert ModelVersion.objects.get(study=fed.study, number=0).evaluation == {}
 
 

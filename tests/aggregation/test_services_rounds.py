@@ -20,6 +20,7 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     model_store_fixture,
     open_round,
     record_enqueued,
+    send_evaluation,
     submit,
     third_site,
     three_site_study,
@@ -78,7 +79,7 @@ def test_it_opens_no_round_when_the_gate_refuses(p):
     assert not Round.objects.exists() and not ModelVersion.objects.exists()
 
 
-def test_it_opens_no_round_past_the_round_budget(p, monkeypatch):
+def test_it_opens_no_round_past_the_round_budget_and_the_final_evaluation(p, monkeypatch):
     record_enqueued(monkeypatch)
     study = governed_study(p, rounds=1)
     (agent_a, _), (agent_b, _) = agent_for(p, p.site_a), agent_for(p, p.site_b)
@@ -88,10 +89,16 @@ def test_it_opens_no_round_past_the_round_budget(p, monkeypatch):
     version = round_aggregate(round_id=round_.pk)
     round_.refresh_from_db()
     assert round_.status == RoundStatus.CLOSED and version.number == 1
+    final = Round.objects.get(study=study, number=2)
+    assert (final.kind, final.base_version, final.status) == (RoundKind.EVALUATION, version, RoundStatus.OPEN)
+    send_evaluation(agent_a, final)
+    send_evaluation(agent_b, final)
+    final.refresh_from_db()
+    assert final.status == RoundStatus.CLOSED
     mark = last_seq()
     assert round_open_next(study_id=study.pk) is None
     rounds_tick()
-    assert Round.objects.count() == 1 and actions_after(mark) == []
+    assert Round.objects.count() == 2 and actions_after(mark) == []
 
 
 def test_it_hands_a_round_past_its_deadline_with_quorum_to_aggregation_after_commit(

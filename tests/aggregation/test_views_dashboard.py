@@ -37,8 +37,9 @@ PLOTLY = "/static/vendor/plotly/plotly.min.js"
 BASE_METRICS = {"val_auc": 0.7, "val_accuracy": 0.6, "val_loss": 0.6, "val_examples": 20}
 # Queries of one dashboard view: session, user, roles, the study (as the user sees it), the audit event of the
 # view (chain head, insert), the newest events, the rounds with their versions, their updates, their
-# statistics, the round-opened and refused events, and the gate's six. PostgreSQL adds the audit chain's lock.
-DASHBOARD_QUERIES = {"sqlite": 17, "postgresql": 18}
+# statistics, their evaluations, the round-opened and refused events, and the gate's six. PostgreSQL adds the
+# audit chain's lock.
+DASHBOARD_QUERIES = {"sqlite": 18, "postgresql": 19}
 
 
 def dashboard_url(study: Study) -> str:

@@ -128,7 +128,7 @@ def test_it_lays_out_the_provenance_and_evaluation_of_a_version(fed, persona):
     assert "FedAvg" in body and "Server learning rate" in body
     assert f'data-evaluation-site="{fed.p.site_a.pk}"><td>Amsterdam UMC</td><td>0.910</td>' in body
     assert f'data-evaluation-site="{fed.p.site_b.pk}"><td>Charité Berlin</td><td>0.710</td>' in body
-    assert '<tr data-evaluation="mean"><th>Mean across sites</th><th>0.860</th>' in body
+    assert '<tr data-evaluation="mean"><th>All sites</th><th>0.860</th>' in body
     assert "never a data row" in body
     event = AuditEvent.objects.get(action="studies.study.viewed", actor_user=user)
     assert event.details == {"via": "page:version"}

@@ -15,6 +15,7 @@ from django.db.models import Model
 from django.forms import ModelForm
 from django.http import HttpRequest
 
+from consortium.logins import AdminLoginForm
 from consortium.models import AuditEvent
 from consortium.roles import Role
 from consortium.services import audit_log_read, user_roles_changed
@@ -24,6 +25,7 @@ User = get_user_model()
 admin.site.site_header = "Consortium administration"
 admin.site.site_title = "Consortium admin"
 admin.site.index_title = "Sites, users and roles; governed records (read-only)"
+admin.site.login_form = AdminLoginForm  # throttled like every login, and each refusal audited
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

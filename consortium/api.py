@@ -44,7 +44,8 @@ class TokenObtainApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        token = api_token_obtain(**serializer.validated_data)
+        # The Django request: django-axes marks it when the login is locked out, and its middleware answers 429.
+        token = api_token_obtain(request=request._request, **serializer.validated_data)
         return Response(self.OutputSerializer({"token": token.key}).data)
 
 

@@ -66,8 +66,11 @@ def test_it_serves_the_schema_and_documents_errors_and_auth(db):
     assert {"400"} == set(token["responses"]) - {"200"}
 
 
-def test_it_serves_the_swagger_ui(db):
+def test_it_serves_the_swagger_ui_with_its_start_up_script_as_a_file(db):
     response = APIClient().get("/api/docs/")
     assert response.status_code == 200
     assert b"swagger-ui" in response.content
-    assert b"/api/schema/" in response.content
+    assert b"<script>" not in response.content, "the Content-Security-Policy allows no inline script"
+    script = APIClient().get("/api/docs/?script=")
+    assert script.status_code == 200 and script["Content-Type"].startswith("application/javascript")
+    assert b"/api/schema/" in script.content

@@ -39,8 +39,21 @@ class TokenObtainApi(APIView):
         class Meta:
             ref_name = "TokenOutput"
 
+    class LockedOutSerializer(serializers.Serializer):
+        error = serializers.CharField(help_text="`locked_out`")
+        detail = serializers.CharField()
+        retry_after = serializers.IntegerField(help_text="Seconds to wait, as in the Retry-After header.")
+
+        class Meta:
+            ref_name = "LockedOut"
+
     @extend_schema(tags=["auth"], summary="Obtain the API token for a username and password", auth=[],
-                   request=InputSerializer, responses={200: OutputSerializer, **errors(400, public=True)})
+                   request=InputSerializer, responses={
+                       200: OutputSerializer, **errors(400, public=True),
+                       429: OpenApiResponse(LockedOutSerializer, description=(
+                           "Too many failed logins for this username or from this address (LOGIN_FAILURE_LIMIT "
+                           "per LOGIN_LOCKOUT_MINUTES): refused without checking the password until the time "
+                           "in `detail`; `Retry-After` gives the seconds."))})
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

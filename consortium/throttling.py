@@ -37,11 +37,10 @@ def lockout_ends(username: str | None, address: str, *, now: datetime | None = N
     now = now or timezone.now()
     cool_off = get_cool_off()
     recent = AccessAttempt.objects.filter(attempt_time__gte=now - cool_off)
+    matches = ([Q(username=username)] if username else []) + ([Q(ip_address=address)] if address else [])
     ends = [_lifts_at(recent.filter(match).values_list("attempt_time", "failures_since_start"), cool_off)
-            for match in (Q(username=username) if username else None, Q(ip_address=address) if address else None)
-            if match is not None]
-    found = [end for end in ends if end is not None]
-    return max(found) if found else None
+            for match in matches]
+    return max((end for end in ends if end is not None), default=None)
 
 
 def _lifts_at(attempts: Iterable[tuple[datetime, int]], cool_off: timedelta) -> datetime | None:

@@ -163,3 +163,19 @@ def test_a_limit_overridden_in_a_test_applies(p, settings):
     client = Client()
     web_login(client, "pi", "guess")
     assert web_login(client, "pi", "guess").status_code == 429
+
+
+def test_an_address_is_told_the_moment_its_oldest_counted_failure_ages_out(p):
+    """Five failures from one address, two minutes apart, for five usernames: the address may try again
+    when the first of them stops counting (15 minutes after it), not 15 minutes after the last."""
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    for name in ("alice", "bob", "carol", "dave"):
+        web_login(attacker, name, "guess")
+    now = timezone.now()
+    for minutes, name in zip((10, 8, 6, 4), ("alice", "bob", "carol", "dave"), strict=True):
+        AccessAttempt.objects.filter(username=name).update(attempt_time=now - timedelta(minutes=minutes))
+    locking = web_login(attacker, "erin", "guess")
+    assert locking.status_code == 429
+    assert (MINUTES - 10) * 60 - 5 <= int(locking["Retry-After"]) <= (MINUTES - 10) * 60
+    [event] = [e for e in refusals("consortium.login.failed") if e.details["locked_out"]]
+    assert event.actor_label == "erin" and event.details["address"] == "203.0.113.9"

@@ -60,7 +60,7 @@ def demo(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{base}/accounts/login/")
+        _wait_for(f"{base}/accounts/login/", 180)  # the server, worker and four agents start at once
         yield base, data
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # serve_demo stops its worker and agents

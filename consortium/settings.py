@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
-from csp.constants import NONE, SELF, UNSAFE_INLINE
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from consortium.env import env_bool, env_int, env_list, env_str
@@ -247,14 +247,15 @@ PROXY_COUNT = env_int("PROXY_COUNT", 0)
 if PROXY_COUNT < 0:
     raise ImproperlyConfigured("PROXY_COUNT must be 0 or more.")
 
-# Content-Security-Policy on every answer: scripts only from our own static files (no inline script, no eval;
-# plotly.js runs without either). Styles allow 'unsafe-inline' because plotly.js and Swagger UI write style
-# elements and attributes at run time; that is for styles only. The websocket is same-origin ('self').
+# Content-Security-Policy on every answer: scripts and styles only from our own static files (no inline
+# script, no eval: plotly.js runs without either). The dashboard and Swagger UI add 'unsafe-inline' for
+# styles only (consortium/content_policy.py): plotly.js and Swagger UI write styles as they draw.
+# The websocket is same-origin ('self').
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
         "script-src": [SELF],
-        "style-src": [SELF, UNSAFE_INLINE],
+        "style-src": [SELF],
         "img-src": [SELF, "data:"],
         "font-src": [SELF],
         "connect-src": [SELF],

@@ -83,7 +83,7 @@ def api_token_obtain(*, request: HttpRequest, username: str, password: str) -> T
     """Exchange a username and password for the user's API token (created once, then reused).
 
     `request` is the Django request: django-axes reads the client's address from it and marks it when the
-    login is locked out (its middleware then answers 429; see `consortium.views.lockout_response`)."""
+    login is locked out (its middleware then answers 429; see `consortium.logins.lockout_response`)."""
     user = authenticate(request, username=username, password=password)
     if user is None or not user.is_active:
         login_failed(request=request, username=username, via="api:token")

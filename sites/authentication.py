@@ -56,19 +56,25 @@ class AgentTokenAuthentication(BaseAuthentication):
         if wait:
             raise Throttled(wait=wait, detail=THROTTLED.format(wait=wait))
         try:
-            if len(parts) != 2:
-                raise AuthenticationFailed(MALFORMED)
-            try:
-                raw = parts[1].decode("ascii")
-            except UnicodeDecodeError:
-                raise AuthenticationFailed(UNKNOWN) from None
-            token = agent_token_authenticate(raw)
-            if token is None:
-                raise AuthenticationFailed(refusal(raw))
+            token = self._live_token(parts)
         except AuthenticationFailed:
             AGENT_TOKENS.failed(address)
             raise
         return AgentPrincipal(token), token
+
+    @staticmethod
+    def _live_token(parts: list[bytes]) -> AgentToken:
+        """The live token the header carries; else AuthenticationFailed saying why not."""
+        if len(parts) != 2:
+            raise AuthenticationFailed(MALFORMED)
+        try:
+            raw = parts[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthenticationFailed(UNKNOWN) from None
+        token = agent_token_authenticate(raw)
+        if token is None:
+            raise AuthenticationFailed(refusal(raw))
+        return token
 
     def authenticate_header(self, request: Request) -> str:
         # Makes DRF answer 401 (not 403) to a missing or refused token, with a challenge that names the scheme.

@@ -278,10 +278,20 @@ def _figure(traces: list[Any], layout: go.Layout) -> dict[str, Any]:
     return figure
 
 
+def plotly_text(value: str) -> str:
+    """Text (a site's name, a reason) as plotly.js shows it literally, wherever it goes in a figure.
+
+    plotly.js reads `<b>`, `<a href>` and `&...;` in any label as markup and `%{...}` in a hovertemplate
+    as a placeholder, and decodes entities last: so `&`, `<`, `>` and `%` go in as entities (a name
+    `%{customdata}` would otherwise show the point's data). `static/js/dashboard.js` has the same helper."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("%", "&#37;")
+
+
 def _line(name: str, meta: str, xs: list[Any], ys: list[Any], color: str, unit: str, *,
           line: dict[str, Any] | None = None, **extra: Any) -> go.Scatter:
-    return go.Scatter(x=xs, y=ys, name=name, meta=meta, mode="lines+markers", line={"color": color, **(line or {})},
-                      hovertemplate=f"{name}: %{{y:.3f}}{unit}<extra>%{{x}}</extra>", **extra)
+    label = plotly_text(name)
+    return go.Scatter(x=xs, y=ys, name=label, meta=meta, mode="lines+markers", line={"color": color, **(line or {})},
+                      hovertemplate=f"{label}: %{{y:.3f}}{unit}<extra>%{{x}}</extra>", **extra)
 
 
 def _evaluated(rounds: list[Round]) -> list[tuple[int, dict[str, Any]]]:
@@ -423,11 +433,11 @@ def heatmap_figure(views: list[RoundView], sites: list[SiteRef]) -> dict[str, An
     for site in sites:
         cells = [heatmap_cell(view, site.site_id) for view in views]
         z.append([CELL_STATES.index(state) for state, _ in cells])
-        text.append([f"{state}: {why}" if why else state for state, why in cells])
+        text.append([plotly_text(f"{state}: {why}" if why else state) for state, why in cells])
     n = len(CELL_STATES)
     scale = [[edge, color] for i, color in enumerate(CELL_COLORS) for edge in (i / n, (i + 1) / n)]
-    heatmap = go.Heatmap(x=[v.round.number for v in views], y=[s.name for s in sites], z=z, text=text, meta="cells",
-                         zmin=-0.5, zmax=n - 0.5, colorscale=scale, xgap=2, ygap=2,
+    heatmap = go.Heatmap(x=[v.round.number for v in views], y=[plotly_text(s.name) for s in sites], z=z, text=text,
+                         meta="cells", zmin=-0.5, zmax=n - 0.5, colorscale=scale, xgap=2, ygap=2,
                          hovertemplate="%{y}, round %{x}: %{text}<extra></extra>",
                          colorbar={"tickvals": list(range(n)), "ticktext": list(CELL_STATES), "thickness": 12})
     layout = _layout("Round", "", empty="" if views else "No round has opened yet.",

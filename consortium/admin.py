@@ -17,6 +17,7 @@ from django.forms import ModelForm
 from django.http import HttpRequest
 
 from consortium.forms import ConsortiumUserChangeForm, ConsortiumUserCreationForm
+from consortium.logins import AdminLoginForm
 from consortium.models import AuditEvent
 from consortium.roles import Role
 from consortium.services import audit_log_read, group_names, user_roles_changed
@@ -26,6 +27,7 @@ User = get_user_model()
 admin.site.site_header = "Consortium administration"
 admin.site.site_title = "Consortium admin"
 admin.site.index_title = "Sites, users and roles; governed records (read-only)"
+admin.site.login_form = AdminLoginForm  # throttled like every login, and each refusal audited
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -6,7 +6,7 @@ from typing import Any
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
@@ -45,12 +45,26 @@ class TokenObtainApi(ConsortiumApi):
         class Meta:
             ref_name = "TokenOutput"
 
+    class LockedOutSerializer(serializers.Serializer):
+        error = serializers.CharField(help_text="`locked_out`")
+        detail = serializers.CharField()
+        retry_after = serializers.IntegerField(help_text="Seconds to wait, as in the Retry-After header.")
+
+        class Meta:
+            ref_name = "LockedOut"
+
     @extend_schema(tags=["auth"], summary="Obtain the API token for a username and password", auth=[],
-                   request=InputSerializer, responses={200: OutputSerializer, **errors(400, public=True)})
+                   request=InputSerializer, responses={
+                       200: OutputSerializer, **errors(400, public=True),
+                       429: OpenApiResponse(LockedOutSerializer, description=(
+                           "Too many failed logins for this username or from this address (LOGIN_FAILURE_LIMIT "
+                           "per LOGIN_LOCKOUT_MINUTES): refused without checking the password until the time "
+                           "in `detail`; `Retry-After` gives the seconds."))})
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        token = api_token_obtain(**serializer.validated_data)
+        # The Django request: django-axes marks it when the login is locked out, and its middleware answers 429.
+        token = api_token_obtain(request=request._request, **serializer.validated_data)
         return Response(self.OutputSerializer({"token": token.key}).data)
 
 
@@ -137,7 +151,10 @@ class SchemaApi(SpectacularAPIView):
     reads = UnauditedRead("The API's own description: no study data.")
 
 
-class SwaggerApi(SpectacularSwaggerView):
+class SwaggerApi(SpectacularSwaggerSplitView):
+    """The split view serves Swagger UI's start-up script as a file: the Content-Security-Policy allows no inline
+    script."""
+
     reads = UnauditedRead("The API's browsable documentation page: no study data.")
 
 

@@ -6,13 +6,16 @@ from typing import Any, TypeVar
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import transaction
+from django.http import HttpRequest
 from rest_framework.authtoken.models import Token
 
 from consortium.audit import ActorRef, record, record_denial
 from consortium.errors import DomainError, ValidationFailed
 from consortium.models import AuditActorKind, AuditEvent
+from consortium.throttling import client_ip, lockout_ends
 
 BAD_CREDENTIALS = "Unable to log in with that username and password."
+LOCKED_OUT = "Too many failed logins for this username or from this address."
 T = TypeVar("T")
 
 
@@ -83,13 +86,32 @@ def access_denied(
                          details={"code": code, **(details or {})})
 
 
-def api_token_obtain(*, username: str, password: str) -> Token:
-    """Exchange a username and password for the user's API token (created once, then reused)."""
-    user = authenticate(username=username, password=password)
+def login_failed(*, request: HttpRequest, username: str, via: str) -> AuditEvent:
+    """Record a refused login (`authenticate` just returned no user for `request`, which django-axes marked).
+
+    `consortium.login.failed`: a wrong username or password, counted towards the lockout (`locked_out` says
+    whether this one brought it on). `consortium.login.locked_out`: refused without checking the password,
+    because the username or the address is locked out. Both say from where, and until when it is locked."""
+    address = getattr(request, "axes_ip_address", None) or client_ip(request)
+    locked = bool(getattr(request, "axes_locked_out", False))
+    failures = getattr(request, "axes_failures_since_start", None)  # None: not counted (refused while locked)
+    ends = lockout_ends(username, address) if locked else None
+    refused_unchecked = locked and failures is None
+    details = {"via": via, "address": address, "failures": failures, "locked_out": locked,
+               "locked_until": ends.isoformat() if ends else None}
+    return record_denial(actor=ActorRef(kind=AuditActorKind.USER, label=username or "anonymous"),
+                         action="consortium.login.locked_out" if refused_unchecked else "consortium.login.failed",
+                         reason=LOCKED_OUT if locked else BAD_CREDENTIALS, details=details)
+
+
+def api_token_obtain(*, request: HttpRequest, username: str, password: str) -> Token:
+    """Exchange a username and password for the user's API token (created once, then reused).
+
+    `request` is the Django request: django-axes reads the client's address from it and marks it when the
+    login is locked out (its middleware then answers 429; see `consortium.logins.lockout_response`)."""
+    user = authenticate(request, username=username, password=password)
     if user is None or not user.is_active:
-        record_denial(actor=ActorRef(kind=AuditActorKind.USER, label=username or "anonymous"),
-                      action="consortium.api_token.obtain", reason=BAD_CREDENTIALS,
-                      details={"code": ValidationFailed.code})
+        login_failed(request=request, username=username, via="api:token")
         raise ValidationFailed(BAD_CREDENTIALS)
     with transaction.atomic():
         token, created = Token.objects.get_or_create(user=user)

@@ -6,9 +6,11 @@ switch to PostgreSQL and Redis; see README.md.
 """
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from consortium.env import env_bool, env_int, env_list, env_str
@@ -50,6 +52,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "guardian",
+    "axes",
+    "csp",
     "channels",
     "consortium",
     "sites",
@@ -59,6 +63,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -66,6 +71,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a refused or locking login into the lockout answer (consortium.logins.lockout_response).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "consortium.urls"
@@ -109,6 +116,7 @@ DATABASES = {"default": _database()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out account or address before any password check
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -139,6 +147,9 @@ STATICFILES_FINDERS = [
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps: no collectstatic step for the demo
 
 REDIS_URL = env_str("REDIS_URL", "")
+# The cache holds the agent-token throttle's counters: shared through Redis when there is one, else per process.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 
 if REDIS_URL:
     CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL)}
@@ -215,3 +226,69 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# --- Security -----------------------------------------------------------------------------------------------
+
+# HTTPS=1: the server sits behind a TLS-terminating reverse proxy that sets X-Forwarded-Proto. Then plain HTTP
+# is redirected, cookies travel over TLS only, and browsers are told to use HTTPS for a year (HSTS).
+HTTPS = env_bool("HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", True)
+    # Turning one off is a deliberate choice for this domain: `check --deploy` need not warn about it.
+    SILENCED_SYSTEM_CHECKS = [check for check, on in (("security.W005", SECURE_HSTS_INCLUDE_SUBDOMAINS),
+                                                      ("security.W021", SECURE_HSTS_PRELOAD)) if not on]
+# Reverse proxies in front of the server that append the client's address to X-Forwarded-For (0: none, the
+# peer is the client). Logins and agent tokens are throttled per client address, so this must be right.
+PROXY_COUNT = env_int("PROXY_COUNT", 0)
+if PROXY_COUNT < 0:
+    raise ImproperlyConfigured("PROXY_COUNT must be 0 or more.")
+
+# Content-Security-Policy on every answer: scripts and styles only from our own static files (no inline
+# script, no eval: plotly.js runs without either). The dashboard and Swagger UI add 'unsafe-inline' for
+# styles only (consortium/content_policy.py): plotly.js and Swagger UI write styles as they draw.
+# The websocket is same-origin ('self').
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# Logins (the login page, the admin's and the API token endpoint) through django-axes: after
+# LOGIN_FAILURE_LIMIT failures for one username, or from one address, within LOGIN_LOCKOUT_MINUTES, further
+# attempts are refused (password unchecked) until that long after the last counted failure. Tests may
+# override these per test; they are on in every environment.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15)
+if LOGIN_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1.")
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks: per account and per address
+# An attempt while locked out does not push the end further away, so the time we tell the user holds.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_CLIENT_IP_CALLABLE = "consortium.throttling.client_ip"
+AXES_LOCKOUT_CALLABLE = "consortium.logins.lockout_response"
+AXES_DISABLE_ACCESS_LOG = True  # the audit log is the record of logins; no second one outside the chain
+AXES_ENABLE_ADMIN = False  # the admin is read-only; unlock with `manage.py axes_reset_username <name>`
+
+# Site agents: after AGENT_TOKEN_FAILURE_LIMIT malformed, unknown or revoked tokens from one address within
+# AGENT_TOKEN_LOCKOUT_MINUTES, that address gets 429 with Retry-After until the window ends.
+AGENT_TOKEN_FAILURE_LIMIT = env_int("AGENT_TOKEN_FAILURE_LIMIT", 10)
+AGENT_TOKEN_LOCKOUT_MINUTES = env_int("AGENT_TOKEN_LOCKOUT_MINUTES", LOGIN_LOCKOUT_MINUTES)
+if AGENT_TOKEN_FAILURE_LIMIT < 1 or AGENT_TOKEN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured("AGENT_TOKEN_FAILURE_LIMIT and AGENT_TOKEN_LOCKOUT_MINUTES must be at least 1.")

@@ -3,16 +3,18 @@
 Not a default authentication class: only the agent endpoints set
 `authentication_classes = [AgentTokenAuthentication]` and `permission_classes = [IsAgent]`.
 Every request re-reads the token, so a revocation is refused on the agent's very next request.
+Bad tokens are throttled per client address (AGENT_TOKEN_FAILURE_LIMIT per AGENT_TOKEN_LOCKOUT_MINUTES).
 """
 
 from datetime import UTC
 
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from consortium.throttling import AGENT_TOKENS, client_ip
 from sites.agents import AgentPrincipal
 from sites.models import AgentToken
 from sites.selectors import agent_token_identify
@@ -21,6 +23,8 @@ from sites.services import agent_token_authenticate
 KEYWORD = "Bearer"
 MALFORMED = "Malformed Authorization header: send 'Authorization: Bearer <agent token>'."
 UNKNOWN = "Unknown agent token."
+THROTTLED = ("Too many malformed, unknown or revoked agent tokens from this address: try again in {wait} s "
+             "(Retry-After).")
 
 
 def refusal(raw: str) -> str:
@@ -46,6 +50,21 @@ class AgentTokenAuthentication(BaseAuthentication):
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() != KEYWORD.lower().encode():
             return None
+        address = client_ip(request)
+        # An address that sent too many bad tokens waits, whatever it sends now: no token is even looked at.
+        wait = AGENT_TOKENS.retry_after(address)
+        if wait:
+            raise Throttled(wait=wait, detail=THROTTLED.format(wait=wait))
+        try:
+            token = self._live_token(parts)
+        except AuthenticationFailed:
+            AGENT_TOKENS.failed(address)
+            raise
+        return AgentPrincipal(token), token
+
+    @staticmethod
+    def _live_token(parts: list[bytes]) -> AgentToken:
+        """The live token the header carries; else AuthenticationFailed saying why not."""
         if len(parts) != 2:
             raise AuthenticationFailed(MALFORMED)
         try:
@@ -55,7 +74,7 @@ class AgentTokenAuthentication(BaseAuthentication):
         token = agent_token_authenticate(raw)
         if token is None:
             raise AuthenticationFailed(refusal(raw))
-        return AgentPrincipal(token), token
+        return token
 
     def authenticate_header(self, request: Request) -> str:
         # Makes DRF answer 401 (not 403) to a missing or refused token, with a challenge that names the scheme.

@@ -1,6 +1,8 @@
 import os
+from collections.abc import Iterator
 
 import pytest
+from django.core.cache import cache
 
 from tests.base import Personas, make_personas
 
@@ -20,6 +22,15 @@ def skip_or_fail(reason: str) -> None:
 def _fast_password_hashing(settings) -> None:
     """Personas are made per test; the production hasher would cost ~0.25 s per user."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles() -> Iterator[None]:
+    """Throttle counters live in the cache, which no test transaction rolls back: each test starts afresh,
+    so one test's refused agent tokens do not lock another out (the limits themselves stay as configured)."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import html
 
+from django.http import HttpRequest
 from django.test import Client
 
 from consortium.models import AuditEvent, AuditOutcome
@@ -10,7 +11,8 @@ from tests.base import PASSWORD
 
 def client_for(user) -> Client:
     client = Client()
-    assert client.login(username=user.get_username(), password=PASSWORD)
+    # django-axes checks every authentication against its lockouts, which needs a request.
+    assert client.login(request=HttpRequest(), username=user.get_username(), password=PASSWORD)
     return client
 
 

@@ -64,11 +64,15 @@ def test_it_serves_the_schema_and_documents_errors_and_auth(db):
         "$ref": "#/components/schemas/Error"}
     token = document["paths"]["/api/auth/token/"]["post"]
     assert token.get("security", [{}]) == [{}]  # obtaining a token needs no authentication
-    assert {"400"} == set(token["responses"]) - {"200"}
+    assert {"400", "429"} == set(token["responses"]) - {"200"}
+    assert "retry_after" in document["components"]["schemas"]["LockedOut"]["properties"]
 
 
-def test_it_serves_the_swagger_ui(db):
+def test_it_serves_the_swagger_ui_with_its_start_up_script_as_a_file(db):
     response = APIClient().get("/api/docs/")
     assert response.status_code == 200
     assert b"swagger-ui" in response.content
-    assert b"/api/schema/" in response.content
+    assert b"<script>" not in response.content, "the Content-Security-Policy allows no inline script"
+    script = APIClient().get("/api/docs/?script=")
+    assert script.status_code == 200 and script["Content-Type"].startswith("application/javascript")
+    assert b"/api/schema/" in script.content

@@ -11,10 +11,12 @@ from django.views.decorators.http import require_GET
 
 from aggregation.dashboard import study_dashboard
 from aggregation.views.rounds import visible_study
+from consortium.content_policy import allow_inline_styles
 from consortium.web import domain_errors
 from studies.services import study_viewed
 
 
+@allow_inline_styles  # plotly.js styles its charts inline
 @login_required
 @require_GET
 @domain_errors

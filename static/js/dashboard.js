@@ -56,6 +56,13 @@
     return Number.isInteger(value) ? String(value) : Number(value).toFixed(digits === undefined ? 3 : digits);
   }
 
+  /* Text (a site's name, a reason) as plotly.js shows it literally: plotly reads <b>, <a href> and &...; in
+   * labels as markup and %{...} in a hovertemplate as a placeholder, and decodes entities last. The same
+   * helper as aggregation/dashboard.py's plotly_text, so live traces and the first render agree. */
+  function plotlyText(value) {
+    return String(value).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/%/g, "&#37;");
+  }
+
   function siteName(id, fallback) {
     const site = sites.get(Number(id));
     return site ? site.name : (fallback || "Site " + id);
@@ -123,8 +130,9 @@
   function siteTrace(id, unit) {
     return function () {
       const site = sites.get(Number(id)) || ensureSite(Number(id));
-      return {type: "scatter", name: site.name, mode: "lines+markers", line: {color: site.color},
-        hovertemplate: site.name + ": %{y:.3f}" + unit + "<extra>%{x}</extra>"};
+      const label = plotlyText(site.name);
+      return {type: "scatter", name: label, mode: "lines+markers", line: {color: site.color},
+        hovertemplate: label + ": %{y:.3f}" + unit + "<extra>%{x}</extra>"};
     };
   }
 
@@ -202,7 +210,7 @@
   function redrawHeatmap() {
     const gd = charts.heatmap;
     if (gd) {
-      const names = heat.siteIds.map((id) => siteName(id));
+      const names = heat.siteIds.map((id) => plotlyText(siteName(id)));
       window.Plotly.restyle(gd, {x: [heat.rounds.slice()], y: [names], z: [heat.z.map((r) => r.slice())],
         text: [heat.text.map((r) => r.slice())]}, [0]);
       window.Plotly.relayout(gd, {height: Math.max(200, 80 + 34 * heat.siteIds.length)});
@@ -246,7 +254,7 @@
     const col = heat.rounds.indexOf(round);
     const before = state.cell_states[heat.z[row][col]];
     heat.z[row][col] = state.cell_states.indexOf(cellState);
-    heat.text[row][col] = why ? cellState + ": " + why : cellState;
+    heat.text[row][col] = plotlyText(why ? cellState + ": " + why : cellState);
     redrawHeatmap();
     return before;
   }

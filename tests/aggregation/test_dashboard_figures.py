@@ -13,6 +13,7 @@ from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import model_download, round_aggregate
 from consortium.errors import Conflict
 from sites.agents import AgentPrincipal
+from sites.models import Site
 from studies import services as study_services
 from studies.choices import EventKind
 from studies.event_text import event_sentence
@@ -210,3 +211,24 @@ def test_the_dashboard_starts_from_the_newest_event_and_feeds_the_last_ones_newe
 ])
 def test_each_event_reads_as_a_sentence(kind, data, sentence):
     assert event_sentence(kind, data) == sentence
+
+
+HOSTILE = '%{customdata} <b>Bad</b> & <img src=x onerror=alert(1)> 100%'
+
+
+def test_a_site_name_reaches_every_figure_as_text_never_as_plotly_markup_or_placeholder(history):
+    """plotly.js substitutes `%{...}` in a hovertemplate and renders `<b>`/`<a>` in labels, then decodes
+    entities: a name must go in as entities, so the chart shows it exactly as the site is called."""
+    Site.objects.filter(pk=history.site_ids["amc"]).update(name=HOSTILE)
+    Update.objects.filter(site_id=history.site_ids["amc"]).update(exclusion_reason="<i>%{x}</i>")
+    figures = study_dashboard(history.study).figures
+    escaped = "&#37;{customdata} &lt;b&gt;Bad&lt;/b&gt; &amp; &lt;img src=x onerror=alert(1)&gt; 100&#37;"
+    for name in ("sites", "elapsed", "norms"):
+        line = trace(figures[name], f"site:{history.site_ids['amc']}")
+        assert line["name"] == escaped
+        assert line["hovertemplate"].startswith(f"{escaped}: %{{y:.3f}}")
+        assert line["hovertemplate"].count("%{") == 2, "only the chart's own placeholders (y and x)"
+    heatmap = figures["heatmap"]["data"][0]
+    assert escaped in list(heatmap["y"])
+    assert heatmap["text"][list(heatmap["y"]).index(escaped)][1] == "excluded: &lt;i&gt;&#37;{x}&lt;/i&gt;"
+    assert not any("%{" in cell or "<" in cell for row in heatmap["text"] for cell in row)

@@ -39,10 +39,44 @@ def browser(monkeypatch):
         browser.close()
 
 
-def log_in(browser, base_url: str, username: str, password: str = PASSWORD):
-    """A fresh browser context (its own cookies) logged in through the login form."""
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+# Runs in every document before its own scripts (through the debugger protocol, so the page's
+# Content-Security-Policy does not apply to it): collects the policy's violations as the page reports them.
+WATCH_CSP = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(e.violatedDirective + " blocked " + (e.blockedURI || "inline") + " at " +
+    e.sourceFile + ":" + e.lineNumber);
+});
+"""
+
+
+def watched_page(browser):
+    """A fresh browser context (its own cookies) whose page records every dialog (and dismisses it) and every
+    Content-Security-Policy violation, reported in the page or logged to the console."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_init_script(WATCH_CSP)
+    page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    page.dialogs, page.csp_console = [], []
+
+    def on_dialog(dialog) -> None:
+        page.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on("console", lambda message: page.csp_console.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    return page
+
+
+def csp_violations(page) -> list[str]:
+    """What the current document reported, and what any document of this page logged, since it opened."""
+    return list(page.evaluate("window.__cspViolations || []")) + page.csp_console
+
+
+def log_in(browser, base_url: str, username: str, password: str = PASSWORD):
+    """A fresh watched page (`watched_page`) logged in through the login form."""
+    page = watched_page(browser)
     page.goto(f"{base_url}/accounts/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", password)

@@ -6,7 +6,7 @@ import pytest
 from studies import services
 from studies.models import Study
 from tests.base import approve_dpia, draft_study, govern_site, make_personas
-from tests.browser.conftest import log_in, shot
+from tests.browser.conftest import csp_violations, log_in, shot
 
 pytestmark = pytest.mark.browser
 
@@ -76,3 +76,4 @@ def test_it_approves_activates_and_turns_a_revoked_sites_checks_red(live_server,
     assert pi.locator('tr[data-site-row="charite"]').get_attribute("data-eligible") == "true"
     assert pi.locator('tr[data-check="quorum"]').get_attribute("data-passed") == "false"
     shot(pi, "5-pi-sees-site-a-red")
+    assert [csp_violations(page) for page in (pi, dpo, site_a)] == [[], [], []]

@@ -4,7 +4,7 @@ embedded defaults (SQLite, in-memory channel layer, filesystem broker). The PI's
 metric point and a heatmap column as a round completes, without a reload; a site admin revokes
 participation in a second browser context and the PI's governance panel turns that site red, without a
 reload. How fast is measured in `bench/revocation_latency.py` (p50/p99), never asserted here: a test waits
-for the outcome with a generous timeout."""
+for the outcome with a generous timeout. The Content-Security-Policy reports no violation throughout."""
 
 import os
 import signal
@@ -20,7 +20,7 @@ import pytest
 
 from aggregation.demo import free_port
 from studies.demo import ACTIVE_TITLE, DEMO_PASSWORD
-from tests.browser.conftest import log_in, shot
+from tests.browser.conftest import csp_violations, log_in, shot
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.browser
@@ -64,7 +64,7 @@ def demo(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{base}/accounts/login/")
+        _wait_for(f"{base}/accounts/login/", 180)  # the server, worker and four agents start at once
         yield base, data
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # serve_demo stops its worker and agents
@@ -119,3 +119,6 @@ def test_the_dashboard_grows_live_and_turns_a_revoked_site_red_without_a_reload(
     assert pi.evaluate("window.__sameDocument") is True
     shot(admin, "dashboard-3-site-admin-revoked")
     shot(pi, "dashboard-4-governance-red")
+    # The Content-Security-Policy held while plotly.js drew and the websocket streamed (no inline script, no eval).
+    assert csp_violations(pi) == [] and csp_violations(admin) == []
+    assert pi.dialogs == [] and admin.dialogs == []

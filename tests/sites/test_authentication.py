@@ -1,6 +1,8 @@
 """The agent's credentials at the door: `AgentTokenAuthentication` and `IsAgent` on a test-only view,
 `AgentPrincipal` as an audit actor that is no Django user, and the OpenAPI bearer scheme."""
 
+import time
+
 import pytest
 from django.contrib.auth.models import AbstractBaseUser
 from django.urls import path
@@ -156,3 +158,61 @@ def test_it_documents_the_bearer_scheme_in_the_openapi_schema():
     assert schema["components"]["securitySchemes"]["agentToken"]["scheme"] == "bearer"
     assert schema["components"]["securitySchemes"]["agentToken"]["type"] == "http"
     assert schema["paths"]["/echo/"]["get"]["security"] == [{"agentToken": []}]
+
+
+# --- Throttling bad tokens per address ------------------------------------------------------------------
+
+AGENT_LIMIT = 10  # AGENT_TOKEN_FAILURE_LIMIT's default
+
+
+def call_from(address: str, authorization: str):
+    return APIClient(REMOTE_ADDR=address).get("/echo/", HTTP_AUTHORIZATION=authorization)
+
+
+def test_it_throttles_an_address_that_sends_bad_tokens_even_when_it_then_sends_a_good_one(p, settings):
+    assert settings.AGENT_TOKEN_FAILURE_LIMIT == AGENT_LIMIT
+    _, plaintext = issue(p)
+    for _ in range(AGENT_LIMIT):
+        refused(call_from("203.0.113.9", "Bearer cst_0123abcd_" + "x" * 43), "Unknown agent token.")
+    throttled = call_from("203.0.113.9", f"Bearer {plaintext}")
+    body = assert_error(throttled, 429, "throttled", mentions="Too many malformed, unknown or revoked agent tokens")
+    wait = int(throttled["Retry-After"])
+    assert settings.AGENT_TOKEN_LOCKOUT_MINUTES * 60 - 5 <= wait <= settings.AGENT_TOKEN_LOCKOUT_MINUTES * 60
+    assert f"{wait} s" in body["detail"]
+    assert call_from("198.51.100.7", f"Bearer {plaintext}").status_code == 200, "another address is not affected"
+
+
+def test_malformed_and_revoked_tokens_count_too_and_good_ones_do_not(p):
+    token, plaintext = issue(p)
+    for _ in range(AGENT_LIMIT * 2):
+        assert call_from("203.0.113.9", f"Bearer {plaintext}").status_code == 200
+    agent_token_revoke(actor=p.site_a_admin, token=token, reason="Laptop stolen")
+    for i in range(AGENT_LIMIT):
+        header = "Bearer a b" if i % 2 else f"Bearer {plaintext}"
+        assert call_from("203.0.113.9", header).status_code == 401
+    assert call_from("203.0.113.9", "Bearer anything").status_code == 429
+
+
+def test_the_throttle_ends_with_its_window(p, monkeypatch, settings):
+    _, plaintext = issue(p)
+    for _ in range(AGENT_LIMIT):
+        call_from("203.0.113.9", "Bearer nonsense")
+    assert call_from("203.0.113.9", f"Bearer {plaintext}").status_code == 429
+    later = time.time() + settings.AGENT_TOKEN_LOCKOUT_MINUTES * 60 + 1
+    monkeypatch.setattr("consortium.throttling.time.time", lambda: later)
+    assert call_from("203.0.113.9", f"Bearer {plaintext}").status_code == 200
+
+
+def test_behind_a_proxy_it_throttles_the_client_not_the_proxy(p, settings):
+    settings.PROXY_COUNT = 1
+    _, plaintext = issue(p)
+
+    def via_proxy(client: str, authorization: str):
+        # The client may send its own X-Forwarded-For; the proxy appends the address it saw.
+        return APIClient(REMOTE_ADDR="10.0.0.1").get(
+            "/echo/", HTTP_AUTHORIZATION=authorization, HTTP_X_FORWARDED_FOR=f"198.51.100.1, {client}")
+
+    for _ in range(AGENT_LIMIT):
+        via_proxy("203.0.113.9", "Bearer nonsense")
+    assert via_proxy("203.0.113.9", f"Bearer {plaintext}").status_code == 429
+    assert via_proxy("203.0.113.10", f"Bearer {plaintext}").status_code == 200

@@ -272,7 +272,7 @@ def test_it_issues_a_token_that_works_end_to_end(p):
 
 
 def test_it_refuses_bad_credentials_with_a_json_400_and_audits_the_attempt(p):
-    with nothing_changes(denied="consortium.api_token.obtain") as events:
+    with nothing_changes(denied="consortium.login.failed") as events:
         response = APIClient().post("/api/auth/token/", {"username": "pi", "password": "guess"}, format="json")
     assert_error(response, 400, "validation_failed", mentions="Unable to log in")
     assert events[0].actor_label == "pi"

@@ -79,7 +79,7 @@ def test_it_recomputes_the_whole_chain_from_a_csv_export_alone(p, hostile_log, k
 @pytest.mark.parametrize("kind", EXPORTS)
 def test_it_neutralises_every_cell_a_spreadsheet_would_run_as_a_formula(p, hostile_log, kind):
     _, rows, text = export(p.auditor, kind)
-    refused = next(row for row in rows if row["action"] == "consortium.api_token.obtain")
+    refused = next(row for row in rows if row["action"] == "consortium.login.failed")
     assert (refused["outcome"], refused["actor_label"]) == ("denied", "'" + FORMULA)
     created = next(row for row in rows if row["action"] == "studies.study.created"
                    and row["study_id"] == str(hostile_log["study"].pk))

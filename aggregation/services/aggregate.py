@@ -16,7 +16,7 @@ from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
 from aggregation.services import _events
-from aggregation.services._common import absolute, move_round, store, version_tensors
+from aggregation.services._common import absolute, lock_round, move_round, store, version_tensors
 from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
@@ -41,7 +41,7 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
     except Exception as exc:
         logger.exception("Aggregation of round %s failed", round_id)
         with transaction.atomic():
-            round_ = Round.objects.select_for_update().get(pk=round_id)
+            round_ = lock_round(round_id)
             if round_.status in ROUND_LIVE:
                 move_round(round_, RoundStatus.FAILED, actor=SYSTEM, reason=f"{type(exc).__name__}: {exc}")
         raise
@@ -49,11 +49,12 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
 
 def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
     started = time.perf_counter()
-    # `of`: PostgreSQL cannot lock the nullable side of the outer join to base_version.
-    round_ = Round.objects.select_for_update(of=("self",)).select_related("base_version").get(pk=round_id)
+    # The study, then the round (`consortium.locks`): held until commit, so no governance change of the
+    # study commits between the gate read below and this aggregation's commit.
+    round_ = lock_round(round_id)
     if round_.status not in ROUND_LIVE:
         return ModelVersion.objects.filter(round=round_).first()
-    study = Study.objects.select_for_update().get(pk=round_.study_id)
+    study = round_.study
     if round_.status == RoundStatus.OPEN:
         move_round(round_, RoundStatus.AGGREGATING, actor=SYSTEM, reason="Aggregation started.")
     gate = evaluate(study, GateAction.AGGREGATE, moment=moment)

@@ -11,12 +11,13 @@ from aggregation import codec, zoo
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events
-from aggregation.services._common import move_round, store
+from aggregation.services._common import lock_round, move_round, store
 from aggregation.services._events import Progress
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
 from studies.choices import GateAction, StudyStatus
 from studies.governance import evaluate
+from studies.locks import lock_study
 from studies.models import Study
 from studies.services.monitoring import governance_watch
 
@@ -29,7 +30,7 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
     let a round run now (otherwise nothing is opened; the study page shows why)."""
     moment = moment or timezone.now()
     with transaction.atomic():
-        study = Study.objects.select_for_update().get(pk=study_id)
+        study = lock_study(study_id)
         if study.status != StudyStatus.ACTIVE or Round.objects.filter(study=study, status__in=ROUND_LIVE).exists():
             return None
         done = Round.objects.filter(study=study, kind=RoundKind.TRAINING, status=RoundStatus.CLOSED).count()
@@ -104,7 +105,7 @@ def round_check_deadline(*, round_id: int, moment: datetime | None = None) -> No
     """Past its deadline, a round with enough eligible submissions is finished; else it is blocked."""
     moment = moment or timezone.now()
     with transaction.atomic():
-        round_ = Round.objects.select_for_update().select_related("study").get(pk=round_id)
+        round_ = lock_round(round_id)
         if round_.status != RoundStatus.OPEN or round_.deadline > moment:
             return
         progress = round_progress(round_, moment=moment)
@@ -152,7 +153,7 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
     # A site that became ineligible may leave every remaining eligible site already submitted.
     for round_id in Round.objects.filter(status=RoundStatus.OPEN, deadline__gt=moment).values_list("pk", flat=True):
         with transaction.atomic():
-            round_ = Round.objects.select_for_update(of=("self",)).select_related("study").get(pk=round_id)
+            round_ = lock_round(round_id)
             if round_.status == RoundStatus.OPEN:
                 round_complete_if_ready(round_, moment=moment)
     stuck = Round.objects.filter(status=RoundStatus.AGGREGATING,

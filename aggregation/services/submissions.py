@@ -18,6 +18,7 @@ from aggregation.services._common import lock_round_for_site, spec, store, verif
 from aggregation.services.rounds import round_complete_if_ready, round_progress
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
+from consortium.locks import locked
 from consortium.models import AuditEvent
 from studies.choices import GateAction
 from studies.governance import evaluate
@@ -86,10 +87,11 @@ def update_submit(
                     downloaded_at=_downloaded_at(round_, actor.site_id), received_at=timezone.now())
     update.full_clean()
     update.save()
+    # Before `record`: a row lock comes before the audit chain's lock (`consortium.locks`).
+    _record_base_evaluation(round_.base_version, actor.site_id, metrics.get("base"))
     record(actor=actor, action="aggregation.update.accepted", target=update, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "sha256": digest, "num_examples": num_examples,
                                         "metrics": metrics, "weight_norm": weight_norm, "delta_norm": delta_norm})
-    _record_base_evaluation(round_.base_version, actor.site_id, metrics.get("base"))
     progress = round_progress(round_)
     _events.update_received(update, round_, progress)
     round_complete_if_ready(round_, progress=progress)
@@ -131,7 +133,7 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
     weighted by validation rows, is the model's global metric."""
     if not base or not base.get("val_examples"):
         return
-    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    version = locked(ModelVersion.objects.filter(pk=version.pk)).get()
     sites = {**version.evaluation.get("sites", {}), str(site_id): base}
     total = sum(entry["val_examples"] for entry in sites.values())
     keys = ("val_loss", "val_accuracy", "val_auc")

@@ -33,7 +33,7 @@ so there the order is trivially kept).
 from collections.abc import Sequence
 from typing import TypeVar
 
-from django.db import models
+from django.db import connection, models
 
 M = TypeVar("M", bound=models.Model)
 
@@ -44,3 +44,17 @@ def locked(queryset: models.QuerySet[M], *, of: Sequence[str] = ()) -> models.Qu
     `of` names the tables to lock when the query joins others (PostgreSQL cannot lock the nullable
     side of an outer join). A no-op on SQLite, whose transactions take the write lock up front."""
     return queryset.select_for_update(no_key=True, of=tuple(of))
+
+
+def try_lock(namespace: int, key: int) -> bool:
+    """Take the transaction-scoped lock named (`namespace`, `key`) if it is free, without waiting.
+
+    A claim, not a level of the order: it never waits, so it cannot close a cycle. PostgreSQL releases
+    it at commit or rollback, and at once when the holder's connection dies (a killed worker). On SQLite
+    it is always granted: a transaction there holds the database's only write lock, which already
+    excludes every other writer."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [namespace, key])
+        return bool(cursor.fetchone()[0])

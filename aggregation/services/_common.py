@@ -82,7 +82,8 @@ def move_round(round_: Round, to: RoundStatus, *, actor: Any, reason: str = "", 
     if to in (RoundStatus.CLOSED, RoundStatus.BLOCKED, RoundStatus.FAILED):
         round_.closed_at = timezone.now()
     if to == RoundStatus.AGGREGATING:
-        round_.aggregation_started_at = timezone.now()
+        # Dispatched now too: the task is sent when this commits (or runs in this very transaction).
+        round_.aggregation_started_at = round_.aggregation_dispatched_at = timezone.now()
     round_.full_clean()
     round_.save()
     record(actor=actor, action=f"aggregation.round.{to}", target=round_, study=round_.study_id,

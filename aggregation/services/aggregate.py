@@ -17,6 +17,7 @@ from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
 from aggregation.services import _events
 from aggregation.services._common import absolute, lock_round, move_round, store, version_tensors
+from aggregation.services.recovery import claim_aggregation
 from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
@@ -30,9 +31,16 @@ logger = logging.getLogger(__name__)
 
 def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVersion | None:
     """Aggregate the round once. A round already finished returns its version (or None): idempotent.
+    A round another worker is aggregating right now is left to it (None), without waiting.
     An unexpected error marks the round failed, recorded, and is re-raised for the worker's log."""
     try:
         with transaction.atomic():
+            # The claim lives as long as this transaction: if this worker dies, the scheduler sees it free
+            # and sends the round again (`recovery`).
+            if not claim_aggregation(round_id):
+                logger.info("Round %s is being aggregated by another worker", round_id)
+                return None
+            logger.info("Aggregating round %s", round_id)
             return _aggregate(round_id, moment or timezone.now())
     except OperationalError:
         # Transient (a lock, a dropped connection): the round stays aggregating for the task's retry.

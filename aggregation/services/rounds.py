@@ -2,6 +2,7 @@
 rounds. The scheduler (`rounds_tick`) and the submission services call these; every step is audited."""
 
 import math
+import time
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -13,6 +14,7 @@ from aggregation.models import ModelVersion, Round, SiteStatistics, Standardizat
 from aggregation.services import _events
 from aggregation.services._common import lock_round, move_round, store
 from aggregation.services._events import Progress
+from aggregation.services.recovery import aggregations_redispatch, sweep_temporary_files
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
 from studies.choices import GateAction, StudyStatus
@@ -21,8 +23,9 @@ from studies.locks import lock_study
 from studies.models import Study
 from studies.services.monitoring import governance_watch
 
-# An aggregation that has not finished this long after it started is presumed lost (a dead worker).
-AGGREGATION_RESCUE_AFTER = timedelta(minutes=2)
+# The model store's temporary files are swept at most this often by each scheduler process.
+SWEEP_EVERY_SECONDS = 60.0
+_next_sweep = 0.0
 
 
 def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round | None:
@@ -143,10 +146,9 @@ def statistics_close(round_: Round) -> Standardization:
 
 
 def rounds_tick(*, moment: datetime | None = None) -> None:
-    """The scheduler's beat: open rounds for active studies, enforce deadlines, rescue lost aggregations,
-    and tell live dashboards when an approval lapsed with time."""
-    from aggregation.tasks import aggregate_round
-
+    """The scheduler's beat: open rounds for active studies, enforce deadlines, send lost aggregations
+    again, remove what killed writers left in the model store, and tell live dashboards when an approval
+    lapsed with time."""
     moment = moment or timezone.now()
     for round_id in Round.objects.filter(status=RoundStatus.OPEN, deadline__lte=moment).values_list("pk", flat=True):
         round_check_deadline(round_id=round_id, moment=moment)
@@ -156,11 +158,16 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
             round_ = lock_round(round_id)
             if round_.status == RoundStatus.OPEN:
                 round_complete_if_ready(round_, moment=moment)
-    stuck = Round.objects.filter(status=RoundStatus.AGGREGATING,
-                                 aggregation_started_at__lte=moment - AGGREGATION_RESCUE_AFTER)
-    for round_id in stuck.values_list("pk", flat=True):
-        aggregate_round.delay(round_id)
+    aggregations_redispatch(moment=moment)  # a worker died while aggregating, or took the task with it
+    _sweep_now_and_then()
     idle = Study.objects.filter(status=StudyStatus.ACTIVE).exclude(rounds_run__status__in=ROUND_LIVE)
     for study_id in idle.values_list("pk", flat=True):
         round_open_next(study_id=study_id, moment=moment)
     governance_watch(moment=moment)
+
+
+def _sweep_now_and_then() -> None:
+    global _next_sweep
+    if time.monotonic() >= _next_sweep:
+        _next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
+        sweep_temporary_files()

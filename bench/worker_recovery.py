@@ -38,7 +38,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-KILL_AFTER_SECONDS = 0.1  # after the worker says it is aggregating: well inside an aggregation of seconds
 SCENARIOS = {
     "restart": "the only worker (scheduler embedded) is killed and a new one started",
     "survivor": "one of two workers is killed (scheduler on its own); the other carries on",
@@ -60,6 +59,8 @@ def main() -> None:
             print(f"== redis: not reachable at {args.redis}; skipped", file=sys.stderr)
             continue
         reference = _run(broker, "reference", args)
+        # The kill lands inside the aggregation however fast this machine is: a share of the reference's time.
+        args.kill_after = args.kill_at * reference["aggregation_seconds"]
         for scenario in args.scenario or list(SCENARIOS):
             killed = _run(broker, scenario, args)
             rows.append({"broker": broker, "scenario": scenario, "reference_sha256": reference["sha256"], **killed,
@@ -81,6 +82,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--redis", default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
     parser.add_argument("--features", type=int, default=2500, help="MLP input width (parameters: x 4096 hidden)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for each step")
+    parser.add_argument("--kill-at", type=float, default=0.5,
+                        help="when to kill, as a fraction of the reference run's aggregation time")
+    parser.add_argument("--kill-after", type=float, default=0.0, help=argparse.SUPPRESS)  # seconds, for a drill
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS))
     parser.add_argument("--drill", choices=["reference", *SCENARIOS], help=argparse.SUPPRESS)  # one run, in its folder
@@ -96,8 +100,8 @@ def _run(broker: str, drill: str, args: argparse.Namespace) -> dict[str, Any]:
         if broker == "redis":
             env["REDIS_URL"] = args.redis
             _redis_ready(args.redis)  # flushes: no task of an earlier run may reach this one
-        command = [sys.executable, __file__, "--drill", drill, "--features",
-                   str(args.features), "--timeout", str(args.timeout)]
+        command = [sys.executable, __file__, "--drill", drill, "--features", str(args.features), "--timeout",
+                   str(args.timeout), "--kill-after", str(args.kill_after)]
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=args.timeout * 4)
         if result.returncode != 0:
@@ -157,7 +161,7 @@ def _drill(args: argparse.Namespace) -> None:
     figures: dict[str, Any] = {"killed_mid_aggregation": False, "recovery_seconds": 0.0, "temporary_files_left": 0}
     try:
         if args.drill != "reference":
-            time.sleep(KILL_AFTER_SECONDS)
+            time.sleep(args.kill_after)
             os.killpg(processes[victim].pid, signal.SIGKILL)
             killed_at = time.monotonic()
             processes.pop(victim).wait()

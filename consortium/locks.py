@@ -21,6 +21,11 @@ holding the study row while waiting for the audit chain's lock: a deadlock, Post
 With FOR NO KEY UPDATE the check waits for nobody: only a DELETE, or a change of a key, takes the
 stronger lock, and no service deletes studies, rounds or sites.
 
+Claims (`try_lock`) stand outside the order: they never wait, so they cannot close a cycle. The
+aggregation claims its round first thing in its transaction (`aggregation.services.recovery`), which
+tells a second worker and the scheduler that someone is on it, until that transaction or its
+connection ends.
+
 Why level 1 for every governed write, even one that would be correct without it: it serialises
 governance changes with the aggregation's second gate read. A revocation commits either before the
 aggregation locks the study (so the gate sees it and the site's update is excluded) or after the

@@ -274,12 +274,12 @@ def _read(path: Path) -> str:
 
 
 def _wait_for(condition: Any, timeout: float, what: str) -> Any:
-    """The condition's first truthy value, polled every 50 ms."""
+    """The condition's first truthy value, polled every 20 ms."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() > deadline:
             raise SystemExit(f"Timed out after {timeout:.0f} s waiting for {what}.")
-        time.sleep(0.05)
+        time.sleep(0.02)
     return value
 
 

@@ -27,7 +27,7 @@ def test_a_round_whose_worker_was_killed_mid_aggregation_closes_with_the_same_mo
     # Generous: the round closes seconds after the kill. Before recovery existed it waited for a rescue
     # two minutes after the round had been sent, and that is what this timeout leaves out.
     command = [sys.executable, "bench/worker_recovery.py", "--broker", broker, "--redis", REDIS_URL, "--scenario",
-               scenario, "--features", "1000", "--kill-at", "0.25", "--timeout", "75", "--json"]
+               scenario, "--kill-at", "0.25", "--timeout", "75", "--json"]
     result = subprocess.run(command, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

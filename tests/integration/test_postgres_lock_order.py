@@ -91,81 +91,90 @@ def race(prepare: Callable[[int], None], workers: list[Callable[[int], None]], t
     return errors
 
 
-def test_it_never_deadlocks_and_never_counts_an_update_after_its_sites_revocation(transactional_db, monkeypatch):
-    record_enqueued(monkeypatch)
-    p = make_personas()
-    site_c = third_site(p)
-    # Quorum 1: a round whose site C was revoked first still aggregates (from A or B), so the check below
-    # also sees versions made after a revocation.
-    study = three_site_study(p, site_c, quorum=1, rounds=INTERLEAVINGS + 50, round_deadline_minutes=600)
-    agents = {site.pk: agent_for(p, site)[0] for site in (p.site_a, p.site_b, site_c)}
-    site_a_ethics = f"/api/participations/{Participation.objects.get(study=study, site=p.site_a).pk}/ethics/"
-    site_admins = {"a": client(p.site_a_admin), "c": client(p.site_b_admin)}  # one client per thread below
-    current: dict[str, int] = {}
-    plan: dict[int, int] = {}  # round -> the participation of site C revoked while it was aggregated
+class Federation:
+    """Sites A, B and C in a study with quorum 1 (a round whose site C was revoked first still aggregates, from
+    A or B, so the check sees versions made after a revocation), and what each racing writer does."""
 
-    def prepare(k: int) -> None:
+    def __init__(self) -> None:
+        self.p = p = make_personas()
+        self.site_c = third_site(p)
+        self.study = three_site_study(p, self.site_c, quorum=1, rounds=INTERLEAVINGS + 50, round_deadline_minutes=600)
+        self.agents = {site.pk: agent_for(p, site)[0] for site in (p.site_a, p.site_b, self.site_c)}
+        self.site_a_ethics = f"/api/participations/{self.participation(p.site_a).pk}/ethics/"
+        self.site_admins = {"a": client(p.site_a_admin), "c": client(p.site_b_admin)}  # one per thread
+        self.round_id = self.participation_id = 0
+        self.plan: dict[int, int] = {}  # round -> the participation of site C revoked while it was aggregated
+        self.revocations: list[float] = []  # how long a revocation request takes, on this machine, now
+
+    def participation(self, site: Site) -> Participation:
+        return Participation.objects.filter(study=self.study, site=site).order_by("-pk").first()
+
+    def prepare(self, k: int) -> None:
         """Site C taking part (again: a new invitation), an open round, and site C's update in it."""
-        participation = Participation.objects.filter(study=study, site=site_c).order_by("-pk").first()
+        participation = self.participation(self.site_c)
         if participation.status != ParticipationStatus.GRANTED:
-            participation = services.participation_invite(actor=p.pi, study=study, site=site_c)
-            participation = services.participation_grant(actor=p.site_b_admin, participation=participation)
-        round_ = Round.objects.filter(study=study, status__in=ROUND_LIVE).first() or round_open_next(study_id=study.pk)
+            participation = services.participation_invite(actor=self.p.pi, study=self.study, site=self.site_c)
+            participation = services.participation_grant(actor=self.p.site_b_admin, participation=participation)
+        round_ = (Round.objects.filter(study=self.study, status__in=ROUND_LIVE).first()
+                  or round_open_next(study_id=self.study.pk))
         assert round_ is not None and round_.status == "open", f"interleaving {k}: no open round"
-        submit(agents[site_c.pk], round_, seed=k)
-        current.update(round=round_.pk, participation=participation.pk)
-        plan[round_.pk] = participation.pk
+        submit(self.agents[self.site_c.pk], round_, seed=k)
+        self.round_id, self.participation_id = round_.pk, participation.pk
+        self.plan[round_.pk] = participation.pk
 
-    revocations: list[float] = []  # how long a revocation request takes, on this machine, now
-
-    def aggregate(k: int) -> None:
-        # Starts anywhere within twice a revocation's time: so the revocation is as often first as last,
+    def aggregate(self, k: int) -> None:
+        # Starts anywhere within twice a revocation's time: the revocation is as often first as last,
         # however loaded the machine is.
-        typical = sum(revocations[-20:]) / len(revocations[-20:]) if revocations else 0.1
+        typical = sum(self.revocations[-20:]) / len(self.revocations[-20:]) if self.revocations else 0.1
         time.sleep(random.Random(k).random() * 2 * typical)
-        round_aggregate(round_id=current["round"])
+        round_aggregate(round_id=self.round_id)
 
-    def revoke(k: int) -> None:
+    def revoke(self, k: int) -> None:
         started = time.monotonic()
-        response = site_admins["c"].post(f"/api/participations/{current['participation']}/revoke/",
-                                         {"reason": "Consent withdrawn."}, format="json")
+        response = self.site_admins["c"].post(f"/api/participations/{self.participation_id}/revoke/",
+                                              {"reason": "Consent withdrawn."}, format="json")
         assert response.status_code == 200, (response.status_code, response.content[:300])
-        revocations.append(time.monotonic() - started)
+        self.revocations.append(time.monotonic() - started)
 
-    def ethics(k: int) -> None:
+    def ethics(self, k: int) -> None:
         now = timezone.now()
-        response = site_admins["a"].post(site_a_ethics, {
+        response = self.site_admins["a"].post(self.site_a_ethics, {
             "reference": f"IRB-amc-{k}", "valid_from": (now - timedelta(days=1)).isoformat(),
             "valid_until": (now + timedelta(days=365)).isoformat()}, format="json")
         assert response.status_code == 201, (response.status_code, response.content[:300])
 
-    def update_from(site: Site) -> Callable[[int], None]:
+    def update_from(self, site: Site) -> Callable[[int], None]:
         def update(k: int) -> None:
-            round_ = Round.objects.select_related("base_version").get(pk=current["round"])
+            round_ = Round.objects.select_related("base_version").get(pk=self.round_id)
             try:
-                submit(agents[site.pk], round_, seed=k + site.pk)
+                submit(self.agents[site.pk], round_, seed=k + site.pk)
             except Conflict as exc:  # the aggregation began first: a clear 409, recorded
                 assert exc.code == "stale_round", exc.code
         return update
 
-    def tick(k: int) -> None:
+    def tick(self, k: int) -> None:
         rounds_tick()
 
-    errors = race(prepare, [aggregate, revoke, ethics, update_from(p.site_a), update_from(p.site_b), tick],
-                  INTERLEAVINGS)
+
+def test_it_never_deadlocks_and_never_counts_an_update_after_its_sites_revocation(transactional_db, monkeypatch):
+    record_enqueued(monkeypatch)
+    fed = Federation()
+    workers = [fed.aggregate, fed.revoke, fed.ethics, fed.update_from(fed.p.site_a), fed.update_from(fed.p.site_b),
+               fed.tick]
+    errors = race(fed.prepare, workers, INTERLEAVINGS)
     assert errors == [], errors[:5]
 
     revoked_first = 0
-    for round_id, participation_id in plan.items():
+    for round_id, participation_id in fed.plan.items():
         revoked = _seq(action="studies.participation.revoked", object_id=str(participation_id))
         ended = _seq(action__in=["aggregation.round.closed", "aggregation.round.blocked"], object_id=str(round_id),
                      object_type="aggregation.round")
-        counted = Update.objects.filter(round_id=round_id, site=site_c, status=UpdateStatus.INCLUDED).exists()
+        counted = Update.objects.filter(round_id=round_id, site=fed.site_c, status=UpdateStatus.INCLUDED).exists()
         if revoked < ended:  # the revocation committed first (the audit chain's order is the commit order)
             revoked_first += 1
             assert not counted, f"round {round_id} counted site C's update after its revocation"
     # Both orders happened, else the race was not exercised.
-    assert 0 < revoked_first < len(plan), (revoked_first, len(plan))
+    assert 0 < revoked_first < len(fed.plan), (revoked_first, len(fed.plan))
     assert verify_chain().intact
 
 

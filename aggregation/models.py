@@ -50,6 +50,9 @@ class Round(models.Model):
     opened_at = models.DateTimeField()
     deadline = models.DateTimeField()
     aggregation_started_at = models.DateTimeField(null=True, blank=True)
+    aggregation_dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the aggregation task was last sent; the scheduler sends it again "
+                                         "when no worker has claimed the round a little while after.")
     closed_at = models.DateTimeField(null=True, blank=True)
     gate_result = models.JSONField(default=dict, blank=True, help_text="The gate's verdict at aggregation.")
 

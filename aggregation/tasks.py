@@ -1,9 +1,13 @@
 """Celery tasks: thin, id-only, idempotent. The round is re-read and locked by the service."""
 
+from typing import Any
+
 from celery import shared_task
+from celery.signals import worker_ready
 from django.db import OperationalError
 
 from aggregation import services
+from aggregation.services.recovery import sweep_temporary_files
 
 
 @shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
@@ -14,5 +18,13 @@ def aggregate_round(round_id: int) -> None:
 
 @shared_task(ignore_result=True)
 def rounds_tick() -> None:
-    """The scheduler's beat (see CELERY_BEAT_SCHEDULE): open rounds, enforce deadlines."""
+    """The scheduler's beat (see CELERY_BEAT_SCHEDULE): open rounds, enforce deadlines, recover lost work."""
     services.rounds_tick()
+
+
+@worker_ready.connect
+def recover_on_start(**kwargs: Any) -> None:
+    """A worker that starts (often: in place of one that died) removes what a killed writer left in the
+    model store and asks for a tick at once, so a lost aggregation is sent again without waiting for beat."""
+    sweep_temporary_files()
+    rounds_tick.delay()

@@ -4,7 +4,7 @@ Every service calls `record` inside the transaction that makes its change, so
 the event and the change commit or roll back together. Appends are serialised
 (an advisory lock on PostgreSQL; SQLite's IMMEDIATE transactions already take
 the write lock) so that sequence numbers stay gapless and each event chains to
-the one before it.
+the one before it. That lock comes last in the one lock order (`consortium.locks`).
 """
 
 import functools
@@ -106,7 +106,10 @@ def compute_hash(event: AuditEvent) -> str:
 
 
 def lock_chain() -> None:
-    """Serialise appends until commit (PostgreSQL; SQLite's IMMEDIATE transactions already do)."""
+    """Serialise appends until commit (PostgreSQL; SQLite's IMMEDIATE transactions already do).
+
+    The last level of the one lock order (`consortium.locks`): take every row lock before the first
+    `record` or `publish` of a transaction."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])

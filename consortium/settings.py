@@ -168,6 +168,10 @@ if CELERY_BROKER_URL == "filesystem://":
     CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_queue), "data_folder_out": str(_queue),
                                        "control_folder": str(DATA_DIR / "celery" / "control")}
 CELERY_TASK_IGNORE_RESULT = True
+# One message at a time per worker process: a worker that dies loses no queued task with it (the
+# filesystem transport deletes a message when it hands it out; `aggregation.services.recovery` sends a
+# lost aggregation again, but other studies' tasks need not wait for that).
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The scheduler opens rounds for active studies and closes those past their deadline.
 CELERY_BEAT_SCHEDULE = {
     "rounds-tick": {"task": "aggregation.tasks.rounds_tick", "schedule": float(env_int("ROUNDS_TICK_SECONDS", 5))},

@@ -10,6 +10,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
+from consortium.locks import locked
 from consortium.roles import Role
 from consortium.services import user_roles_add
 from sites import tokens
@@ -50,7 +51,7 @@ def site_create(
 def site_update(*, actor: AbstractBaseUser, site: Site, **changes: str) -> Site:
     """Change a site's descriptive fields."""
     _require_manager(actor)
-    site = Site.objects.select_for_update().get(pk=site.pk)
+    site = locked(Site.objects.filter(pk=site.pk)).get()
     before = _snapshot(site)
     for field, value in changes.items():
         if field not in SITE_FIELDS:
@@ -123,11 +124,11 @@ def _unused_prefix() -> str:
 def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str) -> tuple[AgentToken, str]:
     """Issue an agent credential for `site`. Returns the token and its plaintext, which exists only in
     this return value: the database keeps the SHA-256 of the secret, and the audit event the prefix."""
-    locked = Site.objects.select_for_update().filter(pk=site.pk).first()
-    if locked is None:
+    found = locked(Site.objects.filter(pk=site.pk)).first()
+    if found is None:
         raise NotFound("No such site.")
-    _require_site_admin(actor, locked, "create its agent tokens")
-    site = locked
+    _require_site_admin(actor, found, "create its agent tokens")
+    site = found
     name = name.strip()
     if not name:
         raise ValidationFailed("Give the token a name that says where the agent runs, e.g. 'GPU box in radiology'.",
@@ -145,7 +146,7 @@ def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str) -> tup
 def agent_token_revoke(*, actor: AbstractBaseUser, token: AgentToken, reason: str) -> AgentToken:
     """Revoke a token for good; the agent's next request is refused with the reason. Another site's
     token is a NotFound, as if it did not exist."""
-    found = AgentToken.objects.select_for_update().select_related("site").filter(pk=token.pk).first()
+    found = locked(AgentToken.objects.select_related("site").filter(pk=token.pk), of=("self",)).first()
     if found is None or not can_administer(actor, found.site):
         raise NotFound("No such agent token.")
     if found.is_revoked:

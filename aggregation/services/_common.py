@@ -1,4 +1,5 @@
-"""Shared steps of the round services: storage of tensors, locking, state moves, the agent's view."""
+"""Shared steps of the round services: storage of tensors, locking (in the order of `consortium.locks`),
+state moves, the agent's view."""
 
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from aggregation.models import ModelVersion, Round
 from aggregation.services import _events
 from consortium.audit import record
 from consortium.errors import InvalidTransition, NotFound
+from consortium.locks import locked
+from studies.locks import lock_study
 from studies.models import Participation
 
 
@@ -53,13 +56,25 @@ def spec(version: ModelVersion) -> codec.TensorSpec:
     return {name: (tuple(shape), dtype) for name, (shape, dtype) in version.spec.items()}
 
 
+def lock_round(round_id: int) -> Round:
+    """The round and its study under their row locks, study first (levels 1 and 2 of `consortium.locks`)."""
+    study_id = Round.objects.filter(pk=round_id).values_list("study_id", flat=True).get()  # never changes
+    study = lock_study(study_id)
+    # `of`: PostgreSQL cannot lock the nullable side of the outer join to base_version.
+    round_ = locked(Round.objects.select_related("base_version").filter(pk=round_id), of=("self",)).get()
+    round_.study = study
+    return round_
+
+
 def lock_round_for_site(round_id: int, site_id: int, *, lock: bool = True) -> Round:
-    """The round (under a row lock unless `lock` is False), if the site takes or took part in its study; else 404."""
-    rounds = Round.objects.select_for_update(of=("self",)) if lock else Round.objects
-    found = rounds.select_related("study", "base_version").filter(pk=round_id).first()
-    if found is None or not Participation.objects.filter(study_id=found.study_id, site_id=site_id).exists():
+    """The round (with its study's and its own row lock unless `lock` is False), if the site takes or took
+    part in its study; else 404."""
+    study_id = Round.objects.filter(pk=round_id).values_list("study_id", flat=True).first()
+    if study_id is None or not Participation.objects.filter(study_id=study_id, site_id=site_id).exists():
         raise NotFound("No such round.")
-    return found
+    if lock:
+        return lock_round(round_id)
+    return Round.objects.select_related("study", "base_version").get(pk=round_id)
 
 
 def move_round(round_: Round, to: RoundStatus, *, actor: Any, reason: str = "", details: dict | None = None) -> None:
@@ -72,7 +87,8 @@ def move_round(round_: Round, to: RoundStatus, *, actor: Any, reason: str = "", 
     if to in (RoundStatus.CLOSED, RoundStatus.BLOCKED, RoundStatus.FAILED):
         round_.closed_at = timezone.now()
     if to == RoundStatus.AGGREGATING:
-        round_.aggregation_started_at = timezone.now()
+        # Dispatched now too: the task is sent when this commits (or runs in this very transaction).
+        round_.aggregation_started_at = round_.aggregation_dispatched_at = timezone.now()
     round_.full_clean()
     round_.save()
     record(actor=actor, action=f"aggregation.round.{to}", target=round_, study=round_.study_id,

@@ -17,7 +17,8 @@ from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
 from aggregation.services import _events
-from aggregation.services._common import absolute, move_round, store, version_tensors
+from aggregation.services._common import absolute, lock_round, move_round, store, version_tensors
+from aggregation.services.recovery import claim_aggregation
 from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, bounded_reason, record
 from consortium.version import code_version
@@ -37,9 +38,16 @@ PREDICTABLE_EARLIER = ("An earlier model version of this study was released with
 
 def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVersion | None:
     """Aggregate the round once. A round already finished returns its version (or None): idempotent.
+    A round another worker is aggregating right now is left to it (None), without waiting.
     An unexpected error marks the round failed, recorded, and is re-raised for the worker's log."""
     try:
         with transaction.atomic():
+            # The claim lives as long as this transaction: if this worker dies, the scheduler sees it free
+            # and sends the round again (`recovery`).
+            if not claim_aggregation(round_id):
+                logger.info("Round %s is being aggregated by another worker", round_id)
+                return None
+            logger.info("Aggregating round %s", round_id)
             return _aggregate(round_id, moment or timezone.now())
     except OperationalError:
         # Transient (a lock, a dropped connection): the round stays aggregating for the task's retry.
@@ -48,7 +56,7 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
     except Exception as exc:
         logger.exception("Aggregation of round %s failed", round_id)
         with transaction.atomic():
-            round_ = Round.objects.select_for_update().get(pk=round_id)
+            round_ = lock_round(round_id)
             if round_.status in ROUND_LIVE:
                 reason = bounded_reason(f"{type(exc).__name__}: {exc}")  # a database error can quote whole rows
                 move_round(round_, RoundStatus.FAILED, actor=SYSTEM, reason=reason)
@@ -57,11 +65,12 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
 
 def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
     started = time.perf_counter()
-    # `of`: PostgreSQL cannot lock the nullable side of the outer join to base_version.
-    round_ = Round.objects.select_for_update(of=("self",)).select_related("base_version").get(pk=round_id)
+    # The study, then the round (`consortium.locks`): held until commit, so no governance change of the
+    # study commits between the gate read below and this aggregation's commit.
+    round_ = lock_round(round_id)
     if round_.status not in ROUND_LIVE:
         return ModelVersion.objects.filter(round=round_).first()
-    study = Study.objects.select_for_update().get(pk=round_.study_id)
+    study = round_.study
     if round_.status == RoundStatus.OPEN:
         move_round(round_, RoundStatus.AGGREGATING, actor=SYSTEM, reason="Aggregation started.")
     gate = evaluate(study, GateAction.AGGREGATE, moment=moment)

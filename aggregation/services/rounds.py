@@ -3,6 +3,7 @@ evaluation rounds. The scheduler (`rounds_tick`) and the submission services cal
 audited."""
 
 import math
+import time
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -12,17 +13,20 @@ from aggregation import codec, zoo
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events
-from aggregation.services._common import move_round, store
+from aggregation.services._common import lock_round, move_round, store
 from aggregation.services._events import Progress
+from aggregation.services.recovery import aggregations_redispatch, sweep_temporary_files
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
 from studies.choices import GateAction, RevocationPolicy, StudyStatus
 from studies.governance import GateResult, evaluate
+from studies.locks import lock_study
 from studies.models import Study
 from studies.services.monitoring import governance_watch
 
-# An aggregation that has not finished this long after it started is presumed lost (a dead worker).
-AGGREGATION_RESCUE_AFTER = timedelta(minutes=2)
+# The model store's temporary files are swept at most this often by each scheduler process.
+SWEEP_EVERY_SECONDS = 60.0
+_next_sweep = 0.0
 
 
 def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round | None:
@@ -31,7 +35,7 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
     (otherwise nothing is opened; the study page shows why)."""
     moment = moment or timezone.now()
     with transaction.atomic():
-        study = Study.objects.select_for_update().get(pk=study_id)
+        study = lock_study(study_id)
         if study.status != StudyStatus.ACTIVE or Round.objects.filter(study=study, status__in=ROUND_LIVE).exists():
             return None
         kind = _next_kind(study)
@@ -125,7 +129,7 @@ def round_check_deadline(*, round_id: int, moment: datetime | None = None) -> No
     whose figures do not depend on how many sites answered) is finished; else it is blocked."""
     moment = moment or timezone.now()
     with transaction.atomic():
-        round_ = Round.objects.select_for_update().select_related("study").get(pk=round_id)
+        round_ = lock_round(round_id)
         if round_.status != RoundStatus.OPEN or round_.deadline > moment:
             return
         progress = round_progress(round_, moment=moment)
@@ -221,24 +225,28 @@ def evaluation_close(round_: Round, *, reason: str) -> None:
 
 
 def rounds_tick(*, moment: datetime | None = None) -> None:
-    """The scheduler's beat: open rounds for active studies, enforce deadlines, rescue lost aggregations,
-    and tell live dashboards when an approval lapsed with time."""
-    from aggregation.tasks import aggregate_round
-
+    """The scheduler's beat: open rounds for active studies, enforce deadlines, send lost aggregations
+    again, remove what killed writers left in the model store, and tell live dashboards when an approval
+    lapsed with time."""
     moment = moment or timezone.now()
     for round_id in Round.objects.filter(status=RoundStatus.OPEN, deadline__lte=moment).values_list("pk", flat=True):
         round_check_deadline(round_id=round_id, moment=moment)
     # A site that became ineligible may leave every remaining eligible site already submitted.
     for round_id in Round.objects.filter(status=RoundStatus.OPEN, deadline__gt=moment).values_list("pk", flat=True):
         with transaction.atomic():
-            round_ = Round.objects.select_for_update(of=("self",)).select_related("study").get(pk=round_id)
+            round_ = lock_round(round_id)
             if round_.status == RoundStatus.OPEN:
                 round_complete_if_ready(round_, moment=moment)
-    stuck = Round.objects.filter(status=RoundStatus.AGGREGATING,
-                                 aggregation_started_at__lte=moment - AGGREGATION_RESCUE_AFTER)
-    for round_id in stuck.values_list("pk", flat=True):
-        aggregate_round.delay(round_id)
+    aggregations_redispatch(moment=moment)  # a worker died while aggregating, or took the task with it
+    _sweep_now_and_then()
     idle = Study.objects.filter(status=StudyStatus.ACTIVE).exclude(rounds_run__status__in=ROUND_LIVE)
     for study_id in idle.values_list("pk", flat=True):
         round_open_next(study_id=study_id, moment=moment)
     governance_watch(moment=moment)
+
+
+def _sweep_now_and_then() -> None:
+    global _next_sweep
+    if time.monotonic() >= _next_sweep:
+        _next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
+        sweep_temporary_files()

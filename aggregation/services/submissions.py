@@ -25,6 +25,7 @@ from aggregation.services._common import (
 from aggregation.services.rounds import round_complete_if_ready, round_progress
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
+from consortium.locks import locked
 from consortium.models import AuditEvent
 from studies.choices import GateAction
 from studies.governance import evaluate
@@ -106,10 +107,11 @@ def update_submit(
                     downloaded_at=_downloaded_at(round_, actor.site_id), received_at=timezone.now())
     update.full_clean()
     update.save()
+    # Before `record`: a row lock comes before the audit chain's lock (`consortium.locks`).
+    _record_base_evaluation(round_.base_version, actor.site_id, metrics.get("base"), histogram)
     record(actor=actor, action="aggregation.update.accepted", target=update, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "sha256": digest, "num_examples": num_examples,
                                         "metrics": metrics, "weight_norm": weight_norm, "delta_norm": delta_norm})
-    _record_base_evaluation(round_.base_version, actor.site_id, metrics.get("base"), histogram)
     progress = round_progress(round_)
     _events.update_received(update, round_, progress)
     round_complete_if_ready(round_, progress=progress)
@@ -224,7 +226,7 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
     stay in the version's evaluation: no page and no event shows them."""
     if not base or not base.get("val_examples"):
         return
-    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    version = locked(ModelVersion.objects.filter(pk=version.pk)).get()
     key = str(site_id)
     entry = {name: base.get(name) for name in EVALUATION_KEYS}
     if entry["val_auc"] is None:
@@ -320,11 +322,12 @@ def evaluation_submit(*, actor: Any, round_id: int, round_number: int, base_vers
                      received_at=timezone.now())
     row.full_clean()
     row.save()
+    # Before `record`: a row lock comes before the audit chain's lock (`consortium.locks`).
+    _record_base_evaluation(round_.base_version, actor.site_id, entry, histogram)
     # The histogram stays out of the audit details, as out of every page: only the version's evaluation holds it.
     record(actor=actor, action="aggregation.evaluation.accepted", target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "version": round_.base_version.number,
                                         "metrics": entry, "score_histogram": histogram is not None})
-    _record_base_evaluation(round_.base_version, actor.site_id, entry, histogram)
     progress = round_progress(round_)
     _events.evaluation_received(row, round_, progress)
     round_complete_if_ready(round_, progress=progress)

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from consortium.audit import record
 from consortium.errors import Forbidden, InvalidTransition, NotFound
+from consortium.locks import locked
 from sites.models import Site
 from sites.permissions import can_administer
 from studies.choices import STUDY_TRANSITIONS, ApprovalDecision, EventKind, StudyStatus
@@ -17,12 +18,13 @@ from studies.permissions import can_lead, studies_for
 
 
 def lock_study(actor: AbstractBaseUser, study: Study | int) -> Study:
-    """Re-read the study under a row lock, as the actor sees it: invisible is the same as missing (404)."""
+    """Re-read the study under its row lock (level 1 of `consortium.locks`), as the actor sees it:
+    invisible is the same as missing (404)."""
     pk = study.pk if isinstance(study, Study) else study
-    locked = Study.objects.select_for_update().filter(pk=pk).first()
-    if locked is None or not studies_for(actor).filter(pk=pk).exists():
+    found = locked(Study.objects.filter(pk=pk)).first()
+    if found is None or not studies_for(actor).filter(pk=pk).exists():
         raise NotFound("No such study.")
-    return locked
+    return found
 
 
 def require_lead(actor: AbstractBaseUser, study: Study, doing: str) -> None:
@@ -65,11 +67,15 @@ def current_agreement(study: Study) -> AgreementVersion | None:
 
 
 def lock_participation(actor: AbstractBaseUser, participation: Participation | int) -> Participation:
-    """Lock a participation and its study; 404 when the actor may not see the study."""
+    """Lock the participation's study, then the participation (the order of `consortium.locks`); 404 when
+    the actor may not see the study."""
     pk = participation.pk if isinstance(participation, Participation) else participation
-    found = Participation.objects.select_for_update(of=("self",)).select_related("site", "study").filter(pk=pk).first()
-    if found is None or not studies_for(actor).filter(pk=found.study_id).exists():
+    study_id = Participation.objects.filter(pk=pk).values_list("study_id", flat=True).first()  # never changes
+    study = locked(Study.objects.filter(pk=study_id)).first() if study_id is not None else None
+    if study is None or not studies_for(actor).filter(pk=study.pk).exists():
         raise NotFound("No such participation.")
+    found = locked(Participation.objects.select_related("site").filter(pk=pk), of=("self",)).get()
+    found.study = study  # the locked row, so the caller reads the study as it is now
     return found
 
 

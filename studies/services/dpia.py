@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import Forbidden, InvalidTransition, ValidationFailed
+from consortium.locks import locked
 from studies.choices import DPIA_TRANSITIONS, DpiaStatus, EventKind, RiskLevel
 from studies.events import announce_governance
 from studies.models import Dpia, Study
@@ -18,7 +19,7 @@ def _lock_dpia(actor: AbstractBaseUser, study: Study) -> tuple[Study, Dpia | Non
     study = lock_study(actor, study)
     if not is_dpo(actor):
         raise Forbidden("Only data-protection officers keep the DPIA.", study=study)
-    return study, Dpia.objects.select_for_update().filter(study=study).first()
+    return study, locked(Dpia.objects.filter(study=study)).first()
 
 
 def _snapshot(dpia: Dpia) -> dict:

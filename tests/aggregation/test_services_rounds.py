@@ -166,11 +166,12 @@ def test_it_ticks_open_rounds_for_active_studies_and_enforces_deadlines(p, monke
     assert enqueued == []
 
 
-def test_it_ticks_a_lost_aggregation_back_to_the_queue(fed, monkeypatch):
+def test_it_ticks_a_lost_aggregation_back_to_the_queue(fed, monkeypatch, django_capture_on_commit_callbacks):
     enqueued = record_enqueued(monkeypatch)
     round_ = open_round(fed.study)
     Round.objects.filter(pk=round_.pk).update(status=RoundStatus.AGGREGATING,
                                               aggregation_started_at=timezone.now() - timedelta(minutes=5))
-    rounds_tick()
-    assert enqueued == [round_.pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        rounds_tick()
+    assert enqueued == [round_.pk]  # sent once its transaction committed (more in test_services_recovery.py)
     assert Round.objects.filter(study=fed.study).count() == 1  # a live round: no other opens

@@ -1,8 +1,8 @@
 """`python manage.py serve_demo`: the live demo behind `make run`.
 
 Starts the ASGI server, a real Celery worker (with the scheduler that opens rounds) and one site
-agent per demo hospital, each a separate process talking HTTP; prints each closed round; Ctrl-C
-stops them all. Run `seed_demo` first.
+agent per demo hospital, each a separate process talking HTTP; prints each closed round; restarts
+the worker if it dies; Ctrl-C stops them all. Run `seed_demo` first.
 """
 
 import time
@@ -16,6 +16,9 @@ from aggregation.choices import RoundStatus
 from aggregation.models import Round
 from studies.demo import SITES
 from studies.models import Study
+
+# A worker that keeps dying (a broken setup, not a lost process) is not restarted for ever.
+MAX_WORKER_RESTARTS = 5
 
 
 class Command(BaseCommand):
@@ -40,17 +43,26 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"Consortium is at http://{host}:{port}/ (Ctrl-C stops everything)."))
         self.stdout.write(f"Worker, server and {0 if no_agents else len(SITES)} site agents log to {logs}/")
         try:
-            self._watch(processes)
+            self._watch(processes, logs)
         except KeyboardInterrupt:
             self.stdout.write("\nStopping…")
         finally:
             demo.stop(processes)
 
-    def _watch(self, processes: list) -> None:
-        """Print every round that ends; stop if a process dies (its log says why)."""
+    def _watch(self, processes: list, logs: Path) -> None:
+        """Print every round that ends. A worker that dies is replaced (the new one sends a round the dead
+        one was aggregating again: `aggregation.services.recovery`); any other process dying stops the demo."""
         seen = set(Round.objects.exclude(status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING])
                    .values_list("pk", flat=True))
-        while all(process.poll() is None for process in processes):
+        restarts = 0
+        while all(process.poll() is None for process in processes[1:]):
+            if processes[0].poll() is not None:
+                if restarts == MAX_WORKER_RESTARTS:
+                    break
+                restarts += 1
+                self.stdout.write(self.style.WARNING(f"The worker stopped (exit {processes[0].returncode}); "
+                                                     "starting a new one."))
+                processes[0] = demo.start_worker(logs / "worker.log")
             ended = Round.objects.exclude(status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING]).exclude(
                 pk__in=seen).select_related("study").order_by("pk")
             for round_ in ended:

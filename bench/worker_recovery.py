@@ -227,7 +227,8 @@ def _large_study(features: int) -> tuple[Any, dict[str, Any]]:
         quorum=4, round_deadline_minutes=60, label_column="target")
     for site in Site.objects.filter(code__in=SITE_CODES):
         govern(users, study, site)
-    return approve_and_activate(users["pi"], users["dpo"], study, summary="Synthetic updates."), users
+    return approve_and_activate(users["pi"], users["dpo"], study, dpia_reviewer=users["dpo2"],
+                                summary="Synthetic updates."), users
 
 
 def _worker_arguments(name: str, *, beat: bool) -> list[str]:

@@ -62,7 +62,7 @@ def governed_with_payloads(p: Personas) -> Study:
     services.dpia_save(actor=p.dpo, study=study, summary=PAYLOAD, risk_level="medium",
                        valid_until=now + timedelta(days=365))
     services.dpia_submit(actor=p.dpo, study=study)
-    services.dpia_approve(actor=p.dpo, study=study, comment=PAYLOAD)
+    services.dpia_approve(actor=p.dpo2, study=study, comment=PAYLOAD)
     services.study_submit(actor=p.pi, study=study)
     services.study_approve(actor=p.pi, study=study, comment=PAYLOAD)
     services.study_approve(actor=p.dpo, study=study, comment=PAYLOAD)

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from consortium.federated.norm import delta_norm
+
 Tensors = Mapping[str, torch.Tensor]
 
 # Rényi orders for the accountant: dense near 1 (large budgets) and up to 10^4 (tiny budgets).
@@ -50,14 +52,6 @@ def gaussian_noise(shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         angle = uniform[half:].mul_(2 * math.pi)
         out[start : start + count] = torch.cat((radius * torch.cos(angle), radius * torch.sin(angle)))[:count]
     return out.reshape(shape)
-
-
-def delta_norm(current: Tensors, tensors: Tensors) -> float:
-    """L2 norm of (tensors - current) over all tensors, read one tensor at a time."""
-    total = 0.0
-    for name, base in current.items():
-        total += float(torch.linalg.vector_norm(tensors[name] - base, dtype=torch.float64)) ** 2
-    return math.sqrt(total)
 
 
 def clip_factor(norm: float, clip_norm: float) -> float:

@@ -1,7 +1,7 @@
 """Aggregation strategies as pure torch functions. Imports no Django: the site agent reuses this module.
 
 An update is a pair ``(tensors, weight)``: ``tensors`` maps names to float32 tensors and may be lazy
-(`aggregation.codec.LazyTensors` reads a stored safetensors file one tensor at a time); ``weight`` is
+(`consortium.federated.codec.LazyTensors` reads a stored safetensors file one tensor at a time); ``weight`` is
 the site's ``num_examples``. Every strategy returns new float32 tensors and never holds N copies of
 the model: FedAvg streams update after update into one accumulator; the robust strategies walk the
 model chunk by chunk, holding N chunks (about one model in all) at a time.

@@ -48,7 +48,7 @@ def shapes(params: int) -> dict[str, tuple[int, ...]]:
 def write_case(directory: Path, sites: int, params: int) -> None:
     import torch
 
-    from aggregation import codec
+    from consortium.federated import codec
 
     generator = torch.Generator().manual_seed(sites * 7 + params)
     for index in range(sites + 1):
@@ -62,7 +62,8 @@ def write_case(directory: Path, sites: int, params: int) -> None:
 
 
 def ours(method: str, directory: Path, sites: int):
-    from aggregation import codec, privacy, strategies
+    from aggregation import privacy, strategies
+    from consortium.federated import codec
 
     files = sorted(directory.glob("site*.safetensors"))
     weights = [100.0 + 10 * i for i in range(sites)]

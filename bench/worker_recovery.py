@@ -189,7 +189,7 @@ def _prepare(features: int) -> int:
     import torch
     from django.core.management import call_command
 
-    from aggregation import codec
+    from consortium.federated import codec
     from aggregation.services import round_open_next, update_submit
     from aggregation.services._common import version_tensors
     from sites.agents import AgentPrincipal

@@ -8,7 +8,7 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
-from aggregation import codec
+from consortium.federated import codec
 from aggregation.choices import ROUND_TRANSITIONS, RoundStatus
 from aggregation.models import ModelVersion, Round
 from aggregation.services import _events

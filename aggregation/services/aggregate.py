@@ -12,7 +12,7 @@ import torch
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from aggregation import codec
+from consortium.federated import codec
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from aggregation import codec, zoo
+from consortium.federated import codec, zoo
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events

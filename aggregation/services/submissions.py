@@ -10,7 +10,9 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
-from aggregation import codec, federated_metrics
+from consortium.federated import codec
+from consortium.federated import metrics as federated_metrics
+from consortium.federated import norm
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
@@ -169,9 +171,7 @@ def _check_norm(delta_norm: float, round_: Round) -> None:
 
 
 def _norms(tensors: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> tuple[float, float]:
-    weight = math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
-    delta = math.sqrt(sum(float((tensors[n].double() - base[n].double()).pow(2).sum()) for n in tensors))
-    return weight, delta
+    return norm.l2_norm(tensors), norm.delta_norm(base, tensors)
 
 
 def _split_base_evaluation(metrics: dict[str, Any], round_: Round) -> tuple[dict[str, Any], dict[str, Any] | None]:

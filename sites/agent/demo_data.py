@@ -160,7 +160,7 @@ def protocol_of(state: Mapping[str, torch.Tensor]) -> Protocol:
     if "hidden.weight" in state:
         hidden = state["hidden.weight"]
         return Protocol(model_kind="mlp", num_features=int(hidden.shape[1]), hidden_units=int(hidden.shape[0]))
-    raise ValueError(f"Not a model from aggregation.zoo: tensors {sorted(state)}.")
+    raise ValueError(f"Not a model from consortium.federated.zoo: tensors {sorted(state)}.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

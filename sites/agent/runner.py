@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aggregation import codec
+from consortium.federated import codec
 
 from .client import (
     AgentClient,

@@ -18,8 +18,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from aggregation.federated_metrics import score_histogram
-from aggregation.zoo import build_model, initial_state
+from consortium.federated.metrics import score_histogram
+from consortium.federated.zoo import build_model, initial_state
 
 from .data import DataError, Dataset
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load as st_load
 
-from aggregation import codec
-from aggregation.federated_metrics import SCORE_BINS
+from consortium.federated import codec
+from consortium.federated.metrics import SCORE_BINS
 from sites.agent.client import AgentClient
 from sites.agent.data import load_table, local_statistics, split
 from sites.agent.demo_data import DEMO_PROTOCOL, write_partitions

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from aggregation.federated_metrics import auc_from_histogram, binning_error_bound
+from consortium.federated.metrics import auc_from_histogram, binning_error_bound
 from sites.agent.data import split, standardization_of, standardize
 from sites.agent.demo_data import DEMO_PROTOCOL, make_partitions
 from sites.agent.training import Protocol, evaluate, local_update, train, weight_distance

@@ -15,8 +15,8 @@ import pytest
 import torch
 from django.conf import settings as django_settings
 
-from aggregation import codec
-from aggregation.federated_metrics import score_histogram
+from consortium.federated import codec
+from consortium.federated.metrics import score_histogram
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization, Update
 from aggregation.services import evaluation_submit, round_open_next, update_submit
 from aggregation.services._common import version_tensors

@@ -7,7 +7,7 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from aggregation import codec
+from consortium.federated import codec
 from aggregation.choices import RoundStatus
 from aggregation.models import Round, Update
 from consortium.models import AuditOutcome

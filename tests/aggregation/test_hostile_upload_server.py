@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load
 
-from aggregation import codec
+from consortium.federated import codec
 from aggregation.demo import free_port, spawn, stop
 from tests.aggregation.hostile import join, split, zero_size_tensors
 

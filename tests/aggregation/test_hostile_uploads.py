@@ -8,7 +8,7 @@ import json
 import pytest
 from django.db.models import Max
 
-from aggregation import codec
+from consortium.federated import codec
 from aggregation.models import Round
 from consortium.audit import MAX_REASON_CHARS
 from consortium.models import AuditOutcome

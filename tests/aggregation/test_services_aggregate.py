@@ -7,7 +7,7 @@ import pytest
 import torch
 from django.db import IntegrityError, transaction
 
-from aggregation import codec
+from consortium.federated import codec
 from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate

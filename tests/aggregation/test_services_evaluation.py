@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from aggregation.choices import RoundKind, RoundStatus
-from aggregation.federated_metrics import auc_from_histogram, summed
+from consortium.federated.metrics import auc_from_histogram, summed
 from aggregation.models import Evaluation, ModelVersion, Round, Update
 from aggregation.services import (
     model_download,

@@ -5,7 +5,7 @@ from datetime import timedelta
 import torch
 from django.utils import timezone
 
-from aggregation import codec, zoo
+from consortium.federated import codec, zoo
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate, round_check_deadline, round_open_next, rounds_tick

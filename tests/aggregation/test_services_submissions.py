@@ -10,7 +10,7 @@ import pytest
 import torch
 from django.utils import timezone
 
-from aggregation import codec
+from consortium.federated import codec
 from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Round, Update
 from aggregation.services import model_download, round_aggregate, round_check_deadline, statistics_submit

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from aggregation import codec, strategies
+from aggregation import strategies
+from consortium.federated import codec
 
 flwr_aggregate = pytest.importorskip("flwr.server.strategy.aggregate")
 flwr_common = pytest.importorskip("flwr.common")

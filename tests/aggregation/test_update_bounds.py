@@ -6,7 +6,7 @@ import pytest
 import torch
 from django.db.models import Max
 
-from aggregation import codec
+from consortium.federated import codec
 from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate, round_open_next

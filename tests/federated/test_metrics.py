@@ -1,4 +1,4 @@
-"""The federated ROC AUC (`aggregation.federated_metrics`): from the sites' per-class score histograms, the AUC of
+"""The federated ROC AUC (`consortium.federated.metrics`): from the sites' per-class score histograms, the AUC of
 the pooled validation rows up to binning, without pooling a row; and the checks on a histogram a site sends."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from aggregation.federated_metrics import (
+from consortium.federated.metrics import (
     SCORE_BINS,
     auc_from_histogram,
     auc_missing_reason,

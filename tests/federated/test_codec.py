@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from aggregation import codec
+from consortium.federated import codec
 
 GLOBAL = {"linear.weight": torch.randn(1, 30), "linear.bias": torch.randn(1)}
 SPEC = codec.spec_of(GLOBAL)

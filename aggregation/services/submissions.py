@@ -10,9 +10,6 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
-from consortium.federated import codec
-from consortium.federated import metrics as federated_metrics
-from consortium.federated import norm
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
@@ -27,6 +24,8 @@ from aggregation.services._common import (
 from aggregation.services.rounds import round_complete_if_ready, round_progress
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
+from consortium.federated import codec, norm
+from consortium.federated import metrics as federated_metrics
 from consortium.locks import locked
 from consortium.models import AuditEvent
 from studies.choices import GateAction

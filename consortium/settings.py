@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "channels",
+    "simple_history",  # governance as it stood at any moment (studies.history)
     "consortium",
     "sites",
     "studies",

@@ -2,7 +2,8 @@
 
 `evaluate(study, action, site=None, moment=None)` returns every check with its
 verdict and a human reason; `at=T` asks the same as things stood at T (every
-governed record read from its history, `studies.history`), judged at T. It only reads, in a fixed number of queries whatever
+governed record read from its history, `studies.history`), judged at T.
+It only reads, in a fixed number of queries whatever
 the number of sites, and services call it inside the transaction that acts on
 its answer. With no site it doubles as the dry run behind the study page: if a
 round started now, which sites would take part, and why not the others.

@@ -115,10 +115,11 @@ def filter_rows(rows: list[LedgerRow], *, round: int | None = None, site: int | 
 
     def key(row: LedgerRow) -> tuple:
         value = row.site if sort == "site" else getattr(row, sort)
-        return (value is None, value if value is not None else 0, row.study_id, row.round, row.site)
+        return (value if value is not None else 0, row.study_id, row.round, row.site)
 
-    ordered = sorted(kept, key=key)
-    return list(reversed(ordered)) if descending else ordered
+    # Rows without a value (no weight, no examples) come last in either direction.
+    valued = sorted((row for row in kept if getattr(row, sort) is not None), key=key, reverse=descending)
+    return valued + sorted((row for row in kept if getattr(row, sort) is None), key=key)
 
 
 def totals(rows: list[LedgerRow]) -> dict[str, Any]:

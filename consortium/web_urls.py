@@ -1,5 +1,6 @@
 from django.urls import path
 
+from aggregation.views import ledger as ledger_views
 from aggregation.views import overview
 from aggregation.views import sites as site_activity_views
 from consortium import views
@@ -15,6 +16,7 @@ urlpatterns = [
     # itself also shows the site's round activity, so its view lives in aggregation.
     path("sites/", site_views.sites_list, name="site-list"),
     path("sites/<id:pk>/", site_activity_views.site_detail, name="site-detail"),
+    path("sites/<id:pk>/ledger/", ledger_views.site_ledger_page, name="site-ledger"),
     path("sites/<id:pk>/agent-tokens/", site_views.site_agent_token_create, name="site-agent-token-create"),
     path("sites/<id:pk>/agent-tokens/<id:token_pk>/revoke/", site_views.site_agent_token_revoke,
          name="site-agent-token-revoke"),

@@ -33,7 +33,8 @@ def test_the_study_ledger_page_lists_sorts_and_filters_rows_and_records_the_read
     url = reverse("aggregation:ledger", args=[fed.study.pk])
     mark = last_seq()
     text = page(client_for(fed.p.pi).get(url, {"round": 1, "sort": "-weight"}))
-    assert text.index('data-ledger-row="1-%d"' % fed.p.site_b.pk) < text.index('data-ledger-row="1-%d"' % fed.p.site_a.pk)
+    row_a, row_b = f'data-ledger-row="1-{fed.p.site_a.pk}"', f'data-ledger-row="1-{fed.p.site_b.pk}"'
+    assert text.index(row_b) < text.index(row_a)
     assert 'data-ledger-row="2-' not in text
     assert "?at=" in text and 'data-gate="aggregation"' in text
     [event] = events_after(mark)
@@ -60,7 +61,7 @@ def test_the_site_ledger_page_shows_the_sites_rows_to_its_admin_only(aggregated)
     url = reverse("site-ledger", args=[fed.p.site_a.pk])
     mark = last_seq()
     text = page(client_for(fed.p.site_a_admin).get(url))
-    assert 'data-ledger-row="1-%d"' % fed.p.site_a.pk in text and "-%d\"" % fed.p.site_b.pk not in text
+    assert f'data-ledger-row="1-{fed.p.site_a.pk}"' in text and f'-{fed.p.site_b.pk}"' not in text
     [event] = events_after(mark)
     assert (event.action, event.site_id, event.details["studies"]) == (
         "aggregation.ledger.viewed", fed.p.site_a.pk, [fed.study.pk])
@@ -75,7 +76,7 @@ def test_the_model_card_is_linked_from_the_version_page_printable_and_recorded(a
     mark = last_seq()
     text = page(client_for(fed.p.pi).get(card_url))
     assert fed.study.clinical_question in text and fed.study.protocol_sha256() in text
-    assert 'data-card-row="%d" data-status="submitted"' % fed.p.site_a.pk in text
+    assert f'data-card-row="{fed.p.site_a.pk}" data-status="submitted"' in text
     [event] = events_after(mark)
     assert (event.action, event.details["version"]) == ("aggregation.model_card.viewed", 1)
 

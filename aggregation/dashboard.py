@@ -26,11 +26,10 @@ from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, UpdateStatus
 from aggregation.models import Evaluation, Round, SiteStatistics, Update
-from studies.choices import EventKind, GateAction
+from studies.choices import EventKind, GateAction, GateCheck
 from studies.event_text import event_sentence, event_tone
 from studies.governance import GateResult, evaluate
 from studies.models import Study, StudyEvent
-from studies.templatetags.study_tags import CHECK_LABELS
 
 FEED_SIZE = 30
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
@@ -38,6 +37,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#1
 # Heatmap cell states, in the order of their colour codes (z values).
 CELL_STATES = ("missing", "refused", "excluded", "submitted")
 CELL_COLORS = ("#eef1f4", "#f0b429", "#d64545", "#2f9e5b")
+CHECK_LABELS = dict(GateCheck.choices)
 GLOBAL_METRICS = (("val_auc", "AUC"), ("val_accuracy", "Accuracy"), ("val_loss", "Loss"))
 GRID = "#e6e9ed"
 MAX_X_TICKS = 20

@@ -131,6 +131,19 @@ class GateAction(models.TextChoices):
     AGGREGATE = "aggregate", "Aggregate a round"
 
 
+class GateCheck(models.TextChoices):
+    """The gate's checks (`studies.governance`), each with the name the governance panels show. The first
+    three judge the study and quorum judges the count; the last three judge each site."""
+
+    STUDY_ACTIVE = "study_active", "Study active"
+    APPROVALS = "approvals", "Approvals (PI and DPO)"
+    DPIA = "dpia", "DPIA"
+    QUORUM = "quorum", "Quorum"
+    PARTICIPATION = "participation", "Participation"
+    AGREEMENT_SIGNED = "agreement_signed", "Current DUA signed"
+    ETHICS = "ethics", "Ethics approval"
+
+
 class EventKind(models.TextChoices):
     """What a study's live event log carries (see `studies.events`); the dashboard reacts to each."""
 

@@ -22,7 +22,7 @@ from aggregation.services.recovery import claim_aggregation
 from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, bounded_reason, record
 from consortium.version import code_version
-from studies.choices import GateAction, RevocationPolicy
+from studies.choices import GateAction, GateCheck, RevocationPolicy
 from studies.events import publish_gate
 from studies.governance import GateResult, evaluate
 from studies.models import AgreementVersion, Study
@@ -77,7 +77,7 @@ def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
     round_.gate_result = gate.as_dict()
     round_.save(update_fields=["gate_result"])
     publish_gate(study, trigger="aggregation", gate=gate)
-    refusals = [check for check in gate.study_checks if not check.passed and check.name != "quorum"]
+    refusals = [check for check in gate.study_checks if not check.passed and check.name != GateCheck.QUORUM]
     if refusals:
         return _block(round_, " ".join(check.reason for check in refusals), gate)
     updates = list(round_.updates.filter(status=UpdateStatus.ACCEPTED).select_related("site"))

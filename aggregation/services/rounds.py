@@ -18,7 +18,7 @@ from aggregation.services._events import Progress
 from aggregation.services.recovery import aggregations_redispatch, sweep_temporary_files
 from consortium.audit import SYSTEM, record
 from consortium.version import code_version
-from studies.choices import GateAction, RevocationPolicy, StudyStatus
+from studies.choices import GateAction, GateCheck, RevocationPolicy, StudyStatus
 from studies.governance import GateResult, evaluate
 from studies.locks import lock_study
 from studies.models import Study
@@ -152,7 +152,7 @@ def statistics_close(round_: Round, *, moment: datetime | None = None) -> Standa
     gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
     round_.gate_result = gate.as_dict()
     round_.save(update_fields=["gate_result"])
-    refusals = [check for check in gate.study_checks if not check.passed and check.name != "quorum"]
+    refusals = [check for check in gate.study_checks if not check.passed and check.name != GateCheck.QUORUM]
     if refusals:
         return _block(round_, " ".join(check.reason for check in refusals), gate)
     rows = list(SiteStatistics.objects.filter(round=round_).select_related("site").order_by("site__name"))

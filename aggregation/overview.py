@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Update
+from consortium.federated.metric_keys import GLOBAL_METRICS
 from studies.choices import GateCheck, StudyStatus
 from studies.governance import Check, GateResult, evaluate_many
 from studies.models import Study
@@ -29,7 +30,6 @@ User = AbstractBaseUser | AnonymousUser
 # The gate checks the overview warns about, with the words people use for them.
 WATCHED_CHECKS = {GateCheck.DPIA: "DPIA", GateCheck.APPROVALS: "Approvals", GateCheck.QUORUM: "Quorum",
                   GateCheck.ETHICS: "Ethics approval", GateCheck.AGREEMENT_SIGNED: "Data use agreement"}
-METRIC_KEYS = ("val_auc", "val_accuracy", "val_loss")
 # What a warning does to rounds: a failing study-level check blocks them (the gate refuses the round); a
 # failing site-level check only excludes that site (the round runs without it, unless that leaves too few
 # sites, which the failing quorum check then says); a passing check that lapses soon will do one of those.
@@ -169,7 +169,7 @@ def _last_metrics(study_ids: list[int]) -> dict[int, LastMetric]:
     for version in versions:
         metrics: dict[str, Any] = version.evaluation.get("global") or {}
         if metrics:
-            found[version.study_id] = LastMetric(version.number, *(metrics.get(key) for key in METRIC_KEYS))
+            found[version.study_id] = LastMetric(version.number, *(metrics.get(key) for key in GLOBAL_METRICS))
     return found
 
 

@@ -9,13 +9,11 @@ from django.core.exceptions import ValidationError
 from aggregation.models import Evaluation, ModelVersion, Round, Update
 from consortium.audit import denial_reason
 from consortium.errors import DomainError, NotFound
+from consortium.federated.metric_keys import EVALUATION_METRICS, UPDATE_METRICS
 from sites.models import Site
 from studies.choices import EventKind
 from studies.events import publish, publish_gate
 from studies.governance import GateResult
-
-LOCAL_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_auc", "val_examples", "training_seconds")
-EVALUATION_METRICS = ("val_loss", "val_accuracy", "val_auc", "val_examples")
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ def update_received(update: Update, round_: Round, progress: Progress) -> None:
             {**_round(round_), "site_id": update.site_id, "site": update.site.name,
              "received_at": update.received_at.isoformat(), "elapsed_seconds": elapsed,
              "num_examples": update.num_examples, "weight_norm": update.weight_norm, "delta_norm": update.delta_norm,
-             "metrics": {key: update.metrics.get(key) for key in LOCAL_METRICS}, **progress.as_dict()})
+             "metrics": {key: update.metrics.get(key) for key in UPDATE_METRICS}, **progress.as_dict()})
 
 
 def statistics_received(round_: Round, site: Site, count: int, progress: Progress) -> None:
@@ -131,5 +129,5 @@ def _round_metrics(round_: Round, version: int | None, global_norm: float | None
              "global_weight_norm": global_norm,
              "sites": {str(u.site_id): {"site": u.site.name, "num_examples": u.num_examples,
                                         "weight_norm": u.weight_norm, "delta_norm": u.delta_norm,
-                                        **{key: u.metrics.get(key) for key in LOCAL_METRICS}}
+                                        **{key: u.metrics.get(key) for key in UPDATE_METRICS}}
                        for u in included}})

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from consortium.federated import codec, zoo
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events
@@ -17,6 +16,8 @@ from aggregation.services._common import lock_round, move_round, store
 from aggregation.services._events import Progress
 from aggregation.services.recovery import aggregations_redispatch, sweep_temporary_files
 from consortium.audit import SYSTEM, record
+from consortium.federated import codec, zoo
+from consortium.federated.metric_keys import VAL_AUC, VAL_EXAMPLES
 from consortium.version import code_version
 from studies.choices import GateAction, GateCheck, RevocationPolicy, StudyStatus
 from studies.governance import GateResult, evaluate
@@ -220,7 +221,7 @@ def evaluation_close(round_: Round, *, reason: str) -> None:
     move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"{reason} Model v{round_.base_version.number} "
                                                                f"evaluated by {sites} sites.",
                details={"version": round_.base_version.number, "sites": sites,
-                        "val_auc": evaluation.get("val_auc"), "val_examples": evaluation.get("val_examples")})
+                        VAL_AUC: evaluation.get(VAL_AUC), VAL_EXAMPLES: evaluation.get(VAL_EXAMPLES)})
     _events.evaluation_finished(round_)
 
 

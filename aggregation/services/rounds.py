@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events
@@ -51,7 +52,7 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
                        deadline=moment + timedelta(minutes=study.round_deadline_minutes))
         round_.full_clean()
         round_.save()
-        record(actor=SYSTEM, action="aggregation.round.opened", target=round_, study=study,
+        record(actor=SYSTEM, action=AggregationAction.ROUND_OPENED, target=round_, study=study,
                details={"round": round_.number, "kind": round_.kind, "base_version": base.number if base else None,
                         "deadline": round_.deadline.isoformat(),
                         "eligible_site_ids": [v.site_id for v in gate.eligible_sites]})
@@ -87,7 +88,7 @@ def _latest_version(study: Study) -> ModelVersion:
                                        "num_features": study.num_features, "code_version": code_version()})
     version.full_clean()
     version.save()
-    record(actor=SYSTEM, action="aggregation.model_version.created", target=version, study=study,
+    record(actor=SYSTEM, action=AggregationAction.MODEL_VERSION_CREATED, target=version, study=study,
            details={"version": 0, "sha256": digest, "initial": True})
     return version
 
@@ -185,7 +186,7 @@ def _exclude_statistics(rows: list[SiteStatistics], gate: GateResult, round_: Ro
         reasons = " ".join(c.reason for c in verdict.failures) if verdict else "The site no longer takes part."
         row.exclusion_reason = reasons
         row.save(update_fields=["exclusion_reason"])
-        record(actor=SYSTEM, action="aggregation.statistics.excluded", target=round_, study=round_.study_id,
+        record(actor=SYSTEM, action=AggregationAction.STATISTICS_EXCLUDED, target=round_, study=round_.study_id,
                site=row.site_id, details={"round": round_.number, "reason": reasons})
         _events.statistics_excluded(round_, row.site, reasons)
     return pooled

@@ -10,6 +10,7 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
@@ -61,7 +62,7 @@ def _require_open(round_: Round, *kinds: str) -> None:
                        "submissions.", code="stale_round", study=round_.study_id)
 
 
-@audited_service("aggregation.model.download")
+@audited_service(AggregationAction.MODEL_DOWNLOAD)
 def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     """The round's base model for a site the gate allows to download it now; audited as a model download."""
     round_ = lock_round_for_site(round_id, actor.site_id, lock=False)
@@ -69,7 +70,7 @@ def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     _require_gate(round_, actor.site_id, GateAction.DOWNLOAD_MODEL)
     version = round_.base_version
     data = verified_bytes(version)
-    record(actor=actor, action="aggregation.model.downloaded", target=version, study=round_.study_id,
+    record(actor=actor, action=AggregationAction.MODEL_DOWNLOADED, target=version, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "version": version.number, "sha256": version.sha256})
     return version, data
 
@@ -80,7 +81,7 @@ def _round_named(kwargs: dict[str, Any]) -> dict[str, Any]:
             "round": Round.objects.filter(pk=kwargs.get("round_id")).values_list("number", flat=True).first()}
 
 
-@audited_service("aggregation.update.submit", on_denial=_events.update_refused, denial_details=_round_named)
+@audited_service(AggregationAction.UPDATE_SUBMIT, on_denial=_events.update_refused, denial_details=_round_named)
 def update_submit(
     *, actor: Any, round_id: int, body: bytes, round_number: int, base_version: int, num_examples: int,
     metrics: dict[str, Any], idempotency_key: str,
@@ -117,7 +118,7 @@ def update_submit(
     update.save()
     # Before `record`: a row lock comes before the audit chain's lock (`consortium.locks`).
     _record_base_evaluation(round_.base_version, actor.site_id, metrics.get(BASE), histogram)
-    record(actor=actor, action="aggregation.update.accepted", target=update, study=round_.study_id,
+    record(actor=actor, action=AggregationAction.UPDATE_ACCEPTED, target=update, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "sha256": digest, "num_examples": num_examples,
                                         "metrics": metrics, "weight_norm": weight_norm, "delta_norm": delta_norm})
     progress = round_progress(round_)
@@ -130,7 +131,7 @@ def update_submit(
 
 def _downloaded_at(round_: Round, site_id: int) -> datetime | None:
     """When the site first downloaded the round's model (its audited download): the start of its elapsed time."""
-    return (AuditEvent.objects.filter(action="aggregation.model.downloaded", study_id=round_.study_id,
+    return (AuditEvent.objects.filter(action=AggregationAction.MODEL_DOWNLOADED, study_id=round_.study_id,
                                       site_id=site_id, details__round=round_.number)
             .order_by("seq").values_list("created_at", flat=True).first())
 
@@ -266,7 +267,7 @@ def _global_evaluation(sites: dict[str, dict[str, Any]], histograms: dict[str, d
     return figures
 
 
-@audited_service("aggregation.statistics.submit", on_denial=_events.update_refused, denial_details=_round_named)
+@audited_service(AggregationAction.STATISTICS_SUBMIT, on_denial=_events.update_refused, denial_details=_round_named)
 def statistics_submit(
     *, actor: Any, round_id: int, features: list[str], count: int, sums: list[float], sums_of_squares: list[float]
 ) -> SiteStatistics:
@@ -283,7 +284,7 @@ def statistics_submit(
     row.full_clean()
     row.save()
     # The figures themselves stay out of the audit details: no site's statistics are shown to others.
-    record(actor=actor, action="aggregation.statistics.accepted", target=round_, study=round_.study_id,
+    record(actor=actor, action=AggregationAction.STATISTICS_ACCEPTED, target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "count": count, "features": len(features)})
     progress = round_progress(round_)
     _events.statistics_received(round_, actor.site, count, progress)
@@ -306,7 +307,7 @@ def _check_statistics(round_: Round, features: list[str], count: int, sums: list
                                code="feature_mismatch", study=round_.study_id)
 
 
-@audited_service("aggregation.evaluation.submit", on_denial=_events.update_refused, denial_details=_round_named)
+@audited_service(AggregationAction.EVALUATION_SUBMIT, on_denial=_events.update_refused, denial_details=_round_named)
 def evaluation_submit(*, actor: Any, round_id: int, round_number: int, base_version: int,
                       metrics: dict[str, Any]) -> Evaluation:
     """A site's evaluation of the study's final model in an evaluation round: loss, accuracy, AUC, validation rows
@@ -331,7 +332,7 @@ def evaluation_submit(*, actor: Any, round_id: int, round_number: int, base_vers
     # Before `record`: a row lock comes before the audit chain's lock (`consortium.locks`).
     _record_base_evaluation(round_.base_version, actor.site_id, entry, histogram)
     # The histogram stays out of the audit details, as out of every page: only the version's evaluation holds it.
-    record(actor=actor, action="aggregation.evaluation.accepted", target=round_, study=round_.study_id,
+    record(actor=actor, action=AggregationAction.EVALUATION_ACCEPTED, target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "version": round_.base_version.number,
                                         "metrics": entry, SCORE_HISTOGRAM: histogram is not None})
     progress = round_progress(round_)

@@ -25,10 +25,11 @@ from django.db.models import Prefetch
 from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, UpdateStatus
+from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, Round, SiteStatistics, Update
 from consortium.federated.metric_keys import GLOBAL_METRICS, VAL_ACCURACY, VAL_AUC, VAL_AUC_NOTE, VAL_LOSS
-from studies.choices import EventKind, GateAction, GateCheck
-from studies.event_text import event_sentence, event_tone
+from studies.choices import GateAction, GateCheck
+from studies.event_registry import event_sentence, event_tone
 from studies.governance import GateResult, evaluate
 from studies.models import Study, StudyEvent
 
@@ -196,10 +197,10 @@ def _round_marks(study: Study) -> tuple[dict[int, dict[int, str]], dict[int, dic
     ({site id: the last reason}), from the event log (a refusal stores no row)."""
     opened: dict[int, dict[int, str]] = {}
     refusals: dict[int, dict[int, str]] = {}
-    kinds = (EventKind.ROUND_OPENED, EventKind.UPDATE_REFUSED)
+    kinds = (RoundEventKind.ROUND_OPENED, RoundEventKind.UPDATE_REFUSED)
     for kind, data in StudyEvent.objects.filter(study=study, kind__in=kinds).order_by("seq").values_list(
             "kind", "payload"):
-        if kind == EventKind.ROUND_OPENED:
+        if kind == RoundEventKind.ROUND_OPENED:
             opened[data.get("round_id")] = {s["site_id"]: s["site"] for s in data.get("eligible_sites") or []}
         elif data.get("round_id") is not None and data.get("site_id") is not None:
             refusals.setdefault(data["round_id"], {})[data["site_id"]] = data.get("reason") or "refused"

@@ -1,11 +1,13 @@
 """What the round services tell a study's live dashboard, in the transaction that made the change.
-Payloads carry sites, times, counts, metrics and norms: never weights, never a site's statistics."""
+Payloads carry sites, times, counts, metrics and norms: never weights, never a site's statistics. Each
+payload's shape is declared with its kind in `aggregation.events`."""
 
 from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from aggregation import events
 from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, ModelVersion, Round, Update
 from consortium.audit import denial_reason
@@ -28,11 +30,11 @@ class Progress:
     def complete(self) -> bool:
         return bool(self.eligible) and self.eligible <= self.submitted
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> events.Progress:
         return {"submitted": len(self.submitted & self.eligible), "eligible": len(self.eligible)}
 
 
-def _round(round_: Round) -> dict[str, Any]:
+def _round(round_: Round) -> events.RoundRef:
     return {"round_id": round_.pk, "round": round_.number, "kind": round_.kind}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundKind, UpdateStatus
 from aggregation.models import Round, Update
 from consortium.audit_format import write_csv
@@ -30,9 +31,10 @@ from studies.models import AgreementSignature, Study
 SUBMITTED, EXCLUDED, REFUSED, MISSING = "submitted", "excluded", "refused", "missing"
 STATUSES = (SUBMITTED, EXCLUDED, REFUSED, MISSING)
 
-OPENED, ACCEPTED = "aggregation.round.opened", "aggregation.update.accepted"
-UPDATE_EXCLUDED, VERSION_CREATED = "aggregation.update.excluded", "aggregation.model_version.created"
-SUBMIT_REFUSED = "aggregation.update.submit"
+# The audit events rows rest on.
+OPENED, ACCEPTED = AggregationAction.ROUND_OPENED, AggregationAction.UPDATE_ACCEPTED
+UPDATE_EXCLUDED, VERSION_CREATED = AggregationAction.UPDATE_EXCLUDED, AggregationAction.MODEL_VERSION_CREATED
+SUBMIT_REFUSED = AggregationAction.UPDATE_SUBMIT
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from aggregation import ledger, selectors
+from aggregation.audit_actions import AggregationAction
 from aggregation.model_card import model_card
 from consortium.api_base import AuditedRead, ConsortiumApi, IdField, errors
 from consortium.services import select_or_deny
@@ -74,12 +75,12 @@ class RoundOutputSerializer(serializers.Serializer):
 
 
 class StudyRoundListApi(ConsortiumApi):
-    reads = AuditedRead("aggregation.round.listed")
+    reads = AuditedRead(AggregationAction.ROUND_LISTED)
 
     @extend_schema(tags=FEDERATION, summary="The study's rounds, newest first, with each site's update and metrics",
                    responses={200: RoundOutputSerializer(many=True), **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "aggregation.round.list")
+        study = _study(request, pk, AggregationAction.ROUND_LIST)
         rounds = selectors.study_rounds(study)
         self.audit_read(study=study, target=study, rounds=len(rounds))
         return Response(RoundOutputSerializer(rounds, many=True).data)
@@ -115,39 +116,39 @@ class VersionDetailOutputSerializer(VersionOutputSerializer):
 
 
 class StudyVersionListApi(ConsortiumApi):
-    reads = AuditedRead("aggregation.model_version.listed")
+    reads = AuditedRead(AggregationAction.MODEL_VERSION_LISTED)
 
     @extend_schema(tags=FEDERATION, summary="The study's model versions, oldest first",
                    responses={200: VersionOutputSerializer(many=True), **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "aggregation.model_version.list")
+        study = _study(request, pk, AggregationAction.MODEL_VERSION_LIST)
         versions = list(study.model_versions.select_related("round").order_by("number"))
         self.audit_read(study=study, target=study, versions=[v.number for v in versions])
         return Response(VersionOutputSerializer(versions, many=True).data)
 
 
 class StudyVersionDetailApi(ConsortiumApi):
-    reads = AuditedRead("aggregation.model_version.viewed")
+    reads = AuditedRead(AggregationAction.MODEL_VERSION_VIEWED)
 
     @extend_schema(tags=FEDERATION, summary="One model version with its provenance and the sites' metrics",
                    responses={200: VersionDetailOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int, number: int) -> Response:
-        study = _study(request, pk, "aggregation.model_version.view")
-        version = select_or_deny(request.user, "aggregation.model_version.view",
+        study = _study(request, pk, AggregationAction.MODEL_VERSION_VIEW)
+        version = select_or_deny(request.user, AggregationAction.MODEL_VERSION_VIEW,
                                  lambda: selectors.model_version_get(study, number), study=study)
         self.audit_read(study=study, target=version, version=version.number)
         return Response(VersionDetailOutputSerializer(version).data)
 
 
 class ModelCardApi(ConsortiumApi):
-    reads = AuditedRead("aggregation.model_card.viewed")
+    reads = AuditedRead(AggregationAction.MODEL_CARD_VIEWED)
 
     @extend_schema(tags=FEDERATION, summary="The model card of a version (JSON): question, protocol, ledger, "
                                             "governance at aggregation, privacy, validation",
                    responses={200: OpenApiTypes.OBJECT, **errors(404)})
     def get(self, request: Request, pk: int, number: int) -> Response:
-        study = _study(request, pk, "aggregation.model_card.view")
-        card = select_or_deny(request.user, "aggregation.model_card.view", lambda: model_card(study, number),
+        study = _study(request, pk, AggregationAction.MODEL_CARD_VIEW)
+        card = select_or_deny(request.user, AggregationAction.MODEL_CARD_VIEW, lambda: model_card(study, number),
                               study=study)
         self.audit_read(study=study, target=study, version=number)
         return Response(card)
@@ -231,13 +232,13 @@ class _LedgerApi(ConsortiumApi):
 
 
 class StudyLedgerApi(_LedgerApi):
-    reads = AuditedRead("aggregation.ledger.viewed")
+    reads = AuditedRead(AggregationAction.LEDGER_VIEWED)
     query_serializer = LedgerQuerySerializer
 
     @extend_schema(tags=LEDGER, summary="The study's contribution ledger: one row per round and site",
                    responses={200: LedgerOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> HttpResponse:
-        study = _study(request, pk, "aggregation.ledger.view")
+        study = _study(request, pk, AggregationAction.LEDGER_VIEW)
         rows = _sorted(ledger.study_ledger(study), self.query)
         self.audit_read(study=study, target=study, format=self.form, rows=len(rows),
                         filters={k: v for k, v in self.query.items() if k != "sort"})
@@ -245,7 +246,7 @@ class StudyLedgerApi(_LedgerApi):
 
 
 class StudyLedgerCsvApi(StudyLedgerApi):
-    reads = AuditedRead("aggregation.ledger.exported")
+    reads = AuditedRead(AggregationAction.LEDGER_EXPORTED)
     form = "csv"
 
     @extend_schema(tags=LEDGER, summary="The study's contribution ledger as CSV", operation_id="study_ledger_csv",
@@ -255,7 +256,7 @@ class StudyLedgerCsvApi(StudyLedgerApi):
 
 
 class StudyLedgerJsonlApi(StudyLedgerApi):
-    reads = AuditedRead("aggregation.ledger.exported")
+    reads = AuditedRead(AggregationAction.LEDGER_EXPORTED)
     form = "jsonl"
 
     @extend_schema(tags=LEDGER, summary="The study's contribution ledger as JSON Lines",
@@ -266,13 +267,13 @@ class StudyLedgerJsonlApi(StudyLedgerApi):
 
 
 class SiteLedgerApi(_LedgerApi):
-    reads = AuditedRead("aggregation.ledger.viewed")
+    reads = AuditedRead(AggregationAction.LEDGER_VIEWED)
     query_serializer = SiteLedgerQuerySerializer
 
     @extend_schema(tags=LEDGER, summary="A site's contributions across the studies the caller may see",
                    responses={200: LedgerOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> HttpResponse:
-        site = _site(request, pk, "aggregation.ledger.view")
+        site = _site(request, pk, AggregationAction.LEDGER_VIEW)
         studies = studies_for(request.user).filter(participations__site=site).distinct().order_by("pk")
         if self.query.get("study") is not None:
             studies = studies.filter(pk=self.query["study"])
@@ -283,7 +284,7 @@ class SiteLedgerApi(_LedgerApi):
 
 
 class SiteLedgerCsvApi(SiteLedgerApi):
-    reads = AuditedRead("aggregation.ledger.exported")
+    reads = AuditedRead(AggregationAction.LEDGER_EXPORTED)
     form = "csv"
 
     @extend_schema(tags=LEDGER, summary="A site's contributions as CSV", operation_id="site_ledger_csv",
@@ -293,7 +294,7 @@ class SiteLedgerCsvApi(SiteLedgerApi):
 
 
 class SiteLedgerJsonlApi(SiteLedgerApi):
-    reads = AuditedRead("aggregation.ledger.exported")
+    reads = AuditedRead(AggregationAction.LEDGER_EXPORTED)
     form = "jsonl"
 
     @extend_schema(tags=LEDGER, summary="A site's contributions as JSON Lines", operation_id="site_ledger_jsonl",

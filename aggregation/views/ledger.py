@@ -12,6 +12,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from aggregation import ledger
+from aggregation.audit_actions import AggregationAction
 from aggregation.model_card import model_card
 from aggregation.views.rounds import visible_study
 from consortium.errors import ValidationFailed
@@ -70,10 +71,10 @@ def _page(request: HttpRequest, rows: list[ledger.LedgerRow], filters: dict[str,
 def study_ledger_page(request: HttpRequest, pk: int) -> HttpResponse:
     """The study's contribution ledger: one row per round and site, sortable and filterable on the server."""
     study = visible_study(request, pk)
-    filters = select_or_deny(request.user, "aggregation.ledger.view",
+    filters = select_or_deny(request.user, AggregationAction.LEDGER_VIEW,
                              lambda: _filters(request, ("round", "site", "status", "sort")), study=study)
     rows = ledger.study_ledger(study)
-    study_data_read(actor=request.user, action="aggregation.ledger.viewed", study=study, target=study,
+    study_data_read(actor=request.user, action=AggregationAction.LEDGER_VIEWED, study=study, target=study,
                     details={"via": "page:ledger", "filters": {k: v for k, v in filters.items() if v is not None}})
     return _page(request, rows, filters, study=study)
 
@@ -83,14 +84,14 @@ def study_ledger_page(request: HttpRequest, pk: int) -> HttpResponse:
 @domain_errors
 def site_ledger_page(request: HttpRequest, pk: int) -> HttpResponse:
     """One site's contributions across the studies the user may see."""
-    site = select_or_deny(request.user, "aggregation.ledger.view", lambda: site_get(request.user, pk), site=pk)
-    filters = select_or_deny(request.user, "aggregation.ledger.view",
+    site = select_or_deny(request.user, AggregationAction.LEDGER_VIEW, lambda: site_get(request.user, pk), site=pk)
+    filters = select_or_deny(request.user, AggregationAction.LEDGER_VIEW,
                              lambda: _filters(request, ("round", "study", "status", "sort")), site=site)
     studies = studies_for(request.user).filter(participations__site=site).distinct().order_by("pk")
     if filters.get("study") is not None:
         studies = studies.filter(pk=filters["study"])
     rows = ledger.site_ledger(site, studies)
-    study_data_read(actor=request.user, action="aggregation.ledger.viewed", site=site, target=site,
+    study_data_read(actor=request.user, action=AggregationAction.LEDGER_VIEWED, site=site, target=site,
                     details={"via": "page:site-ledger", "studies": sorted({row.study_id for row in rows})})
     return _page(request, rows, filters, site=site)
 
@@ -101,7 +102,8 @@ def site_ledger_page(request: HttpRequest, pk: int) -> HttpResponse:
 def model_card_page(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     """The printable model card of a version."""
     study = visible_study(request, pk)
-    card = select_or_deny(request.user, "aggregation.model_card.view", lambda: model_card(study, number), study=study)
-    study_data_read(actor=request.user, action="aggregation.model_card.viewed", study=study, target=study,
+    card = select_or_deny(request.user, AggregationAction.MODEL_CARD_VIEW, lambda: model_card(study, number),
+                          study=study)
+    study_data_read(actor=request.user, action=AggregationAction.MODEL_CARD_VIEWED, study=study, target=study,
                     details={"via": "page:model-card", "version": number})
     return render(request, "aggregation/model_card.html", {"study": study, "card": card})

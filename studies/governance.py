@@ -185,7 +185,8 @@ class _Facts:
 
 
 def _load(studies: list[Study], moment: datetime, at: datetime | None = None) -> dict[int, _Facts]:
-    """Six queries (seven as of a moment), whatever the number of studies and sites."""
+    """Six queries, whatever the number of studies and sites; as of a moment seven (the sites come apart),
+    plus one for the study as it stood (`evaluate`)."""
     facts = {study.pk: _Facts() for study in studies}
     ids = list(facts)
     agreements = as_of(AgreementVersion, at).filter(study__in=ids).order_by("study", "-version")

@@ -1,7 +1,8 @@
 """Give every governed row that predates its history table a history, dated at the moments its own columns
 prove. What no column proves is not invented: before the first dated record a row did not exist as far as
-the gate as of a moment can tell (never eligible there), and between a participation's invitation and its
-last decision it reads as invited (not eligible), the conservative answer."""
+the gate as of a moment can tell (never eligible there); between a study's creation and its last save it
+reads as a draft, and between a participation's invitation and its last decision as invited: not eligible,
+the conservative answer."""
 
 from django.db import migrations
 
@@ -12,6 +13,8 @@ CURRENT_DATE = {
 }
 EARLIER = {
     # (column dating the earlier state, the fields as they were then)
+    "Study": ("created_at", {"status": "draft", "status_reason": "", "status_changed_at": None,
+                             "status_changed_by_id": None}),
     "Participation": ("invited_at", {"status": "invited", "decided_by_id": None, "decided_at": None, "reason": ""}),
     "Approval": ("decided_at", {"voided_at": None, "void_reason": ""}),
 }
@@ -27,12 +30,13 @@ def backfill(apps, schema_editor):
                 continue
             values = {attname: getattr(row, attname) for attname in fields}
             earlier = EARLIER.get(name)
-            since = getattr(row, earlier[0]) if earlier else None
-            if since is not None:
+            since, when = (getattr(row, earlier[0]) if earlier else None), getattr(row, column)
+            # `when` None: the earlier state is the current one (still invited, never voided).
+            earlier_known = since is not None and (when is None or when > since)
+            if earlier_known:
                 rows.append(history(**{**values, **earlier[1]}, history_date=since, history_type="+"))
-            when = getattr(row, column)
-            if when is not None:  # None: the earlier state is the current one (still invited, never voided)
-                rows.append(history(**values, history_date=when, history_type="~" if since else "+"))
+            if when is not None:
+                rows.append(history(**values, history_date=when, history_type="~" if earlier_known else "+"))
         history.objects.bulk_create(rows, batch_size=500)
 
 

@@ -36,11 +36,13 @@ def study(p: Personas) -> Study:
         return activate(p, study)
 
 
-def test_it_answers_as_things_stood_before_and_after_a_revocation(p, study):
+def test_it_answers_as_things_stood_before_and_after_a_revocation(p, study, django_assert_num_queries):
     participation = Participation.objects.get(study=study, site=p.site_a)
     with time_machine.travel(T0 + timedelta(days=1), tick=True):
         services.participation_revoke(actor=p.site_a_admin, participation=participation, reason="Board decision.")
     t1 = Participation.objects.get(pk=participation.pk).decided_at
+    with django_assert_num_queries(8):  # the gate's six, the study as it stood, the sites: whatever their number
+        evaluate(study, at=t1)
     assert eligible(study, p.site_a, t1 - HOUR)
     assert not eligible(study, p.site_a, t1 + SECOND)
     assert reasons(study, p.site_a, t1 + SECOND) == ["Participation is revoked. Board decision."]

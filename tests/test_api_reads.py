@@ -12,7 +12,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from rest_framework.test import APIClient
 
 from consortium.api_base import AuditedRead, ConsortiumApi, UnauditedRead
-from consortium.models import AuditOutcome
+from consortium.audit.models import AuditOutcome
 from studies.models import Participation
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     Federation,

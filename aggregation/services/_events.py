@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from aggregation.models import Evaluation, ModelVersion, Round, Update
-from consortium.audit import denial_reason
+from consortium.audit.log import denial_reason
 from consortium.errors import DomainError, NotFound
 from sites.models import Site
 from studies.choices import EventKind

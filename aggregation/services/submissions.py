@@ -22,12 +22,12 @@ from aggregation.services._common import (
     version_tensors,
 )
 from aggregation.services.rounds import round_complete_if_ready, round_progress
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
+from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
 from consortium.federated import codec, norm
 from consortium.federated import metrics as federated_metrics
 from consortium.locks import locked
-from consortium.models import AuditEvent
 from studies.choices import GateAction
 from studies.governance import evaluate
 

@@ -8,10 +8,10 @@ import json
 import pytest
 from django.db.models import Max
 
-from consortium.federated import codec
 from aggregation.models import Round
-from consortium.audit import MAX_REASON_CHARS
-from consortium.models import AuditOutcome
+from consortium.audit.log import MAX_REASON_CHARS
+from consortium.audit.models import AuditOutcome
+from consortium.federated import codec
 from studies.choices import EventKind
 from studies.models import StudyEvent
 from tests.aggregation.hostile import corpus, join, split, zero_size_tensors

@@ -9,8 +9,8 @@ from django.apps import apps
 
 from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate
-from consortium.audit import verify_chain
-from consortium.models import AuditEvent
+from consortium.audit.log import verify_chain
+from consortium.audit.models import AuditEvent
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     agent_for,
     governed_study,

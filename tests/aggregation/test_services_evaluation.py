@@ -8,7 +8,6 @@ import pytest
 from django.utils import timezone
 
 from aggregation.choices import RoundKind, RoundStatus
-from consortium.federated.metrics import auc_from_histogram, summed
 from aggregation.models import Evaluation, ModelVersion, Round, Update
 from aggregation.services import (
     model_download,
@@ -17,8 +16,9 @@ from aggregation.services import (
     round_open_next,
     rounds_tick,
 )
+from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, GateRefused, NotFound, ValidationFailed
-from consortium.models import AuditEvent
+from consortium.federated.metrics import auc_from_histogram, summed
 from studies import services as study_services
 from studies.choices import EventKind
 from studies.models import StudyEvent

@@ -8,8 +8,8 @@ from django.db.models import Max
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import Round, SiteStatistics, Standardization
 from aggregation.services import statistics_submit
+from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, ValidationFailed
-from consortium.models import AuditEvent
 from studies import services as study_services
 from studies.choices import EventKind
 from studies.models import StudyEvent

@@ -6,12 +6,12 @@ import pytest
 import torch
 from django.db.models import Max
 
-from consortium.federated import codec
 from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate, round_open_next
+from consortium.audit.models import AuditEvent
 from consortium.errors import ValidationFailed
-from consortium.models import AuditEvent
+from consortium.federated import codec
 from studies.choices import EventKind
 from studies.models import StudyEvent, protocol_hash
 from tests.aggregation.support import (  # noqa: F401  (fixtures)

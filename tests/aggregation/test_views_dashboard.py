@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from aggregation.models import Round
 from aggregation.services import round_aggregate
-from consortium.models import AuditEvent
+from consortium.audit.models import AuditEvent
 from sites.models import Site
 from sites.services import site_admin_assign
 from studies.models import Study, StudyEvent

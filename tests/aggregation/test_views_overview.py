@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from aggregation.models import Round
 from aggregation.services import round_aggregate
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.roles import Role
 from studies import services as study_services
 from studies.governance import evaluate

@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate, statistics_submit
-from consortium.models import AuditEvent
+from consortium.audit.models import AuditEvent
 from sites.models import Site
 from sites.services import site_admin_assign
 from studies import services as study_services

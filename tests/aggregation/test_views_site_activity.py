@@ -8,8 +8,8 @@ from django.utils import timezone
 
 from aggregation.models import Round
 from aggregation.services import round_aggregate
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import Conflict
-from consortium.models import AuditEvent, AuditOutcome
 from sites.services import agent_token_authenticate
 from studies import services as study_services
 from tests.aggregation.support import (  # noqa: F401  (fixtures)

@@ -10,8 +10,8 @@ from django.urls import reverse
 from aggregation.models import ModelVersion, Round
 from aggregation.services import model_version_download, round_aggregate
 from aggregation.services._common import load_bytes
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import NotFound
-from consortium.models import AuditEvent, AuditOutcome
 from consortium.version import code_version
 from sites.models import Site
 from sites.services import site_admin_assign

@@ -20,9 +20,9 @@ from django.utils import timezone
 from aggregation.choices import ROUND_LIVE, UpdateStatus
 from aggregation.models import Round, Update
 from aggregation.services import round_aggregate, round_open_next, rounds_tick
-from consortium.audit import verify_chain
+from consortium.audit.log import verify_chain
+from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict
-from consortium.models import AuditEvent
 from sites.models import Site
 from studies import services
 from studies.choices import ParticipationStatus

@@ -11,17 +11,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from aggregation.choices import RoundKind, RoundStatus
+from aggregation.locks import lock_round_for_site
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
-from aggregation.services._common import (
-    lock_round_for_site,
-    spec,
-    store,
-    stored_path,
-    verified_bytes,
-    version_tensors,
-)
 from aggregation.services.rounds import round_complete_if_ready, round_progress
+from aggregation.storage import spec, store, stored_path, verified_bytes, version_tensors
 from consortium.audit.log import audited_service, record
 from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed

@@ -3,7 +3,7 @@
 from typing import Any
 
 from aggregation.models import ModelVersion
-from aggregation.services._common import verified_bytes
+from aggregation.storage import verified_bytes
 from consortium.audit.log import audited_service, record
 from consortium.errors import NotFound
 from studies.models import Study

@@ -13,9 +13,8 @@ from consortium.errors import Conflict, ValidationFailed
 from studies import services as study_services
 from studies.choices import EventKind
 from studies.models import StudyEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
-    model_store_fixture,
     open_round,
     rejected,
     third_site,

@@ -18,12 +18,10 @@ from consortium.errors import Conflict, GateRefused, NotFound, PayloadTooLarge, 
 from consortium.federated import codec
 from studies import services as study_services
 from studies.models import EthicsApproval
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     agent_for,
     base_tensors,
-    fed_fixture,
-    model_store_fixture,
     open_round,
     record_enqueued,
     rejected,

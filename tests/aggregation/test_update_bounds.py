@@ -14,18 +14,17 @@ from consortium.errors import ValidationFailed
 from consortium.federated import codec
 from studies.choices import EventKind
 from studies.models import StudyEvent, protocol_hash
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
     base_tensors,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     rejected,
     stored_files,
     submit,
 )
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 def shifted(round_: Round, by: float) -> bytes:

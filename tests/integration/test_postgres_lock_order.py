@@ -27,9 +27,8 @@ from sites.models import Site
 from studies import services
 from studies.choices import ParticipationStatus
 from studies.models import Participation
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
-    model_store_fixture,
     record_enqueued,
     submit,
     third_site,
@@ -38,7 +37,7 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
 from tests.api_support import client
 from tests.base import make_personas
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("model_store")]
 
 INTERLEAVINGS = 100
 JITTER_SECONDS = 0.02  # each writer starts at a random moment in this window: the orders vary

@@ -23,8 +23,8 @@ from django.utils import timezone
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundKind, UpdateStatus
 from aggregation.models import Round, Update
-from consortium.audit_format import write_csv
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.exports import write_csv
+from consortium.audit.models import AuditEvent, AuditOutcome
 from sites.models import Site
 from studies.models import AgreementSignature, Study
 

@@ -17,7 +17,7 @@ from aggregation import ledger, selectors
 from aggregation.audit_actions import AggregationAction
 from aggregation.model_card import model_card
 from consortium.api_base import AuditedRead, ConsortiumApi, IdField, errors
-from consortium.services import select_or_deny
+from consortium.audit.services import select_or_deny
 from consortium.web import csv_attachment
 from sites.models import Site
 from sites.selectors import site_get

@@ -30,7 +30,7 @@ from simple_history.utils import bulk_create_with_history  # noqa: E402
 from aggregation import ledger  # noqa: E402
 from aggregation.models import ModelVersion, Round, Update  # noqa: E402
 from bench.governance import _user  # noqa: E402
-from consortium.audit import SYSTEM, record  # noqa: E402
+from consortium.audit.log import SYSTEM, record  # noqa: E402
 from consortium.roles import Role  # noqa: E402
 from sites.models import Site  # noqa: E402
 from studies import services  # noqa: E402

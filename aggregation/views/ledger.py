@@ -15,8 +15,8 @@ from aggregation import ledger
 from aggregation.audit_actions import AggregationAction
 from aggregation.model_card import model_card
 from aggregation.views.rounds import visible_study
+from consortium.audit.services import select_or_deny, study_data_read
 from consortium.errors import ValidationFailed
-from consortium.services import select_or_deny, study_data_read
 from consortium.web import domain_errors
 from sites.selectors import site_get
 from studies.permissions import studies_for

@@ -10,20 +10,14 @@ import pytest
 from aggregation import ledger
 from aggregation.models import Round
 from aggregation.services import round_aggregate
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import DomainError
-from consortium.models import AuditEvent, AuditOutcome
 from studies import services as study_services
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    agent_for,
-    model_store_fixture,
-    no_broker_fixture,
-    open_round,
-    submit,
-    third_site,
-    three_site_study,
-)
+from tests.aggregation.support import agent_for, open_round, submit, third_site, three_site_study
 from tests.api_support import assert_error, client
 from tests.support import events_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 @pytest.fixture

@@ -5,17 +5,13 @@ import pytest
 from django.urls import reverse
 
 from aggregation.services import round_aggregate
-from consortium.models import AuditOutcome
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    fed_fixture,
-    model_store_fixture,
-    no_broker_fixture,
-    open_round,
-    submit,
-)
+from consortium.audit.models import AuditOutcome
+from tests.aggregation.support import open_round, submit
 from tests.api_support import client
 from tests.pages import client_for, denied, page
 from tests.support import events_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 @pytest.fixture

@@ -48,8 +48,10 @@ def aggregations_redispatch(*, moment: datetime) -> list[int]:
     was last sent before `moment - AGGREGATION_REDISPATCH_AFTER`. Returns the rounds sent."""
     from aggregation.tasks import aggregate_round  # tasks import services: import here, not at module load
 
-    due = Q(status=RoundStatus.AGGREGATING) & (Q(aggregation_dispatched_at__isnull=True)
-                                              | Q(aggregation_dispatched_at__lte=moment - AGGREGATION_REDISPATCH_AFTER))
+    # A Flower round is aggregated by the Flower coordinator, never by our task.
+    due = Q(status=RoundStatus.AGGREGATING, flower__isnull=True) & (Q(aggregation_dispatched_at__isnull=True)
+                                                                    | Q(aggregation_dispatched_at__lte=moment
+                                                                        - AGGREGATION_REDISPATCH_AFTER))
     sent = []
     for round_id in Round.objects.filter(due).values_list("pk", flat=True):
         with transaction.atomic():

@@ -3,6 +3,7 @@ from django.urls import path
 from aggregation.views import overview
 from aggregation.views import sites as site_activity_views
 from consortium import views
+from sites import flower_views
 from studies.views import sites as site_views
 
 urlpatterns = [
@@ -16,6 +17,9 @@ urlpatterns = [
     path("sites/", site_views.sites_list, name="site-list"),
     path("sites/<id:pk>/", site_activity_views.site_detail, name="site-detail"),
     path("sites/<id:pk>/agent-tokens/", site_views.site_agent_token_create, name="site-agent-token-create"),
+    path("sites/<id:pk>/flower-nodes/", flower_views.site_flower_node_register, name="site-flower-node-register"),
+    path("sites/<id:pk>/flower-nodes/<id:node_pk>/revoke/", flower_views.site_flower_node_revoke,
+         name="site-flower-node-revoke"),
     path("sites/<id:pk>/agent-tokens/<id:token_pk>/revoke/", site_views.site_agent_token_revoke,
          name="site-agent-token-revoke"),
 ]

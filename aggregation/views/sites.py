@@ -14,6 +14,8 @@ from django.views.decorators.http import require_GET
 from aggregation.site_activity import site_activity
 from consortium.services import select_or_deny
 from consortium.web import domain_errors
+from sites.flower_nodes import site_flower_nodes
+from sites.forms import FlowerNodeRegisterForm
 from sites.selectors import site_get
 from sites.services import site_viewed
 from studies.views.sites import site_page_context
@@ -29,4 +31,6 @@ def site_detail(request: HttpRequest, pk: int) -> HttpResponse:
     activity = site_activity(request.user, site)
     shown = {row["participation"].study_id for row in context["rows"]} | (activity.study_ids if activity else set())
     site_viewed(actor=request.user, site=site, study_ids=shown)
+    if context["administers"]:  # only its admins see the site's SuperNode keys
+        context |= {"flower_nodes": site_flower_nodes(request.user, site), "flower_form": FlowerNodeRegisterForm()}
     return render(request, "sites/detail.html", {**context, "activity": activity})

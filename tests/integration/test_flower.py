@@ -203,7 +203,7 @@ def _run_federation(deployment: Deployment, tmp_path: Path, db: Path) -> None:
               "the SuperLink to register the first SuperNode", 60, deployment, ("superlink",))
     for code in SITES[1:]:
         assert _registered(deployment, keys[code][1])
-    for index, code in enumerate(SITES):
+    for code in SITES:
         deployment.start(f"supernode_{code}", [
             str(BIN / "flower-supernode"), "--root-certificates", str(tls["ca"]), "--superlink",
             f"127.0.0.1:{flower_port}", "--auth-supernode-private-key", str(keys[code][0]), "--port",
@@ -214,9 +214,9 @@ def _run_federation(deployment: Deployment, tmp_path: Path, db: Path) -> None:
                                         f'num-server-rounds=3 wait-for-nodes=3 min-nodes=2'])
     logs = ("flwr_run", "superlink", "server", *(f"supernode_{c}" for c in SITES))
     # Round 2 opens with the three sites; the revoked site's admin acts while its node trains.
-    _wait_for(lambda: _flower_rounds(db, study_id) >= 2, "the second Flower round", 150, deployment, logs)
+    _wait_for(lambda: _flower_rounds(db, study_id) >= 2, "the second Flower round", 600, deployment, logs)
     _revoke(client, study_id, site_ids[REVOKED])
-    _wait_for(lambda: run.poll() is not None, "flwr run to finish", 150, deployment, logs)
+    _wait_for(lambda: run.poll() is not None, "flwr run to finish", 600, deployment, logs)
     assert run.returncode == 0, "\n".join(f"--- {n}\n{deployment.log(n)}" for n in logs)
 
     _assert_ledger(db, study_id, site_ids)

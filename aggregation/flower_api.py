@@ -19,6 +19,7 @@ from aggregation.flower_auth import FlowerTokenAuthentication, IsFlowerCoordinat
 from aggregation.models import FlowerCoordinatorToken
 from aggregation.services import flower as services
 from consortium.api_base import ConsortiumApi, ReasonInputSerializer, StrictSerializer, UnauditedRead, errors
+from consortium.api_errors import summarise
 from consortium.audit import record_denial
 from consortium.errors import DomainError, NotFound, ValidationFailed
 from consortium.services import select_or_deny
@@ -163,9 +164,8 @@ def _valid(serializer_class: type[serializers.Serializer], request: Request, act
     """Parsed input, or a 400 that is audited like the service's own refusals."""
     serializer = serializer_class(data=request.data)
     if not serializer.is_valid():
-        record_denial(actor=request.user, action=action, reason="Malformed request.",
-                      study=getattr(request.user, "study_id", None), details={"code": "validation_failed",
-                                                                              "errors": serializer.errors})
+        record_denial(actor=request.user, action=action, reason=summarise(serializer.errors),
+                      study=getattr(request.user, "study_id", None), details={"code": "validation_failed"})
         raise serializers.ValidationError(serializer.errors)
     return serializer.validated_data
 

@@ -16,7 +16,7 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     no_broker_fixture,
     update_tensors,
 )
-from tests.api_support import assert_anonymous_refused, assert_error, call, client
+from tests.api_support import assert_error, call, client
 from tests.support import last_seq, only_event
 
 
@@ -34,12 +34,16 @@ def upload(api: APIClient, url: str, body: bytes, **headers: str):
 
 def test_it_refuses_callers_without_the_coordinators_token(p):
     study = governed_study(p)
-    assert_anonymous_refused(APIClient().post("/api/agent/flower/rounds/", {}, format="json"))
+    anonymous = APIClient().post("/api/agent/flower/rounds/", {}, format="json")
+    assert_error(anonymous, 401, "not_authenticated")
+    assert anonymous["WWW-Authenticate"] == "Bearer"
     forged = APIClient()
     forged.credentials(HTTP_AUTHORIZATION="Bearer csf_0000abcd_" + "A" * 43)
     assert_error(forged.get("/api/agent/flower/me/"), 401, mentions="Unknown Flower coordinator token")
+    # A site admin sees the study but may not issue its token; an outsider does not even see it.
     assert_error(call(client(p.site_a_admin), "post", f"/api/studies/{study.pk}/flower-tokens/", {"name": "x"}),
-                 404)
+                 403, mentions="Only the study's PI")
+    assert_error(call(client(p.outsider), "post", f"/api/studies/{study.pk}/flower-tokens/", {"name": "x"}), 404)
 
 
 def test_a_site_admin_registers_a_supernode_key_through_the_api(p):

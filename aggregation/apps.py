@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class AggregationConfig(AppConfig):
     name = "aggregation"
     verbose_name = "Federated rounds and aggregation"
+
+    def ready(self) -> None:
+        from aggregation import flower_schema  # noqa: F401  (registers the OpenAPI description of the token)

@@ -227,7 +227,8 @@ def _close_abandoned(study: Study, server_round: int) -> None:
                reason=f"The Flower coordinator started server round {server_round} before finishing this one.")
 
 
-def _map_nodes(nodes: list[dict[str, Any]], gate: GateResult, eligible: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _map_nodes(nodes: list[dict[str, Any]], gate: GateResult,
+               eligible: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The nodes to configure (the first connected node of each eligible site, by node id) and the others,
     each with why."""
     keyed = []

@@ -6,4 +6,7 @@ class AggregationConfig(AppConfig):
     verbose_name = "Federated rounds and aggregation"
 
     def ready(self) -> None:
+        from aggregation import events
+
+        events.register()
         from aggregation import flower_schema  # noqa: F401  (registers the OpenAPI description of the token)

@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from aggregation.api import _body, _require_identity_encoding
+from aggregation.audit_actions import AggregationAction
 from aggregation.flower_auth import FlowerTokenAuthentication, IsFlowerCoordinator
 from aggregation.models import FlowerCoordinatorToken
 from aggregation.services import flower as services
@@ -23,6 +24,7 @@ from consortium.api_errors import summarise
 from consortium.audit import record_denial
 from consortium.errors import DomainError, NotFound, ValidationFailed
 from consortium.services import select_or_deny
+from sites.audit_actions import SiteAction
 from sites.flower_nodes import flower_node_get, flower_node_register, flower_node_revoke, site_flower_nodes
 from sites.models import FlowerNode
 from sites.selectors import site_get
@@ -65,7 +67,7 @@ class FlowerInitialModelApi(FlowerApi):
             _require_identity_encoding(request)
             body = _body(request)
         except DomainError as exc:
-            record_denial(actor=request.user, action="aggregation.flower.initial_model", reason=exc.message,
+            record_denial(actor=request.user, action=AggregationAction.FLOWER_INITIAL_MODEL, reason=exc.message,
                           study=request.user.study_id, details={"code": exc.code})
             raise
         version = services.flower_initial_version(actor=request.user, body=body)
@@ -92,7 +94,7 @@ class FlowerRoundOpenApi(FlowerApi):
     @extend_schema(tags=FLOWER, request=InputSerializer, responses={200: OpenApiTypes.OBJECT, **errors(400, 409)},
                    summary="Before a Flower round: which connected nodes may take part (the gate, by site)")
     def post(self, request: Request) -> Response:
-        data = _valid(self.InputSerializer, request, "aggregation.flower.round_open")
+        data = _valid(self.InputSerializer, request, AggregationAction.FLOWER_ROUND_OPEN)
         return _answer(services.flower_round_open(actor=request.user, **data))
 
 
@@ -120,7 +122,7 @@ class FlowerRoundResultsApi(FlowerApi):
     @extend_schema(tags=FLOWER, request=InputSerializer, responses={200: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
                    summary="The results received: which of them the strategy may aggregate (the gate, again)")
     def post(self, request: Request, round_id: int) -> Response:
-        data = _valid(self.InputSerializer, request, "aggregation.flower.results")
+        data = _valid(self.InputSerializer, request, AggregationAction.FLOWER_RESULTS)
         if len(json.dumps(data["acted_on"])) > MAX_ACTED_ON_CHARS:
             raise ValidationFailed("acted_on is too large.")
         return _answer(services.flower_round_results(actor=request.user, round_id=round_id, **data))
@@ -137,7 +139,7 @@ class FlowerRoundVersionApi(FlowerApi):
             strategy = request.headers.get("X-Flower-Strategy", "").strip()[:100] or "unnamed"
             acted_on = _json_header(request, "X-Acted-On")
         except DomainError as exc:
-            record_denial(actor=request.user, action="aggregation.flower.version", reason=exc.message,
+            record_denial(actor=request.user, action=AggregationAction.FLOWER_VERSION, reason=exc.message,
                           study=request.user.study_id, details={"code": exc.code})
             raise
         outcome = services.flower_round_version(actor=request.user, round_id=round_id, body=body, strategy=strategy,
@@ -199,14 +201,14 @@ class StudyFlowerTokenListCreateApi(ConsortiumApi):
     @extend_schema(tags=FLOWER, responses={200: FlowerTokenOutputSerializer(many=True), **errors(404)},
                    summary="The study's Flower coordinator tokens (its PI)")
     def get(self, request: Request, pk: int) -> Response:
-        study = select_or_deny(request.user, "aggregation.flower_token.list", lambda: _led(request, pk), study=pk)
+        study = select_or_deny(request.user, AggregationAction.FLOWER_TOKEN_LIST, lambda: _led(request, pk), study=pk)
         tokens = FlowerCoordinatorToken.objects.filter(study=study).select_related("created_by")
         return Response(FlowerTokenOutputSerializer(tokens, many=True).data)
 
     @extend_schema(tags=FLOWER, request=InputSerializer, responses={201: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
                    summary="Issue the study's Flower coordinator token; the response holds it, once (its PI)")
     def post(self, request: Request, pk: int) -> Response:
-        study = select_or_deny(request.user, "aggregation.flower_token.create", lambda: study_get(request.user, pk),
+        study = select_or_deny(request.user, AggregationAction.FLOWER_TOKEN_CREATE, lambda: study_get(request.user, pk),
                                study=pk)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -235,7 +237,7 @@ class FlowerTokenRevokeApi(ConsortiumApi):
                 raise NotFound("No such Flower coordinator token.")
             return token
 
-        token = select_or_deny(request.user, "aggregation.flower_token.revoke", select)
+        token = select_or_deny(request.user, AggregationAction.FLOWER_TOKEN_REVOKE, select)
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         token = services.flower_token_revoke(actor=request.user, token=token, **serializer.validated_data)
@@ -273,7 +275,7 @@ class SiteFlowerNodeListCreateApi(ConsortiumApi):
     @extend_schema(tags=FLOWER, responses={200: FlowerNodeOutputSerializer(many=True), **errors(404)},
                    summary="The site's Flower SuperNodes (its admins)")
     def get(self, request: Request, pk: int) -> Response:
-        nodes = select_or_deny(request.user, "sites.flower_node.list",
+        nodes = select_or_deny(request.user, SiteAction.FLOWER_NODE_LIST,
                                lambda: site_flower_nodes(request.user, site_get(request.user, pk)), site=pk)
         return Response(FlowerNodeOutputSerializer(nodes, many=True).data)
 
@@ -281,7 +283,8 @@ class SiteFlowerNodeListCreateApi(ConsortiumApi):
                    responses={201: FlowerNodeOutputSerializer, **errors(400, 404, 409)},
                    summary="Register a Flower SuperNode's public key for the site (its admins)")
     def post(self, request: Request, pk: int) -> Response:
-        site = select_or_deny(request.user, "sites.flower_node.register", lambda: site_get(request.user, pk), site=pk)
+        site = select_or_deny(request.user, SiteAction.FLOWER_NODE_REGISTER, lambda: site_get(request.user, pk),
+                              site=pk)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         node = flower_node_register(actor=request.user, site=site, **serializer.validated_data)
@@ -293,7 +296,7 @@ class FlowerNodeRevokeApi(ConsortiumApi):
                    responses={200: FlowerNodeOutputSerializer, **errors(400, 404, 409)},
                    summary="Revoke a Flower SuperNode's key at once and for good (its site's admins)")
     def post(self, request: Request, pk: int) -> Response:
-        node = select_or_deny(request.user, "sites.flower_node.revoke", lambda: flower_node_get(request.user, pk))
+        node = select_or_deny(request.user, SiteAction.FLOWER_NODE_REVOKE, lambda: flower_node_get(request.user, pk))
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         node = flower_node_revoke(actor=request.user, node=node, **serializer.validated_data)

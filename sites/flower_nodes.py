@@ -11,6 +11,7 @@ from django.utils import timezone
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
 from consortium.locks import locked
+from sites.audit_actions import SiteAction
 from sites.flower_keys import InvalidNodeKey, read_public_key
 from sites.models import FlowerNode, Site
 from sites.permissions import can_administer, sites_for
@@ -25,7 +26,7 @@ def _require_site_admin(actor: AbstractBaseUser, site: Site, doing: str) -> None
     raise NotFound("No such site.")
 
 
-@audited_service("sites.flower_node.register")
+@audited_service(SiteAction.FLOWER_NODE_REGISTER)
 def flower_node_register(*, actor: AbstractBaseUser, site: Site, name: str, public_key: str) -> FlowerNode:
     """Register the public key of one of the site's Flower SuperNodes: from now on a node authenticated with
     it acts for this site in Flower-run studies (and only when the gate lets the site take part)."""
@@ -47,12 +48,12 @@ def flower_node_register(*, actor: AbstractBaseUser, site: Site, name: str, publ
     node = FlowerNode(site=found, name=name, public_key=key.pem, fingerprint=key.fingerprint, created_by=actor)
     node.full_clean()
     node.save()
-    record(actor=actor, action="sites.flower_node.registered", target=node, site=found,
+    record(actor=actor, action=SiteAction.FLOWER_NODE_REGISTERED, target=node, site=found,
            details={"name": node.name, "fingerprint": node.fingerprint})
     return node
 
 
-@audited_service("sites.flower_node.revoke")
+@audited_service(SiteAction.FLOWER_NODE_REVOKE)
 def flower_node_revoke(*, actor: AbstractBaseUser, node: FlowerNode, reason: str) -> FlowerNode:
     """Revoke a node's key for good: from the next question the coordinator asks, the node acts for no site."""
     found = locked(FlowerNode.objects.select_related("site").filter(pk=node.pk), of=("self",)).first()
@@ -65,7 +66,7 @@ def flower_node_revoke(*, actor: AbstractBaseUser, node: FlowerNode, reason: str
     found.revoked_at, found.revoked_by, found.revoke_reason = timezone.now(), actor, reason.strip()
     found.full_clean()
     found.save()
-    record(actor=actor, action="sites.flower_node.revoked", target=found, site=found.site,
+    record(actor=actor, action=SiteAction.FLOWER_NODE_REVOKED, target=found, site=found.site,
            details={"name": found.name, "fingerprint": found.fingerprint, "reason": found.revoke_reason})
     return found
 

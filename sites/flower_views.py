@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST
 from consortium.errors import NotFound
 from consortium.services import select_or_deny
 from consortium.web import domain_errors, form_errors_text
+from sites.audit_actions import SiteAction
 from sites.flower_nodes import flower_node_get, flower_node_register, flower_node_revoke
 from sites.forms import AgentTokenRevokeForm, FlowerNodeRegisterForm
 from sites.selectors import site_get
@@ -19,7 +20,7 @@ from sites.selectors import site_get
 @require_POST
 @domain_errors
 def site_flower_node_register(request: HttpRequest, pk: int) -> HttpResponse:
-    site = select_or_deny(request.user, "sites.flower_node.register", lambda: site_get(request.user, pk), site=pk)
+    site = select_or_deny(request.user, SiteAction.FLOWER_NODE_REGISTER, lambda: site_get(request.user, pk), site=pk)
     form = FlowerNodeRegisterForm(request.POST)
     if not form.is_valid():
         messages.error(request, form_errors_text(form))
@@ -40,7 +41,7 @@ def site_flower_node_revoke(request: HttpRequest, pk: int, node_pk: int) -> Http
             raise NotFound("No such Flower node on this site.", site=pk)
         return node
 
-    node = select_or_deny(request.user, "sites.flower_node.revoke", select, site=pk)
+    node = select_or_deny(request.user, SiteAction.FLOWER_NODE_REVOKE, select, site=pk)
     form = AgentTokenRevokeForm(request.POST)
     form.is_valid()  # a bare text field: the service refuses a blank reason (audited)
     flower_node_revoke(actor=request.user, node=node, reason=form.cleaned_data.get("reason", ""))

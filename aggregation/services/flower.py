@@ -14,6 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from aggregation import flower_auth
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import FlowerCoordinatorToken, FlowerRound, ModelVersion, Round, Update
 from aggregation.services import _events
@@ -59,7 +60,7 @@ class FlowerOutcome:
 # --- Coordinator tokens (issued by the study's PI) -------------------------------------------------------
 
 
-@audited_service("aggregation.flower_token.create")
+@audited_service(AggregationAction.FLOWER_TOKEN_CREATE)
 def flower_token_create(*, actor: AbstractBaseUser, study: Study, name: str) -> tuple[FlowerCoordinatorToken, str]:
     """Issue the credential of the study's Flower coordinator; the plaintext exists only in the return value.
     From now on the study's rounds are run by that coordinator, not by Consortium's scheduler."""
@@ -78,12 +79,12 @@ def flower_token_create(*, actor: AbstractBaseUser, study: Study, name: str) -> 
                                    created_by=actor)
     token.full_clean()
     token.save()
-    record(actor=actor, action="aggregation.flower_token.created", target=token, study=study,
+    record(actor=actor, action=AggregationAction.FLOWER_TOKEN_CREATED, target=token, study=study,
            details={"name": token.name, "prefix": token.prefix})
     return token, flower_auth.assemble(prefix, secret)
 
 
-@audited_service("aggregation.flower_token.revoke")
+@audited_service(AggregationAction.FLOWER_TOKEN_REVOKE)
 def flower_token_revoke(*, actor: AbstractBaseUser, token: FlowerCoordinatorToken,
                         reason: str) -> FlowerCoordinatorToken:
     """Revoke the coordinator's token for good: its next request is refused."""
@@ -98,7 +99,7 @@ def flower_token_revoke(*, actor: AbstractBaseUser, token: FlowerCoordinatorToke
     found.revoked_at, found.revoked_by, found.revoke_reason = timezone.now(), actor, reason.strip()
     found.full_clean()
     found.save()
-    record(actor=actor, action="aggregation.flower_token.revoked", target=found, study=study,
+    record(actor=actor, action=AggregationAction.FLOWER_TOKEN_REVOKED, target=found, study=study,
            details={"name": found.name, "prefix": found.prefix, "reason": found.revoke_reason})
     return found
 
@@ -119,7 +120,7 @@ def flower_run_study_ids() -> set[int]:
 # --- The initial model ------------------------------------------------------------------------------------
 
 
-@audited_service("aggregation.flower.initial_model")
+@audited_service(AggregationAction.FLOWER_INITIAL_MODEL)
 def flower_initial_version(*, actor: flower_auth.FlowerCoordinator, body: bytes) -> ModelVersion:
     """Record the Flower app's initial parameters as the study's v0 (once; the same bytes again return it)."""
     study = lock_study(actor.study_id)
@@ -138,7 +139,7 @@ def flower_initial_version(*, actor: flower_auth.FlowerCoordinator, body: bytes)
                            provenance={"initial": True, "flower": True, "code_version": code_version()})
     version.full_clean()
     version.save()
-    record(actor=actor, action="aggregation.model_version.created", target=version, study=study,
+    record(actor=actor, action=AggregationAction.MODEL_VERSION_CREATED, target=version, study=study,
            details={"version": 0, "sha256": digest, "initial": True, "flower": True})
     return version
 
@@ -172,7 +173,7 @@ def _block(round_: Round, reason: str, gate: GateResult) -> FlowerOutcome:
     return FlowerOutcome(round_.pk, False, reason, gate=gate.as_dict())
 
 
-@audited_service("aggregation.flower.round_open")
+@audited_service(AggregationAction.FLOWER_ROUND_OPEN)
 def flower_round_open(*, actor: flower_auth.FlowerCoordinator, server_round: int, base_sha256: str,
                       nodes: list[dict[str, Any]]) -> FlowerOutcome:
     """Before Flower round `server_round`: ask the gate, map the connected nodes' public keys to sites, and
@@ -199,7 +200,7 @@ def flower_round_open(*, actor: flower_auth.FlowerCoordinator, server_round: int
     flower = FlowerRound(round=round_, token=actor.token, server_round=server_round,
                          nodes={str(n["node_id"]): n for n in chosen})
     flower.save()
-    record(actor=actor, action="aggregation.round.opened", target=round_, study=study,
+    record(actor=actor, action=AggregationAction.ROUND_OPENED, target=round_, study=study,
            details={"round": round_.number, "kind": round_.kind, "base_version": base.number, "flower": True,
                     "server_round": server_round, "deadline": round_.deadline.isoformat(),
                     "eligible_site_ids": sorted(eligible_sites), "nodes": chosen, "refused_nodes": refused})
@@ -269,7 +270,7 @@ def _flower_round(actor: flower_auth.FlowerCoordinator, round_id: int) -> tuple[
     return lock_round(round_id), flower
 
 
-@audited_service("aggregation.flower.results")
+@audited_service(AggregationAction.FLOWER_RESULTS)
 def flower_round_results(*, actor: flower_auth.FlowerCoordinator, round_id: int, results: list[dict[str, Any]],
                          acted_on: dict[str, Any]) -> FlowerOutcome:
     """The results the coordinator received: recorded as the round's updates (hash, count, metrics, norms),
@@ -326,7 +327,7 @@ def _record_results(actor: flower_auth.FlowerCoordinator, round_: Round, flower:
                         submitted_by=actor.get_username(), received_at=now)
         update.full_clean()
         update.save()
-        record(actor=actor, action="aggregation.update.accepted", target=update, study=round_.study_id,
+        record(actor=actor, action=AggregationAction.UPDATE_ACCEPTED, target=update, study=round_.study_id,
                site=update.site_id, details={"round": round_.number, "sha256": update.sha256, "flower": True,
                                              "node_id": result["node_id"], "num_examples": update.num_examples,
                                              "metrics": update.metrics, "weight_norm": update.weight_norm,
@@ -336,7 +337,7 @@ def _record_results(actor: flower_auth.FlowerCoordinator, round_: Round, flower:
     return updates, dropped
 
 
-@audited_service("aggregation.flower.version")
+@audited_service(AggregationAction.FLOWER_VERSION)
 def flower_round_version(*, actor: flower_auth.FlowerCoordinator, round_id: int, body: bytes, strategy: str,
                          acted_on: dict[str, Any]) -> FlowerOutcome:
     """The parameters the coordinator's strategy aggregated from the kept results: the gate is asked once

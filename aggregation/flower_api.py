@@ -21,9 +21,9 @@ from aggregation.models import FlowerCoordinatorToken
 from aggregation.services import flower as services
 from consortium.api_base import ConsortiumApi, ReasonInputSerializer, StrictSerializer, UnauditedRead, errors
 from consortium.api_errors import summarise
-from consortium.audit import record_denial
+from consortium.audit.log import record_denial
+from consortium.audit.services import select_or_deny
 from consortium.errors import DomainError, NotFound, ValidationFailed
-from consortium.services import select_or_deny
 from sites.audit_actions import SiteAction
 from sites.flower_nodes import flower_node_get, flower_node_register, flower_node_revoke, site_flower_nodes
 from sites.models import FlowerNode

@@ -16,8 +16,8 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from aggregation.models import FlowerCoordinatorToken
-from consortium.audit import ActorRef
-from consortium.models import AuditActorKind
+from consortium.audit.log import ActorRef
+from consortium.audit.models import AuditActorKind
 from consortium.throttling import AGENT_TOKENS, client_ip
 from sites import tokens
 

@@ -8,7 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
 from consortium.errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
 from consortium.locks import locked
 from sites.audit_actions import SiteAction

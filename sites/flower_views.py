@@ -7,8 +7,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
+from consortium.audit.services import select_or_deny
 from consortium.errors import NotFound
-from consortium.services import select_or_deny
 from consortium.web import domain_errors, form_errors_text
 from sites.audit_actions import SiteAction
 from sites.flower_nodes import flower_node_get, flower_node_register, flower_node_revoke

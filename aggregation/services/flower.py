@@ -16,13 +16,15 @@ from django.utils import timezone
 from aggregation import flower_auth
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
+from aggregation.locks import lock_round
 from aggregation.models import FlowerCoordinatorToken, FlowerRound, ModelVersion, Round, Update
 from aggregation.services import _events
-from aggregation.services._common import lock_round, move_round, spec, store
 from aggregation.services.aggregate import apply_exclusions, record_version, version_provenance
+from aggregation.services.round_state import move_round
 from aggregation.services.rounds import round_progress
+from aggregation.storage import spec, store
 from aggregation.strategies import Weighting
-from consortium.audit import SYSTEM, audited_service, record
+from consortium.audit.log import SYSTEM, audited_service, record
 from consortium.errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
 from consortium.federated import codec
 from consortium.federated.norm import l2_norm
@@ -30,7 +32,7 @@ from consortium.version import code_version
 from sites import tokens
 from sites.flower_keys import InvalidNodeKey, read_public_key
 from sites.flower_nodes import live_nodes_by_fingerprint
-from studies.choices import GateAction, RevocationPolicy
+from studies.choices import GateAction, GateCheck, RevocationPolicy
 from studies.events import publish_gate
 from studies.governance import GateResult, evaluate
 from studies.locks import lock_study
@@ -164,7 +166,7 @@ def _decode_any(body: bytes, study: Study) -> dict:
 
 
 def _refusals(gate: GateResult) -> list[str]:
-    return [check.reason for check in gate.study_checks if not check.passed and check.name != "quorum"]
+    return [check.reason for check in gate.study_checks if not check.passed and check.name != GateCheck.QUORUM]
 
 
 def _block(round_: Round, reason: str, gate: GateResult) -> FlowerOutcome:

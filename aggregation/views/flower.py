@@ -12,8 +12,8 @@ from django.views.decorators.http import require_POST
 from aggregation.audit_actions import AggregationAction
 from aggregation.models import FlowerCoordinatorToken
 from aggregation.services.flower import flower_token_create, flower_token_revoke
+from consortium.audit.services import select_or_deny
 from consortium.errors import NotFound
-from consortium.services import select_or_deny
 from consortium.web import domain_errors, form_errors_text
 from studies.permissions import can_lead
 from studies.selectors import study_get

@@ -10,10 +10,8 @@ from consortium.federated import codec, zoo
 from sites.models import FlowerNode
 from studies.services import study_suspend
 from tests.aggregation.flower_support import node_key, register_node, result
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     update_tensors,
 )
 from tests.api_support import assert_error, call, client

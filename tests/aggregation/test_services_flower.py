@@ -19,10 +19,8 @@ from consortium.federated import codec
 from studies.models import Participation
 from studies.services import participation_revoke, study_suspend
 from tests.aggregation.flower_support import coordinator, initial, node_key, register_node, result
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     third_site,
     three_site_study,
     update_tensors,

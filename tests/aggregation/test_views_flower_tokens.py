@@ -4,7 +4,7 @@ nobody else sees or touches it."""
 from django.urls import reverse
 
 from aggregation.models import FlowerCoordinatorToken
-from tests.aggregation.support import governed_study, model_store_fixture, no_broker_fixture  # noqa: F401
+from tests.aggregation.support import governed_study
 from tests.pages import client_for, page
 
 

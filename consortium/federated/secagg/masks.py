@@ -1,0 +1,103 @@
+"""Masks and the integer ring: float updates become uint32 vectors that sum without overflow.
+
+The ring is Z/2^32, so numpy's wrapping uint32 arithmetic is the modular arithmetic and costs nothing.
+A mask is a keystream of AES-256-CTR keyed with a 32-byte seed (a stream cipher with AES-NI: about as
+fast as reading memory), written straight into a reused buffer.
+
+Quantisation (as Flower's SecAgg+): each coordinate is clipped to [-clip, clip], scaled by the site's
+weight / max_weight, and rounded to a signed integer of at most `levels` = (2^31 - 1) // n in
+magnitude, so that n such integers sum without wrapping in int32. The site's integer weight rides as one
+extra coordinate, so the coordinator learns the sum of weights and the weighted sum, and nothing else.
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from consortium.federated.secagg.errors import SecAggError
+
+RING = np.uint32
+_ZERO_NONCE = bytes(16)  # every seed keys one stream only, so a fixed counter start is safe
+
+
+class Expander:
+    """Expands seeds into uint32 masks of one length, reusing its buffers (one at a time: not thread-safe)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._zeros = memoryview(bytes(4 * length))
+        self._out = bytearray(4 * length + 15)  # update_into wants room for a block's tail
+        self._view = np.frombuffer(self._out, dtype="<u4", count=length)
+
+    def expand(self, seed: bytes) -> np.ndarray:
+        """The mask of `seed`; the array is overwritten by the next call."""
+        encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE)).encryptor()
+        encryptor.update_into(self._zeros, self._out)
+        return self._view
+
+    def add(self, into: np.ndarray, seed: bytes, sign: int = 1) -> None:
+        """into += sign * mask(seed), modulo 2^32."""
+        mask = self.expand(seed)
+        (np.add if sign > 0 else np.subtract)(into, mask, out=into)
+
+
+def levels(sites: int) -> int:
+    """The largest quantised magnitude per site such that `sites` of them sum inside int32."""
+    return (2**31 - 1) // sites
+
+
+def check_ring(*, sites: int, max_weight: int) -> None:
+    if not isinstance(max_weight, int) or max_weight < 1:
+        raise SecAggError(f"max_weight must be a positive integer, not {max_weight!r}.")
+    if sites * max_weight >= 2**32:
+        raise SecAggError(f"{sites} sites of weight up to {max_weight} overflow the 32-bit sum of weights.")
+
+
+def quantize(update: np.ndarray, weight: int, *, clip: float, max_weight: int, levels: int) -> np.ndarray:
+    """The site's ring vector: its clipped, weighted, rounded update followed by its (capped) weight."""
+    if not isinstance(weight, (int, np.integer)) or weight < 1:
+        raise SecAggError(f"A site's weight (num_examples) must be a positive integer, not {weight!r}.")
+    weight = min(int(weight), max_weight)
+    flat = np.asarray(update, dtype=np.float32).reshape(-1)
+    if not np.isfinite(flat).all():
+        raise SecAggError("The update holds NaN or infinite values.")
+    scaled = np.clip(flat, -clip, clip).astype(np.float64)
+    scaled *= weight / max_weight * levels / clip
+    out = np.empty(flat.size + 1, dtype=RING)
+    out[:-1] = np.rint(scaled).astype(np.int32).view(RING)
+    out[-1] = weight
+    return out
+
+
+def dequantize(total: np.ndarray, *, clip: float, max_weight: int, levels: int) -> tuple[np.ndarray, int]:
+    """(weighted mean as float32, sum of weights) from the unmasked ring sum."""
+    weight = int(total[-1])
+    if weight < 1:
+        raise SecAggError("The unmasked sum of weights is zero: the masks did not cancel (inconsistent inputs).")
+    mean = total[:-1].view(np.int32).astype(np.float64)
+    mean *= clip * max_weight / (levels * weight)
+    return mean.astype(np.float32), weight
+
+
+def quantization_error(*, sites: int, clip: float, max_weight: int, levels: int, total_weight: int) -> float:
+    """The largest difference, per coordinate, between the secure mean and plain FedAvg of clipped updates:
+    half a level per site from rounding, plus the float32 rounding of the result."""
+    return 0.5 * sites * clip * max_weight / (levels * total_weight) + clip * 2.0**-23
+
+
+def flatten(tensors: Mapping[str, object]) -> np.ndarray:
+    """One float32 vector of the tensors in name order (torch tensors and numpy arrays alike)."""
+    return np.concatenate([np.asarray(tensors[name], dtype=np.float32).reshape(-1) for name in sorted(tensors)])
+
+
+def unflatten(vector: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The inverse of `flatten`, given each tensor's shape."""
+    out, start = {}, 0
+    for name in sorted(shapes):
+        size = int(np.prod(shapes[name], dtype=np.int64))
+        out[name] = vector[start:start + size].reshape(shapes[name])
+        start += size
+    if start != vector.size:
+        raise SecAggError(f"The aggregate has {vector.size} values; the model has {start}.")
+    return out

@@ -132,16 +132,13 @@ class CoordinatorRound:
         self._enough(len(self._answers), "survivors answered the unmasking request")
         self_seeds = {u: self._rebuild(u, "self_mask_shares") for u in request.survivors}
         mask_keys = {d: self._rebuild(d, "mask_key_shares") for d in request.dropped}
-        total = np.zeros(self.config.vector_length + 1, dtype=np.uint32)
-        for site in request.survivors:
-            np.add(total, self._masked[site], out=total)
-        expander = masks.Expander(total.size)
-        for seed in self_seeds.values():
-            expander.add(total, seed, -1)
+        seeds = [(seed, -1) for seed in self_seeds.values()]
         for dropped, private in mask_keys.items():
             for peer in sorted(roster.neighbours(dropped) & set(request.survivors)):
                 seed = crypto.pairwise_seed(private, roster.key(peer).mask_key, context=self.config.context)
-                expander.add(total, seed, -roster.sign(peer, dropped))
+                seeds.append((seed, -roster.sign(peer, dropped)))
+        total = np.zeros(self.config.vector_length + 1, dtype=np.uint32)
+        masks.add_and_mask(total, [self._masked[site] for site in request.survivors], seeds)
         if int(total[-1]) > len(request.survivors) * self.config.max_weight:
             raise SecAggError("The unmasked sum of weights is impossible: a masked input was altered.")
         mean, weight = masks.dequantize(total, clip=self.config.clip, max_weight=self.config.max_weight,

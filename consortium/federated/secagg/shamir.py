@@ -8,6 +8,7 @@ secrecy). Coefficients come from the OS (`secrets`), never from a seeded generat
 
 import secrets
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 from consortium.federated.secagg.errors import SecAggError
 
@@ -34,19 +35,27 @@ def split(secret: bytes, *, threshold: int, xs: Sequence[int]) -> dict[int, byte
     return shares
 
 
+@lru_cache(maxsize=256)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """The Lagrange weights at 0 for these points; a round rebuilds many secrets from the same points."""
+    weights = []
+    for x_i in xs:
+        numerator, denominator = 1, 1
+        for x_j in xs:
+            if x_j != x_i:
+                numerator = numerator * x_j % PRIME
+                denominator = denominator * (x_j - x_i) % PRIME
+        weights.append(numerator * pow(denominator, -1, PRIME) % PRIME)
+    return tuple(weights)
+
+
 def combine(shares: Mapping[int, bytes], *, threshold: int) -> bytes:
     """The secret from at least `threshold` shares {x: y}; with fewer it refuses rather than guess."""
     if len(shares) < threshold:
         raise SecAggError(f"Only {len(shares)} of the {threshold} shares needed were revealed.")
-    points = [(x, int.from_bytes(y, "big")) for x, y in sorted(shares.items())[:threshold]]
-    secret = 0
-    for i, (x_i, y_i) in enumerate(points):
-        numerator, denominator = 1, 1
-        for j, (x_j, _) in enumerate(points):
-            if i != j:
-                numerator = numerator * x_j % PRIME
-                denominator = denominator * (x_j - x_i) % PRIME
-        secret = (secret + y_i * numerator * pow(denominator, -1, PRIME)) % PRIME
+    points = sorted(shares.items())[:threshold]
+    weights = _lagrange_at_zero(tuple(x for x, _ in points))
+    secret = sum(int.from_bytes(y, "big") * w for (_, y), w in zip(points, weights, strict=True)) % PRIME
     if secret >> (8 * SECRET_BYTES):
         raise SecAggError("The revealed shares do not reconstruct a valid secret (a share was tampered with).")
     return secret.to_bytes(SECRET_BYTES, "big")

@@ -81,11 +81,11 @@ class SiteSession:
         if vector.size != self.config.vector_length + 1:
             raise SecAggError(f"The update has {vector.size - 1} values; the round expects "
                               f"{self.config.vector_length}.")
-        expander = masks.Expander(vector.size)
-        expander.add(vector, self._self_seed)
-        for peer in sorted(held):
-            seed = crypto.pairwise_seed(self._mask_private, roster.key(peer).mask_key, context=self.config.context)
-            expander.add(vector, seed, roster.sign(self.site, peer))
+        seeds = [(self._self_seed, 1)] + [
+            (crypto.pairwise_seed(self._mask_private, roster.key(peer).mask_key, context=self.config.context),
+             roster.sign(self.site, peer))
+            for peer in sorted(held)]
+        masks.apply(vector, seeds)
         self._held = held
         return MaskedInput(self.site, vector, tuple(sorted(held)))
 

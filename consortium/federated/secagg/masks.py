@@ -1,8 +1,8 @@
 """Masks and the integer ring: float updates become uint32 vectors that sum without overflow.
 
 The ring is Z/2^32, so numpy's wrapping uint32 arithmetic is the modular arithmetic and costs nothing.
-A mask is a keystream of AES-256-CTR keyed with a 32-byte seed (a stream cipher with AES-NI: about as
-fast as reading memory), counting from zero: every seed keys one stream only.
+A mask is a keystream of AES-128-CTR keyed with a 32-byte seed's first half (a stream cipher with AES-NI:
+about as fast as reading memory), counting from zero: every seed keys one stream only.
 
 Quantisation (as Flower's SecAgg+): each coordinate is clipped to [-clip, clip], scaled by the site's
 weight / max_weight, and rounded to a signed integer of at most `levels` = (2^31 - 1) // n in
@@ -21,14 +21,15 @@ RING = np.uint32
 
 
 # Masks are applied block by block: each block of the sum and its keystream stay in the CPU cache while
-# every seed's stream is added, instead of streaming whole vectors through memory once per seed.
-BLOCK = 1 << 16  # uint32 values per block (256 KiB); a multiple of 4 keeps AES blocks aligned
+# every seed's stream is added, instead of streaming whole vectors through memory once per seed. Each seed
+# keeps one CTR encryptor across the blocks, so its keystream simply continues from block to block.
+BLOCK = 1 << 18  # uint32 values per block (1 MiB): measured fastest of 2^14..2^20 for 20 x 1M values
 
 
-def _keystream(seed: bytes, start: int, zeros: memoryview, out: bytearray) -> None:
-    """AES-256-CTR keystream of `seed` from uint32 position `start` (a multiple of 4) into `out`."""
-    counter = (start // 4).to_bytes(16, "big")  # 4 uint32 values per 16-byte AES block
-    Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor().update_into(zeros, out)
+def _stream(seed: bytes):
+    # AES-128 keyed with the seed's first 16 bytes: 128-bit security like X25519's that made the seed, and
+    # 10 rounds instead of AES-256's 14 (measured about 10% faster here).
+    return Cipher(algorithms.AES128(seed[:16]), modes.CTR(bytes(16))).encryptor()
 
 
 def apply(vector: np.ndarray, seeds: list[tuple[bytes, int]]) -> None:
@@ -38,22 +39,23 @@ def apply(vector: np.ndarray, seeds: list[tuple[bytes, int]]) -> None:
 
 def add_and_mask(total: np.ndarray, vectors: list[np.ndarray], seeds: list[tuple[bytes, int]]) -> None:
     """total += sum(vectors) + sum of sign * mask(seed), modulo 2^32, in place, one cache-sized block at a time."""
-    zeros = bytes(4 * BLOCK)
+    streams = [(_stream(seed), np.add if sign > 0 else np.subtract) for seed, sign in seeds]
+    zeros = memoryview(bytes(4 * BLOCK))
     out = bytearray(4 * BLOCK + 15)  # update_into wants room for a block's tail
-    stream = np.frombuffer(out, dtype="<u4", count=BLOCK)
+    keystream = np.frombuffer(out, dtype="<u4", count=BLOCK)
     for start in range(0, total.size, BLOCK):
         stop = min(total.size, start + BLOCK)
         chunk, size = total[start:stop], stop - start
         for vector in vectors:
             np.add(chunk, vector[start:stop], out=chunk)
-        for seed, sign in seeds:
-            _keystream(seed, start, memoryview(zeros)[: 4 * size], out)
-            (np.add if sign > 0 else np.subtract)(chunk, stream[:size], out=chunk)
+        for encryptor, operation in streams:
+            encryptor.update_into(zeros[: 4 * size], out)
+            operation(chunk, keystream[:size], out=chunk)
 
 
 def mask(seed: bytes, length: int) -> np.ndarray:
     """The whole mask of one seed (for tests: the blocks above must agree with it)."""
-    stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(4 * length))
+    stream = _stream(seed).update(bytes(4 * length))
     return np.frombuffer(stream, dtype="<u4").copy()
 
 

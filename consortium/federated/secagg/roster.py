@@ -4,6 +4,7 @@ Everyone derives the same facts from the same public inputs (the context and the
 so no site has to trust the coordinator's word for its neighbours, threshold or quantisation levels.
 """
 
+import base64
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -43,6 +44,23 @@ class RoundConfig:
             raise SecAggError("The SecAgg+ degree must be an even number of at least 2.")
         if self.min_sites < MIN_SITES:
             raise SecAggError(f"Secure aggregation needs at least {MIN_SITES} sites.")
+
+    def to_wire(self) -> dict:
+        return {"context": base64.b64encode(self.context).decode(), "vector_length": self.vector_length,
+                "clip": self.clip, "max_weight": self.max_weight, "degree": self.degree,
+                "threshold": self.threshold, "min_sites": self.min_sites}
+
+    @classmethod
+    def from_wire(cls, payload: dict) -> "RoundConfig":
+        try:
+            return cls(context=base64.b64decode(str(payload["context"]), validate=True),
+                       vector_length=int(payload["vector_length"]), clip=float(payload["clip"]),
+                       max_weight=int(payload["max_weight"]),
+                       degree=None if payload.get("degree") is None else int(payload["degree"]),
+                       threshold=None if payload.get("threshold") is None else int(payload["threshold"]),
+                       min_sites=int(payload.get("min_sites", MIN_SITES)))
+        except (KeyError, TypeError, ValueError) as error:
+            raise SecAggError(f"The round's secure-aggregation settings are malformed ({error}).") from error
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,7 @@ class Study(models.Model):
     )
 
     secure_aggregation = models.BooleanField(
-        default=False, help_text="Sites mask their updates (SecAgg+): the coordinator learns only their weighted sum. "
-                                 "Each coordinate of a site's change is clipped to the largest update norm first.",
+        default=False, help_text="Sites mask their updates (SecAgg+): the coordinator learns only their weighted sum.",
     )
 
     created_at = models.DateTimeField(auto_now_add=True)

@@ -6,13 +6,13 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('studies', '0006_event_evaluation_received'),
+        ('studies', '0007_event_kinds_registered'),
     ]
 
     operations = [
         migrations.AddField(
             model_name='study',
             name='secure_aggregation',
-            field=models.BooleanField(default=False, help_text="Sites mask their updates (SecAgg+): the coordinator learns only their weighted sum. Each coordinate of a site's change is clipped to the largest update norm first."),
+            field=models.BooleanField(default=False, help_text="Sites mask their updates (SecAgg+): the coordinator learns only their weighted sum."),
         ),
     ]

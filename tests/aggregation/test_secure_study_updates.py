@@ -1,11 +1,11 @@
 """A study whose protocol promises secure aggregation never takes an update in the clear (until the masked
 stages run over HTTP, its training rounds fail closed): refused before decoding, nothing stored, audited."""
 
+import pytest
+
 from consortium.errors import Conflict
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     rejected,
     submit,
@@ -13,6 +13,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     three_site_study,
     update_bytes,
 )
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 def test_it_refuses_a_clear_update_to_a_secure_study_and_stores_nothing(p):

@@ -18,7 +18,7 @@ from studies.governance import evaluate
 from studies.models import Study
 
 AGENT_PROTOCOL_FIELDS = ("model_kind", "hidden_units", "num_features", "label_column", "local_epochs", "batch_size",
-                         "learning_rate", "proximal_mu")
+                         "learning_rate", "proximal_mu", "secure_aggregation")
 
 
 def open_rounds_for_site(site_id: int) -> list[dict[str, Any]]:

@@ -158,6 +158,11 @@ class Agent:
 
     def training_round(self, round_: Mapping[str, Any]) -> str:
         round_id = round_["round_id"]
+        if round_.get("protocol", {}).get("secure_aggregation"):
+            # The site agreed to a protocol where nobody sees its update: never send one in the clear.
+            raise AgentError("the study's protocol asks for secure aggregation, so this agent sends masked inputs "
+                             "only (sites.agent.secure); the coordinator offered a plain update round. Nothing "
+                             "was trained or sent.")
         pending = self.pending.get(round_id)
         if pending is None:
             pending, summary = self._train(round_)

@@ -185,6 +185,10 @@ def flower_round_open(*, actor: flower_auth.FlowerCoordinator, server_round: int
     study = lock_study(actor.study_id)
     if len(nodes) > MAX_NODES:
         raise ValidationFailed(f"At most {MAX_NODES} nodes per round.", study=study)
+    if study.secure_aggregation:
+        # Fail closed: the Flower strategy sees each site's result in the clear, which this protocol forbids.
+        raise Conflict("This study's protocol requires secure aggregation, which a Flower coordinator does not run.",
+                       study=study, code="secure_aggregation_required")
     base = ModelVersion.objects.filter(study=study).order_by("-number").first()
     if base is None or base.sha256 != base_sha256:
         raise Conflict("These parameters are not the study's latest model version: upload the initial parameters "

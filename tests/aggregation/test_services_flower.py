@@ -16,7 +16,7 @@ from aggregation.services.flower import (
 from aggregation.services.rounds import round_open_next
 from consortium.errors import Conflict, Forbidden, ValidationFailed
 from consortium.federated import codec
-from studies.models import Participation
+from studies.models import Participation, Study
 from studies.services import participation_revoke, study_suspend
 from tests.aggregation.flower_support import coordinator, initial, node_key, register_node, result
 from tests.aggregation.support import (
@@ -151,3 +151,9 @@ def test_only_the_studys_pi_issues_its_coordinator_token(p):
     study = governed_study(p)
     with refused(Forbidden, "Only the study's PI", action="aggregation.flower_token.create"):
         flower_token_create(actor=p.dpo, study=study, name="SuperLink")
+
+
+def test_it_refuses_a_flower_round_for_a_study_whose_protocol_requires_secure_aggregation(p, flo):
+    Study.objects.filter(pk=flo.study.pk).update(secure_aggregation=True)  # as an approved protocol would say
+    with refused(Conflict, "requires secure aggregation", action="aggregation.flower.round_open"):
+        open_flower_round(flo)

@@ -3,6 +3,7 @@
 from django.urls import include, path, re_path
 from rest_framework.settings import api_settings
 
+from aggregation import flower_api
 from consortium import api as consortium_api
 from consortium.audit import api as audit_api
 from sites import api as sites_api
@@ -29,6 +30,8 @@ urlpatterns = [
     path("sites/<id:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
          name="api-agent-token-list"),
     path("agent-tokens/<id:pk>/revoke/", sites_api.AgentTokenRevokeApi.as_view(), name="api-agent-token-revoke"),
+    path("sites/<id:pk>/flower-nodes/", flower_api.SiteFlowerNodeListCreateApi.as_view(), name="api-flower-node-list"),
+    path("flower-nodes/<id:pk>/revoke/", flower_api.FlowerNodeRevokeApi.as_view(), name="api-flower-node-revoke"),
     path("studies/", studies_api.StudyListCreateApi.as_view(), name="api-study-list"),
     _study("", studies_api.StudyDetailApi, "api-study-detail"),
     _study("submit/", studies_api.StudySubmitApi, "api-study-submit"),
@@ -38,6 +41,8 @@ urlpatterns = [
     _study("suspend/", studies_api.StudySuspendApi, "api-study-suspend"),
     _study("close/", studies_api.StudyCloseApi, "api-study-close"),
     _study("gate/", studies_api.StudyGateApi, "api-study-gate"),
+    _study("flower-tokens/", flower_api.StudyFlowerTokenListCreateApi, "api-flower-token-list"),
+    path("flower-tokens/<id:pk>/revoke/", flower_api.FlowerTokenRevokeApi.as_view(), name="api-flower-token-revoke"),
     _study("agreements/", studies_api.AgreementListPublishApi, "api-agreement-list"),
     _study("dpia/", studies_api.DpiaDetailApi, "api-dpia-detail"),
     _study("dpia/submit/", studies_api.DpiaSubmitApi, "api-dpia-submit"),

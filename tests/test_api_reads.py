@@ -50,11 +50,31 @@ class Walk:
         return url
 
     def caller(self, template: str) -> APIClient:
+        if template.startswith("/api/agent/flower/"):
+            return self._flower_coordinator()
         if template.startswith("/api/agent/"):
             return self.agent
+        if template.startswith("/api/sites/{id}/flower-nodes/"):
+            return client(self.fed.p.site_a_admin)
+        if template.startswith("/api/studies/{id}/flower-tokens/"):
+            return client(self.fed.p.pi)
         if template.startswith("/api/sites/{id}/agent-tokens/"):
             return client(self.fed.p.site_a_admin)
         return client(self.fed.p.dpo)  # a DPO oversees every study and reads the audit log
+
+
+    def _flower_coordinator(self) -> APIClient:
+        from aggregation.flower_auth import assemble
+        from aggregation.models import FlowerCoordinatorToken
+        from sites import tokens
+
+        if not hasattr(self, "coordinator"):
+            secret = tokens.new_secret()
+            FlowerCoordinatorToken.objects.create(study=self.fed.study, name="SuperLink", prefix="0123abcd",
+                                                  key_hash=tokens.hash_secret(secret), created_by=self.fed.p.pi)
+            self.coordinator = APIClient()
+            self.coordinator.credentials(HTTP_AUTHORIZATION=f"Bearer {assemble('0123abcd', secret)}")
+        return self.coordinator
 
 
 @pytest.fixture

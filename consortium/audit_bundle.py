@@ -1,0 +1,46 @@
+"""Exporting the audit log as a bundle an auditor verifies offline (`python -m consortium.verify`).
+
+The export is audited first (its event is part of what it exports), then a fresh checkpoint is signed,
+and the bundle covers the whole log up to that checkpoint: the events the filter selects in full, every
+other event as its leaf only, so the verifier proves the export complete for its filter against the
+signed Merkle root (docs/evidence.md). Earlier checkpoints travel with consistency proofs. Events stream
+from the database (`iterator()`): memory stays flat whatever the size of the log.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+
+from consortium.audit import ActorRef, record
+from consortium.audit_filters import AuditFilter
+from consortium.audit_keys import signing_key
+from consortium.audit_tree import DatabaseLog
+from consortium.checkpoints import checkpoint_sign
+from consortium.evidence.bundle import write_bundle
+from consortium.models import AuditActorKind, AuditCheckpoint
+
+COMMAND_ACTOR = ActorRef(kind=AuditActorKind.SYSTEM, label="manage.py audit_export")
+
+
+def audit_bundle_export(*, actor: Any, out: Path, audit_filter: AuditFilter, events_format: str = "jsonl"
+                        ) -> dict[str, Any]:
+    """Write the bundle to `out` (a directory, or a .zip); returns its signed manifest."""
+    key = signing_key()  # fails loudly before anything is recorded when no key is configured
+    with transaction.atomic():
+        record(actor=actor, action="consortium.audit.bundle_exported", study=audit_filter.study_id,
+               site=audit_filter.site_id, details={"filters": audit_filter.details(), "format": events_format,
+                                                   "destination": Path(out).name})
+    checkpoint = checkpoint_sign(reason="export")
+    return write_bundle(Path(out), DatabaseLog(), key=key, checkpoint=checkpoint.document,
+                        filters=audit_filter.spec(), earlier_checkpoints=earlier_checkpoints(checkpoint),
+                        events_format=events_format)
+
+
+def earlier_checkpoints(checkpoint: AuditCheckpoint) -> list[dict[str, Any]]:
+    """The first checkpoint and the one before this: proofs from them show the export extends the history the
+    sites saw from the start and up to the last time they looked."""
+    earlier = (AuditCheckpoint.objects.filter(number__lt=checkpoint.number, tree_size__gt=0)
+               .order_by("number"))
+    chosen = {c.number: c for c in (earlier.first(), earlier.last()) if c is not None}
+    return [c.document for _, c in sorted(chosen.items())]

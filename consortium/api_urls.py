@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from rest_framework.settings import api_settings
 
 from consortium import api as consortium_api
+from consortium import checkpoint_api
 from sites import api as sites_api
 from sites.authentication import AgentTokenAuthentication
 from studies import api as studies_api
@@ -12,6 +13,9 @@ from studies import api as studies_api
 # agent) is identified so that the attempt can be audited.
 api_not_found = consortium_api.ApiNotFound.as_view(
     authentication_classes=[*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication])
+
+
+WITNESS_AUTH = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication]
 
 
 def _study(suffix: str, view: type, name: str) -> object:
@@ -54,6 +58,13 @@ urlpatterns = [
     _participation("ethics/", studies_api.EthicsRecordApi, "api-ethics-record"),
     path("audit/events/", consortium_api.AuditEventListApi.as_view(), name="api-audit-list"),
     path("audit/events.csv", consortium_api.AuditEventExportApi.as_view(), name="api-audit-export"),
+    path("audit/events.jsonl", consortium_api.AuditEventJsonlExportApi.as_view(), name="api-audit-export-jsonl"),
+    path("audit/public-key/", checkpoint_api.PublicKeyApi.as_view(), name="api-audit-public-key"),
+    # Site agents witness the log: they read checkpoints and proofs with their agent token.
+    path("audit/checkpoints/", checkpoint_api.CheckpointListApi.as_view(authentication_classes=WITNESS_AUTH),
+         name="api-audit-checkpoints"),
+    path("audit/consistency/", checkpoint_api.ConsistencyApi.as_view(authentication_classes=WITNESS_AUTH),
+         name="api-audit-consistency"),
     path("agent/", include("aggregation.api_urls")),
     re_path(r"^(?P<rest>.*)$", api_not_found, name="api-not-found"),
 ]

@@ -23,6 +23,7 @@ from consortium.evidence.canonical import format_timestamp
 from consortium.models import AuditOutcome
 
 FILTER_FIELDS = ("study", "site", "actor", "since", "until", "object_type", "object_id", "action", "outcome")
+PICKER = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 OUTCOMES = {"ok": AuditOutcome.OK, "done": AuditOutcome.OK, "denied": AuditOutcome.DENIED}
 
 
@@ -116,8 +117,8 @@ class AuditFilterForm(forms.Form):
     study = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Study")
     site = forms.ChoiceField(required=False, label="Site")
     actor = forms.ChoiceField(required=False, label="Person")
-    since = AwareDateTimeField(required=False, label="From", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    until = AwareDateTimeField(required=False, label="Until", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    since = AwareDateTimeField(required=False, label="From", widget=PICKER)
+    until = AwareDateTimeField(required=False, label="Until", widget=PICKER)
     object_type = forms.CharField(required=False, max_length=100, label="Object type",
                                   help_text="e.g. aggregation.modelversion")
     object_id = forms.CharField(required=False, max_length=64, label="Object id")

@@ -16,12 +16,14 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from consortium import audit_tree
-from consortium.audit_keys import signing_key
-from consortium.errors import ValidationFailed
-from consortium.evidence import merkle
+from consortium.audit import actor_ref, record
+from consortium.audit_keys import SigningKeyMissing, public_key, signing_key
+from consortium.errors import DomainError, Forbidden, ValidationFailed
+from consortium.evidence import merkle, signing
 from consortium.evidence.canonical import GENESIS_HASH
 from consortium.evidence.checkpoint import sign_checkpoint
-from consortium.models import AuditCheckpoint, AuditEvent
+from consortium.models import AuditActorKind, AuditCheckpoint, AuditEvent
+from consortium.permissions import can_read_audit
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,13 @@ _CHECKPOINT_LOCK_KEY = 0x0C0A5D18
 
 class HistoryRewritten(Exception):
     """The log no longer extends the latest checkpoint: someone changed events it covers."""
+
+
+class CheckpointUnavailable(DomainError):
+    """No checkpoint can be signed now (no key configured, or the log no longer extends the last one)."""
+
+    status = 503
+    code = "checkpoint_unavailable"
 
 
 def checkpoint_sign(*, reason: str) -> AuditCheckpoint:
@@ -72,6 +81,14 @@ def _builder_from(previous: AuditCheckpoint | None, head_seq: int) -> audit_tree
     return audit_tree.TreeBuilder(size, [bytes.fromhex(h) for h in previous.compact_range])
 
 
+def export_checkpoint() -> AuditCheckpoint:
+    """A fresh checkpoint for an export; a refusal to sign becomes a clear 503 for the API and pages."""
+    try:
+        return checkpoint_sign(reason="export")
+    except (SigningKeyMissing, HistoryRewritten) as exc:
+        raise CheckpointUnavailable(f"The export needs a signed checkpoint, and none can be signed: {exc}") from exc
+
+
 def checkpoint_if_changed() -> AuditCheckpoint | None:
     """The periodic checkpoint: signed only when events were added since the last one (idempotent)."""
     latest = AuditCheckpoint.objects.order_by("-number").values("tree_size").first()
@@ -82,6 +99,28 @@ def checkpoint_if_changed() -> AuditCheckpoint | None:
 
 
 # --- Reads ----------------------------------------------------------------------------------------------------
+
+
+def require_checkpoint_reader(user: Any) -> None:
+    """Readers of the log (auditors, DPOs, consortium admins) and site agents (witnesses) read checkpoints."""
+    if not (can_read_audit(user) or actor_ref(user).kind == AuditActorKind.AGENT):
+        raise Forbidden("Only auditors, DPOs, consortium admins and site agents read the audit checkpoints.")
+
+
+def checkpoints_read(*, actor: Any, what: str, **details: Any) -> None:
+    """Record a person's read of checkpoints or proofs; a site agent's witness poll is not recorded (module doc)."""
+    if actor_ref(actor).kind != AuditActorKind.AGENT:
+        record(actor=actor, action="consortium.audit.checkpoints_viewed", details={"what": what, **details})
+
+
+def public_key_document() -> dict[str, Any]:
+    """The public key as published: PEM, fingerprint, algorithm and the log it signs."""
+    try:
+        key = public_key()
+    except SigningKeyMissing as exc:
+        raise CheckpointUnavailable(str(exc)) from exc
+    return {"algorithm": "Ed25519", "log_id": settings.AUDIT_LOG_ID, "fingerprint": signing.fingerprint(key),
+            "public_key_pem": signing.public_key_pem(key).decode("ascii")}
 
 
 def checkpoints_newest_first():

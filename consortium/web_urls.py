@@ -11,6 +11,7 @@ urlpatterns = [
     path("overview/", overview.overview_page, name="overview"),
     path("audit/", views.audit_log, name="audit-log"),
     path("audit/export.csv", views.audit_export, name="audit-export"),
+    path("audit/export.jsonl", views.audit_export, {"export_format": "jsonl"}, name="audit-export-jsonl"),
     # Site pages list participations (studies); see sites/urls.py for why they are routed here. The site page
     # itself also shows the site's round activity, so its view lives in aggregation.
     path("sites/", site_views.sites_list, name="site-list"),

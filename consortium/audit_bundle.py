@@ -12,14 +12,15 @@ from typing import Any
 
 from django.db import transaction
 
-from consortium.audit import ActorRef, record
+from consortium.audit import ActorRef, record, record_denial
 from consortium.audit_filters import AuditFilter
 from consortium.audit_keys import signing_key
 from consortium.audit_tree import DatabaseLog
-from consortium.checkpoints import checkpoint_sign
+from consortium.checkpoints import HistoryRewritten, checkpoint_sign
 from consortium.evidence.bundle import write_bundle
 from consortium.models import AuditActorKind, AuditCheckpoint
 
+ACTION = "consortium.audit.bundle_exported"
 COMMAND_ACTOR = ActorRef(kind=AuditActorKind.SYSTEM, label="manage.py audit_export")
 
 
@@ -27,11 +28,15 @@ def audit_bundle_export(*, actor: Any, out: Path, audit_filter: AuditFilter, eve
                         ) -> dict[str, Any]:
     """Write the bundle to `out` (a directory, or a .zip); returns its signed manifest."""
     key = signing_key()  # fails loudly before anything is recorded when no key is configured
-    with transaction.atomic():
-        record(actor=actor, action="consortium.audit.bundle_exported", study=audit_filter.study_id,
-               site=audit_filter.site_id, details={"filters": audit_filter.details(), "format": events_format,
-                                                   "destination": Path(out).name})
-    checkpoint = checkpoint_sign(reason="export")
+    context = {"study": audit_filter.study_id, "site": audit_filter.site_id}
+    details = {"filters": audit_filter.details(), "format": events_format, "destination": Path(out).name}
+    try:
+        with transaction.atomic():  # the export's event and the checkpoint covering it commit together
+            record(actor=actor, action=ACTION, details=details, **context)
+            checkpoint = checkpoint_sign(reason="export")
+    except HistoryRewritten as exc:
+        record_denial(actor=actor, action=ACTION, reason=str(exc), details=details, **context)
+        raise
     return write_bundle(Path(out), DatabaseLog(), key=key, checkpoint=checkpoint.document,
                         filters=audit_filter.spec(), earlier_checkpoints=earlier_checkpoints(checkpoint),
                         events_format=events_format)

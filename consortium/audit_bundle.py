@@ -16,7 +16,7 @@ from consortium.audit import ActorRef, record, record_denial
 from consortium.audit_filters import AuditFilter
 from consortium.audit_keys import signing_key
 from consortium.audit_tree import DatabaseLog
-from consortium.checkpoints import HistoryRewritten, checkpoint_sign
+from consortium.checkpoints import HistoryRewritten, checkpoint_sign, lock_checkpoints
 from consortium.evidence.bundle import write_bundle
 from consortium.models import AuditActorKind, AuditCheckpoint
 
@@ -32,6 +32,7 @@ def audit_bundle_export(*, actor: Any, out: Path, audit_filter: AuditFilter, eve
     details = {"filters": audit_filter.details(), "format": events_format, "destination": Path(out).name}
     try:
         with transaction.atomic():  # the export's event and the checkpoint covering it commit together
+            lock_checkpoints()  # before the audit chain's lock, as every signer takes them
             record(actor=actor, action=ACTION, details=details, **context)
             checkpoint = checkpoint_sign(reason="export")
     except HistoryRewritten as exc:

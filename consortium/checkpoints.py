@@ -27,9 +27,16 @@ from consortium.permissions import can_read_audit
 
 logger = logging.getLogger(__name__)
 
-# Serialises signers on PostgreSQL (SQLite's IMMEDIATE transactions already do). It stands outside the one
-# lock order (`consortium.locks`): a signing transaction takes no other lock, and no writer takes this one.
+# Serialises signers on PostgreSQL (SQLite's IMMEDIATE transactions already do). An export takes it before the
+# audit chain's lock (it records its event, then signs the head that includes it); no other writer takes it.
 _CHECKPOINT_LOCK_KEY = 0x0C0A5D18
+
+
+def lock_checkpoints() -> None:
+    """Take the signers' lock until commit (PostgreSQL). Before the audit chain's lock, never after it."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHECKPOINT_LOCK_KEY])
 
 
 class HistoryRewritten(Exception):
@@ -48,9 +55,7 @@ def checkpoint_sign(*, reason: str) -> AuditCheckpoint:
     checkpoint. Refuses (HistoryRewritten) when the log no longer extends the last checkpoint."""
     key = signing_key()  # fails loudly, before any work, when no key is configured
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHECKPOINT_LOCK_KEY])
+        lock_checkpoints()
         previous = AuditCheckpoint.objects.order_by("-number").first()
         head = AuditEvent.objects.order_by("-seq").values("seq", "hash").first() or {"seq": 0, "hash": GENESIS_HASH}
         builder = _builder_from(previous, head["seq"])

@@ -7,8 +7,13 @@ Smaller subtrees are recomputed from their events, at most 2**STORED_LEVEL of th
 consistency proof, and an export's prefix and suffix, cost O(log n) lookups and one small read.
 """
 
+import json
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
+
+from django.db import connection
+from django.db.models import QuerySet
 
 from consortium.evidence import merkle
 from consortium.evidence.canonical import EXPORT_FIELDS, LEAF_FIELDS, event_leaf_hash, format_timestamp
@@ -17,28 +22,46 @@ from consortium.models import AuditEvent, AuditTreeNode
 STORED_LEVEL = 6
 CHUNK = 2000
 Node = tuple[int, int, bytes]  # (level, index, hash)
-# The ORM's names for the leaf fields (the actor's id is the foreign key's column).
-_LEAF_VALUES = LEAF_FIELDS
-_EXPORT_VALUES = EXPORT_FIELDS
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    row["created_at"] = format_timestamp(row["created_at"])
-    return row
+def _timestamp(value: datetime | str) -> str:
+    """`created_at` as hashed, from what the driver returns (an aware datetime, or SQLite's UTC text)."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # Django keeps UTC in SQLite, without the offset
+    return format_timestamp(moment)
+
+
+def stream(events: QuerySet, fields: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """The queryset's rows as plain dicts of `fields` (created_at as hashed, details parsed), streamed.
+
+    Straight from a chunked (server-side on PostgreSQL) cursor, without the ORM's per-value converters: the
+    exports' hot loop, a few times faster than `.values().iterator()`, in the same constant memory."""
+    sql, params = events.values_list(*fields).query.sql_with_params()
+    parse_details = "details" in fields
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, params)
+        while batch := cursor.fetchmany(CHUNK):
+            for values in batch:
+                row = dict(zip(fields, values, strict=True))
+                row["created_at"] = _timestamp(row["created_at"])
+                if parse_details and isinstance(row["details"], str):
+                    row["details"] = json.loads(row["details"])
+                yield row
+
+
+def _range(first_seq: int, last_seq: int) -> QuerySet:
+    return AuditEvent.objects.filter(seq__gte=first_seq, seq__lte=last_seq).order_by("seq")
 
 
 def leaves(first_seq: int, last_seq: int) -> Iterator[dict[str, Any]]:
     """The leaf fields of events first_seq..last_seq, in order, streamed."""
-    rows = (AuditEvent.objects.filter(seq__gte=first_seq, seq__lte=last_seq).order_by("seq")
-            .values(*_LEAF_VALUES).iterator(chunk_size=CHUNK))
-    return (_plain(row) for row in rows)
+    return stream(_range(first_seq, last_seq), LEAF_FIELDS)
 
 
 def events(first_seq: int, last_seq: int) -> Iterator[dict[str, Any]]:
     """Events first_seq..last_seq with `EXPORT_FIELDS`, in order, streamed."""
-    rows = (AuditEvent.objects.filter(seq__gte=first_seq, seq__lte=last_seq).order_by("seq")
-            .values(*_EXPORT_VALUES).iterator(chunk_size=CHUNK))
-    return (_plain(row) for row in rows)
+    return stream(_range(first_seq, last_seq), EXPORT_FIELDS)
 
 
 class TreeBuilder:

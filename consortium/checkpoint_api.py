@@ -11,7 +11,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
@@ -71,13 +71,14 @@ class CheckpointListApi(ConsortiumApi):
         rows = _witness(request, "consortium.audit.checkpoints_view", checkpoints.checkpoints_newest_first)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(rows, request, view=self)
-        checkpoints.checkpoints_read(actor=request.user, what="list", numbers=[c.number for c in page])
+        checkpoints.checkpoints_read(actor=request.user, action=self.reads.action, numbers=[c.number for c in page])
         return paginator.get_paginated_response(CheckpointOutputSerializer(page, many=True).data)
 
 
 class ConsistencyQuerySerializer(serializers.Serializer):
-    first = IdField(min_value=0, help_text="The older tree size (a checkpoint's seq).")
-    second = IdField(min_value=0, help_text="The newer tree size, at most the latest checkpoint's.")
+    first = IdField(min_value=0, required=False, default=0, help_text="The older tree size (a checkpoint's seq).")
+    second = IdField(min_value=0, required=False, help_text="The newer tree size, at most the latest checkpoint's "
+                     "(default: the latest checkpoint's).")
 
 
 class ConsistencyApi(ConsortiumApi):
@@ -87,10 +88,11 @@ class ConsistencyApi(ConsortiumApi):
     @extend_schema(tags=AUDIT, summary="RFC 6962 consistency proof between two sizes of the audit log",
                    responses={200: OpenApiTypes.OBJECT, **errors(400)})
     def get(self, request: Request) -> Response:
-        first, second = self.query["first"], self.query["second"]
+        first, second = self.query["first"], self.query.get("second")
         proof = _witness(request, "consortium.audit.consistency_view",
                          lambda: checkpoints.consistency_proof(first, second))
-        checkpoints.checkpoints_read(actor=request.user, what="consistency", first=first, second=second)
+        checkpoints.checkpoints_read(actor=request.user, action=self.reads.action, first=proof["first"],
+                                     second=proof["second"])
         return Response(proof)
 
 
@@ -99,7 +101,7 @@ class PublicKeyApi(ConsortiumApi):
     permission_classes = [AllowAny]
 
     @extend_schema(tags=AUDIT, summary="The public key audit checkpoints and exports are signed with", auth=[],
-                   responses={200: OpenApiTypes.OBJECT, 503: OpenApiResponse(description="No key configured.")})
+                   responses={200: OpenApiTypes.OBJECT, **errors(503, public=True)})
     def get(self, request: Request) -> Response:
         return Response(checkpoints.public_key_document())
 

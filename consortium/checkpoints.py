@@ -112,10 +112,10 @@ def require_checkpoint_reader(user: Any) -> None:
         raise Forbidden("Only auditors, DPOs, consortium admins and site agents read the audit checkpoints.")
 
 
-def checkpoints_read(*, actor: Any, what: str, **details: Any) -> None:
+def checkpoints_read(*, actor: Any, action: str, **details: Any) -> None:
     """Record a person's read of checkpoints or proofs; a site agent's witness poll is not recorded (module doc)."""
     if actor_ref(actor).kind != AuditActorKind.AGENT:
-        record(actor=actor, action="consortium.audit.checkpoints_viewed", details={"what": what, **details})
+        record(actor=actor, action=action, details={"via": "api", **details})
 
 
 def public_key_document() -> dict[str, Any]:
@@ -136,10 +136,11 @@ def latest_checkpoint() -> AuditCheckpoint | None:
     return AuditCheckpoint.objects.order_by("-number").first()
 
 
-def consistency_proof(first: int, second: int) -> dict[str, Any]:
-    """The RFC 6962 proof that the log's first `first` events are a prefix of its first `second`, for sizes
-    up to the latest checkpoint's (the tree is stored that far)."""
+def consistency_proof(first: int, second: int | None = None) -> dict[str, Any]:
+    """The RFC 6962 proof that the log's first `first` events are a prefix of its first `second` (default: the
+    latest checkpoint's size), for sizes up to the latest checkpoint's (the tree is stored that far)."""
     latest = AuditCheckpoint.objects.order_by("-number").values_list("tree_size", flat=True).first() or 0
+    second = latest if second is None else second
     if not 0 <= first <= second:
         raise ValidationFailed("first must not be larger than second.", code="invalid_range")
     if second > latest:

@@ -41,6 +41,10 @@ EXPECTED_PATHS = {
     "/api/participations/{id}/ethics/": {"post"},
     "/api/audit/events/": {"get"},
     "/api/audit/events.csv": {"get"},
+    "/api/audit/events.jsonl": {"get"},
+    "/api/audit/checkpoints/": {"get"},
+    "/api/audit/consistency/": {"get"},
+    "/api/audit/public-key/": {"get"},
 }
 
 

@@ -129,7 +129,7 @@ def test_it_lists_checkpoints_newest_first_to_readers_of_the_log_and_audits_the_
     assert body["results"][0]["checkpoint"] == newest.document
     read = AuditEvent.objects.order_by("-seq").first()
     assert (read.action, read.actor_user_id, read.details) == (
-        "consortium.audit.checkpoints_viewed", p.auditor.pk, {"what": "list", "numbers": [2, 1]})
+        "consortium.audit.checkpoints_viewed", p.auditor.pk, {"via": "api", "numbers": [2, 1]})
 
 
 def test_a_site_agent_reads_checkpoints_and_proofs_as_a_witness_without_burying_the_log(p):

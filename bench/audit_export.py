@@ -56,9 +56,9 @@ def fill(count: int) -> float:
     """Insert `count` events with a genuine precomputed chain (executemany, in batches); returns events/s."""
     from django.db import connection, transaction
 
+    from consortium.audit.models import AuditEvent
     from consortium.evidence.canonical import GENESIS_HASH, HASHED_FIELDS, canonical_json, event_hash
     from consortium.evidence.canonical import format_timestamp as stamp
-    from consortium.models import AuditEvent
 
     columns = [*HASHED_FIELDS, "hash"]
     sql = (f"INSERT INTO {AuditEvent._meta.db_table} ({', '.join(columns)}) "
@@ -92,8 +92,8 @@ def fill(count: int) -> float:
 def prepare(folder: Path, count: int) -> dict:
     from django.core.management import call_command
 
-    from consortium.audit import record
-    from consortium.checkpoints import checkpoint_sign
+    from consortium.audit.checkpoints import checkpoint_sign
+    from consortium.audit.log import record
     from consortium.evidence import signing
     from consortium.evidence.checkpoint import sign_checkpoint, verify_checkpoint
 
@@ -125,11 +125,11 @@ def prepare(folder: Path, count: int) -> dict:
 def worker(folder: Path, task: str, name: str) -> dict:
     """One measurement in this (fresh) process: events/s and peak RSS growth over the post-setup baseline."""
     setup_django(folder)
-    from consortium.audit_bundle import COMMAND_ACTOR, audit_bundle_export
-    from consortium.audit_filters import AuditFilter
-    from consortium.audit_streams import csv_chunks, export_rows, jsonl_chunks
-    from consortium.checkpoints import latest_checkpoint
-    from consortium.models import AuditEvent
+    from consortium.audit.bundle import COMMAND_ACTOR, audit_bundle_export
+    from consortium.audit.checkpoints import latest_checkpoint
+    from consortium.audit.filters import AuditFilter
+    from consortium.audit.models import AuditEvent
+    from consortium.audit.streams import csv_chunks, export_rows, jsonl_chunks
 
     audit_filter = AuditFilter(**FILTERS[name])
     baseline = current_rss_mb()

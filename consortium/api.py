@@ -1,187 +1,17 @@
-"""The consortium REST API: API tokens for scripts, the audit log (read and exported, both audited), the
-schema and its browsable docs, and the JSON 404 for any other /api/ path."""
+"""The project's own REST endpoints: the schema and its browsable docs, and the JSON 404 for any other /api/
+path. The API tokens and the audit log's endpoints are in `consortium.audit.api`."""
 
 from typing import Any
 
-from django.http import HttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
-from rest_framework import serializers
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from consortium.api_base import AuditedRead, ConsortiumApi, StrictSerializer, UnauditedRead, errors
-from consortium.audit import export_record
-from consortium.audit_filters import FILTER_FIELDS, AuditFilter, parse_filter
-from consortium.audit_format import EXPORT_COLUMNS
-from consortium.audit_streams import streamed_export
-from consortium.checkpoints import export_checkpoint
+from consortium.api_base import ConsortiumApi, UnauditedRead
+from consortium.audit.services import access_denied
+from consortium.audit_actions import ConsortiumAction
 from consortium.errors import NotFound
-from consortium.models import AuditEvent
-from consortium.request_limits import MAX_ID
-from consortium.selectors import audit_events_for
-from consortium.services import access_denied, api_token_obtain, select_or_deny
-
-AUDIT = ["audit"]
-
-
-class TokenObtainApi(ConsortiumApi):
-    """Scripts trade a username and password for a token, then send `Authorization: Token <key>`."""
-
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
-
-    class InputSerializer(StrictSerializer):
-        username = serializers.CharField()
-        password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
-
-        class Meta:
-            ref_name = "TokenObtainInput"
-
-    class OutputSerializer(serializers.Serializer):
-        token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
-
-        class Meta:
-            ref_name = "TokenOutput"
-
-    class LockedOutSerializer(serializers.Serializer):
-        error = serializers.CharField(help_text="`locked_out`")
-        detail = serializers.CharField()
-        retry_after = serializers.IntegerField(help_text="Seconds to wait, as in the Retry-After header.")
-
-        class Meta:
-            ref_name = "LockedOut"
-
-    @extend_schema(tags=["auth"], summary="Obtain the API token for a username and password", auth=[],
-                   request=InputSerializer, responses={
-                       200: OutputSerializer, **errors(400, public=True),
-                       429: OpenApiResponse(LockedOutSerializer, description=(
-                           "Too many failed logins for this username or from this address (LOGIN_FAILURE_LIMIT "
-                           "per LOGIN_LOCKOUT_MINUTES): refused without checking the password until the time "
-                           "in `detail`; `Retry-After` gives the seconds."))})
-    def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        # The Django request: django-axes marks it when the login is locked out, and its middleware answers 429.
-        token = api_token_obtain(request=request._request, **serializer.validated_data)
-        return Response(self.OutputSerializer({"token": token.key}).data)
-
-
-class AuditFilterSerializer(serializers.Serializer):
-    """The audit log's filters (`consortium.audit_filters`, shared with the page and `manage.py audit_export`).
-    An unknown or malformed one is a 400."""
-
-    study = serializers.CharField(required=False, help_text="Only this study's events (its id).")
-    site = serializers.CharField(required=False, help_text="Only events about this site (its code).")
-    actor = serializers.CharField(required=False, help_text="Only events by this person (username).")
-    since = serializers.CharField(required=False, help_text="Events at or after this ISO 8601 time, with offset.")
-    until = serializers.CharField(required=False, help_text="Events before this ISO 8601 time, with offset.")
-    object_type = serializers.CharField(required=False, help_text="e.g. `aggregation.modelversion`.")
-    object_id = serializers.CharField(required=False, help_text="The object's id (with object_type).")
-    action = serializers.CharField(required=False, help_text="Only actions starting with this, e.g. `studies.dpia.`.")
-    outcome = serializers.ChoiceField(required=False, choices=["ok", "done", "denied"],
-                                      help_text="`ok` (or `done`) or `denied`.")
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        values = {name: attrs.get(name) for name in FILTER_FIELDS}
-        form, audit_filter = parse_filter(values)
-        if audit_filter is None:
-            raise serializers.ValidationError({name: [error["message"] for error in errors] for name, errors in
-                                               form.errors.get_json_data(escape_html=False).items()})
-        return {**{k: v for k, v in attrs.items() if k not in FILTER_FIELDS}, "filter": audit_filter}
-
-
-class AuditPagination(PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
-class AuditListQuerySerializer(AuditFilterSerializer):
-    """The filters, and the paginator's `page` and `page_size`."""
-
-    page = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID, help_text="Page number, from 1.")
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=AuditPagination.max_page_size,
-                                         help_text="Events a page (default 50).")
-
-
-def _events(request: Request, query: dict[str, Any], via: str) -> tuple[Any, AuditFilter]:
-    """The filtered log if the caller may read it; a refusal (403) is audited as `consortium.audit.<via>`."""
-    audit_filter = query["filter"]
-    events = select_or_deny(request.user, f"consortium.audit.{via}",
-                            lambda: audit_events_for(request.user, audit_filter=audit_filter))
-    return events, audit_filter
-
-
-class AuditEventOutputSerializer(serializers.ModelSerializer):
-    """An event exactly as the chain hashed it, then its hash (the export columns): `created_at` in UTC to
-    the microsecond, `details` as stored. Anyone can recompute the chain from these rows."""
-
-    actor_user_id = serializers.IntegerField(read_only=True, allow_null=True)
-    created_at = serializers.CharField(read_only=True, help_text="UTC, ISO 8601 to the microsecond, as hashed.")
-
-    class Meta:
-        model = AuditEvent
-        ref_name = "AuditEventOutput"
-        fields = EXPORT_COLUMNS
-        read_only_fields = fields
-
-    def to_representation(self, event: AuditEvent) -> dict[str, Any]:
-        return export_record(event)
-
-
-class AuditEventListApi(ConsortiumApi):
-    reads = AuditedRead("consortium.audit.api_viewed")
-    query_serializer = AuditListQuerySerializer
-    pagination_class = AuditPagination
-
-    @extend_schema(tags=AUDIT, summary="The audit log, newest first (auditors, DPOs, consortium admins)",
-                   responses={200: AuditEventOutputSerializer(many=True), **errors(400)})
-    def get(self, request: Request) -> Response:
-        events, audit_filter = _events(request, self.query, "api_view")
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(events, request, view=self)
-        self.audit_read(study=audit_filter.study_id, filters=audit_filter.details(), events=len(page))
-        return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)
-
-
-class AuditEventExportApi(ConsortiumApi):
-    """The filtered audit log, oldest first, streamed up to a checkpoint signed for this export (its number,
-    size and key in the X-Audit-Checkpoint* headers). The export is audited."""
-
-    reads = AuditedRead("consortium.audit.api_exported")
-    query_serializer = AuditFilterSerializer
-    export_format = "csv"
-
-    @extend_schema(
-        tags=AUDIT, operation_id="audit_events_export",
-        summary="The audit log as CSV, every field the hash chain covers (streamed; the export is audited)",
-        responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description=(
-            "CSV, one event a row, columns as in the JSON list. A cell starting with `'` had it added "
-            "(formula protection): remove it before recomputing the chain.")), **errors(400, 503)},
-    )
-    def get(self, request: Request) -> HttpResponse:
-        events, audit_filter = _events(request, self.query, "api_export")
-        checkpoint = export_checkpoint()
-        self.audit_read(study=audit_filter.study_id, filters=audit_filter.details(), format=self.export_format,
-                        through_seq=checkpoint.tree_size, checkpoint=checkpoint.number)
-        return streamed_export(events, checkpoint, self.export_format)
-
-
-class AuditEventJsonlExportApi(AuditEventExportApi):
-    export_format = "jsonl"
-
-    @extend_schema(
-        tags=AUDIT, operation_id="audit_events_export_jsonl",
-        summary="The audit log as JSON Lines, every field the hash chain covers (streamed; the export is audited)",
-        responses={(200, "application/x-ndjson"): OpenApiResponse(OpenApiTypes.STR, description=(
-            "One event a line, as canonical JSON with the fields of the JSON list.")), **errors(400, 503)},
-    )
-    def get(self, request: Request) -> HttpResponse:
-        return super().get(request)
 
 
 class SchemaApi(SpectacularAPIView):
@@ -209,7 +39,7 @@ class ApiNotFound(ConsortiumApi):
     def _not_found(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         reason = f"No API endpoint at {request.path[:200]}."
         if request.user.is_authenticated:
-            access_denied(actor=request.user, action="consortium.api.not_found", reason=reason, code="not_found",
+            access_denied(actor=request.user, action=ConsortiumAction.API_NOT_FOUND, reason=reason, code="not_found",
                           site=getattr(request.user, "site_id", None),  # a site agent acts for its site
                           details={"method": request.method, "path": request.path[:300]})
         raise NotFound(reason)

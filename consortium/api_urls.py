@@ -4,7 +4,8 @@ from django.urls import include, path, re_path
 from rest_framework.settings import api_settings
 
 from consortium import api as consortium_api
-from consortium import checkpoint_api
+from consortium.audit import api as audit_api
+from consortium.audit import checkpoint_api
 from sites import api as sites_api
 from sites.authentication import AgentTokenAuthentication
 from studies import api as studies_api
@@ -15,9 +16,6 @@ api_not_found = consortium_api.ApiNotFound.as_view(
     authentication_classes=[*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication])
 
 
-WITNESS_AUTH = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication]
-
-
 def _study(suffix: str, view: type, name: str) -> object:
     return path(f"studies/<id:pk>/{suffix}", view.as_view(), name=name)
 
@@ -26,8 +24,10 @@ def _participation(suffix: str, view: type, name: str) -> object:
     return path(f"participations/<id:pk>/{suffix}", view.as_view(), name=name)
 
 
+WITNESS_AUTH = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication]
+
 urlpatterns = [
-    path("auth/token/", consortium_api.TokenObtainApi.as_view(), name="api-token"),
+    path("auth/token/", audit_api.TokenObtainApi.as_view(), name="api-token"),
     path("sites/", sites_api.SiteListApi.as_view(), name="api-site-list"),
     path("sites/<id:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
          name="api-agent-token-list"),
@@ -56,9 +56,9 @@ urlpatterns = [
     _participation("withdraw/", studies_api.ParticipationWithdrawApi, "api-participation-withdraw"),
     _participation("sign/", studies_api.AgreementSignApi, "api-agreement-sign"),
     _participation("ethics/", studies_api.EthicsRecordApi, "api-ethics-record"),
-    path("audit/events/", consortium_api.AuditEventListApi.as_view(), name="api-audit-list"),
-    path("audit/events.csv", consortium_api.AuditEventExportApi.as_view(), name="api-audit-export"),
-    path("audit/events.jsonl", consortium_api.AuditEventJsonlExportApi.as_view(), name="api-audit-export-jsonl"),
+    path("audit/events/", audit_api.AuditEventListApi.as_view(), name="api-audit-list"),
+    path("audit/events.csv", audit_api.AuditEventExportApi.as_view(), name="api-audit-export"),
+    path("audit/events.jsonl", audit_api.AuditEventJsonlExportApi.as_view(), name="api-audit-export-jsonl"),
     path("audit/public-key/", checkpoint_api.PublicKeyApi.as_view(), name="api-audit-public-key"),
     # Site agents witness the log: they read checkpoints and proofs with their agent token.
     path("audit/checkpoints/", checkpoint_api.CheckpointListApi.as_view(authentication_classes=WITNESS_AUTH),

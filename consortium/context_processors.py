@@ -1,6 +1,6 @@
 from django.http import HttpRequest
 
-from consortium.audit_keys import fingerprint
+from consortium.audit.keys import fingerprint
 from consortium.roles import Role, roles_of
 
 

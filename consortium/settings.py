@@ -55,7 +55,11 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "channels",
+    # The project itself (label "project"): wiring (Celery, the `<id:pk>` route converter) and the pages that span
+    # every app. Its ready() runs first, as it did when it was also the audit app.
     "consortium",
+    # The bottom app, the audit log; its label stays "consortium" (tables, migrations, content types unchanged).
+    "consortium.audit",
     "sites",
     "studies",
     "aggregation",
@@ -190,7 +194,7 @@ AUDIT_CHECKPOINT_INTERVAL = env_int("AUDIT_CHECKPOINT_INTERVAL", 300)
 if AUDIT_CHECKPOINT_INTERVAL < 0:
     raise ImproperlyConfigured("AUDIT_CHECKPOINT_INTERVAL must be 0 (off) or a number of seconds.")
 if AUDIT_CHECKPOINT_INTERVAL:
-    CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {"task": "consortium.tasks.audit_checkpoint",
+    CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {"task": "consortium.audit.tasks.audit_checkpoint",
                                                 "schedule": float(AUDIT_CHECKPOINT_INTERVAL)}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 15 * 60)

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from consortium.api import SchemaApi, SwaggerApi
-from consortium.checkpoint_api import well_known_key
+from consortium.audit.checkpoint_api import well_known_key
 from consortium.content_policy import allow_inline_styles
 from consortium.logins import LoginView
 
@@ -24,6 +24,6 @@ urlpatterns = [
 ]
 
 # Errors Django answers before (or instead of) a view: JSON for /api/ paths, pages elsewhere.
-handler400 = "consortium.views.bad_request"
-handler404 = "consortium.views.page_not_found"
-handler500 = "consortium.views.server_error"
+handler400 = "consortium.pages.errors.bad_request"
+handler404 = "consortium.pages.errors.page_not_found"
+handler500 = "consortium.pages.errors.server_error"

@@ -5,8 +5,8 @@ import json
 
 from django.db import connection
 
-from consortium.audit import compute_hash, verify_chain
-from consortium.models import AuditCheckpoint, AuditEvent, AuditTreeNode
+from consortium.audit.log import compute_hash, verify_chain
+from consortium.audit.models import AuditCheckpoint, AuditEvent, AuditTreeNode
 from tests.consortium.test_audit import TABLE, tamper
 
 

@@ -8,18 +8,15 @@ import json
 import pytest
 from django.db.models import Max
 
-from consortium.federated import codec
+from aggregation.events import RoundEventKind
 from aggregation.models import Round
-from consortium.audit import MAX_REASON_CHARS
-from consortium.models import AuditOutcome
-from studies.choices import EventKind
+from consortium.audit.log import MAX_REASON_CHARS
+from consortium.audit.models import AuditOutcome
+from consortium.federated import codec
 from studies.models import StudyEvent
 from tests.aggregation.hostile import corpus, join, split, zero_size_tensors
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     aggregation_rows,
-    fed_fixture,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     stored_files,
     update_bytes,
@@ -28,6 +25,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
 from tests.aggregation.test_api_agent import agent_client, headers, upload
 from tests.api_support import assert_error
 from tests.support import events_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 MAX_DETAIL_CHARS = 1000  # what a refusal may say, however much the body or headers held
 
@@ -44,7 +43,7 @@ def assert_refused_storing_nothing(response, label: str, before: dict) -> dict:
     assert aggregation_rows() == before["rows"], f"{label}: a refused upload changed rounds, updates or versions"
     assert stored_files("") == before["files"], f"{label}: a refused upload left a file in the model store"
     kinds = list(StudyEvent.objects.filter(pk__gt=before["event"]).values_list("kind", flat=True))
-    assert kinds in ([], [EventKind.UPDATE_REFUSED]), (label, kinds)
+    assert kinds in ([], [RoundEventKind.UPDATE_REFUSED]), (label, kinds)
     for payload in StudyEvent.objects.filter(pk__gt=before["event"]).values_list("payload", flat=True):
         assert len(json.dumps(payload)) <= 2 * MAX_REASON_CHARS, label
     events = events_after(before["seq"])
@@ -164,6 +163,6 @@ def test_it_reads_only_ascii_digits_as_an_integer_header(fed):
 def test_it_bounds_any_reason_a_live_event_carries(fed):
     from studies.events import publish
 
-    event = publish(fed.study, EventKind.ROUND_FAILED, {"round": 1, "reason": "x" * 50_000})
+    event = publish(fed.study, RoundEventKind.ROUND_FAILED, {"round": 1, "reason": "x" * 50_000})
     assert len(event.payload["reason"]) == MAX_REASON_CHARS and event.payload["reason"].endswith("…")
     assert event.payload["round"] == 1

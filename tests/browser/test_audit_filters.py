@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from consortium.audit import record
-from consortium.audit_keys import fingerprint
-from consortium.models import AuditOutcome
+from consortium.audit.keys import fingerprint
+from consortium.audit.log import record
+from consortium.audit.models import AuditOutcome
 from studies import services
 from tests.base import draft_study, make_personas
 from tests.browser.conftest import csp_violations, log_in, shot

@@ -4,14 +4,15 @@ periodic task, and the API that publishes them (checkpoints, consistency proofs,
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from consortium import audit_keys, audit_tree
-from consortium.audit import record
-from consortium.checkpoints import HistoryRewritten, checkpoint_sign, consistency_proof, inclusion_proof
+from consortium.audit import keys as audit_keys
+from consortium.audit import tree as audit_tree
+from consortium.audit.checkpoints import HistoryRewritten, checkpoint_sign, consistency_proof, inclusion_proof
+from consortium.audit.log import record
+from consortium.audit.models import AuditCheckpoint, AuditEvent, AuditTreeNode
+from consortium.audit.tasks import audit_checkpoint
 from consortium.evidence import merkle, signing
 from consortium.evidence.canonical import event_leaf_hash
 from consortium.evidence.checkpoint import verify_checkpoint
-from consortium.models import AuditCheckpoint, AuditEvent, AuditTreeNode
-from consortium.tasks import audit_checkpoint
 from tests.api_support import assert_anonymous_refused, assert_error, client, nothing_changes
 from tests.sites.agent_support import issue
 from tests.witness_support import rewrite_history

@@ -13,10 +13,10 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from consortium import verify
-from consortium.audit import record
-from consortium.audit_keys import public_key_pem
-from consortium.checkpoints import checkpoint_sign
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.checkpoints import checkpoint_sign
+from consortium.audit.keys import public_key_pem
+from consortium.audit.log import record
+from consortium.audit.models import AuditEvent, AuditOutcome
 from studies import services
 from tests.base import draft_study
 from tests.consortium.test_audit import TABLE, tamper

@@ -11,9 +11,9 @@ from django.http import JsonResponse
 from rest_framework.test import APIClient
 
 from consortium import verify
-from consortium.audit import record, verify_chain
-from consortium.audit_keys import public_key_pem
-from consortium.checkpoints import checkpoint_sign
+from consortium.audit.checkpoints import checkpoint_sign
+from consortium.audit.keys import public_key_pem
+from consortium.audit.log import record, verify_chain
 from consortium.evidence import signing
 from consortium.evidence.checkpoint import sign_checkpoint
 from sites.agent.client import AgentClient, Response

@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from consortium.audit_keys import ensure_demo_key
+from consortium.audit.keys import ensure_demo_key
 from consortium.roles import Role
 from sites.models import Site
 from studies.demo import ACTIVE_TITLE, DEMO_PASSWORD, PENDING_TITLE, SITES, URL, USERS, seed

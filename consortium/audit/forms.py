@@ -1,0 +1,33 @@
+"""Input parsing for the consortium-wide pages, and the rule every new username follows."""
+
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.core.exceptions import ValidationError
+
+from consortium.audit.exports import FORMULA_STARTS
+
+FORMULA_USERNAME = (
+    "A username may not start with =, +, -, @, a tab or a carriage return: spreadsheets opening the "
+    "audit log's CSV would read it as a formula. Start it with a letter or a digit."
+)
+
+
+def validate_username_start(username: str) -> None:
+    """Refuse a new username a spreadsheet would run as a formula (the CSV export also neutralises them)."""
+    if username.startswith(FORMULA_STARTS):
+        raise ValidationError(FORMULA_USERNAME, code="formula_username")
+
+
+class ConsortiumUserCreationForm(AdminUserCreationForm):
+    def clean_username(self) -> str:
+        username = super().clean_username()
+        validate_username_start(username or "")
+        return username
+
+
+class ConsortiumUserChangeForm(UserChangeForm):
+    def clean_username(self) -> str:
+        username = self.cleaned_data.get("username") or ""
+        if "username" in self.changed_data:  # existing names stay; a rename is a new name
+            validate_username_start(username)
+        return username
+

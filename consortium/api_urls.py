@@ -6,6 +6,7 @@ from rest_framework.settings import api_settings
 from aggregation import flower_api
 from consortium import api as consortium_api
 from consortium.audit import api as audit_api
+from consortium.audit import checkpoint_api
 from sites import api as sites_api
 from sites.authentication import AgentTokenAuthentication
 from studies import api as studies_api
@@ -23,6 +24,8 @@ def _study(suffix: str, view: type, name: str) -> object:
 def _participation(suffix: str, view: type, name: str) -> object:
     return path(f"participations/<id:pk>/{suffix}", view.as_view(), name=name)
 
+
+WITNESS_AUTH = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication]
 
 urlpatterns = [
     path("auth/token/", audit_api.TokenObtainApi.as_view(), name="api-token"),
@@ -60,6 +63,13 @@ urlpatterns = [
     _participation("ethics/", studies_api.EthicsRecordApi, "api-ethics-record"),
     path("audit/events/", audit_api.AuditEventListApi.as_view(), name="api-audit-list"),
     path("audit/events.csv", audit_api.AuditEventExportApi.as_view(), name="api-audit-export"),
+    path("audit/events.jsonl", audit_api.AuditEventJsonlExportApi.as_view(), name="api-audit-export-jsonl"),
+    path("audit/public-key/", checkpoint_api.PublicKeyApi.as_view(), name="api-audit-public-key"),
+    # Site agents witness the log: they read checkpoints and proofs with their agent token.
+    path("audit/checkpoints/", checkpoint_api.CheckpointListApi.as_view(authentication_classes=WITNESS_AUTH),
+         name="api-audit-checkpoints"),
+    path("audit/consistency/", checkpoint_api.ConsistencyApi.as_view(authentication_classes=WITNESS_AUTH),
+         name="api-audit-consistency"),
     path("agent/", include("aggregation.api_urls")),
     re_path(r"^(?P<rest>.*)$", api_not_found, name="api-not-found"),
 ]

@@ -50,6 +50,10 @@ EXPECTED_PATHS = {
     "/api/agent/flower/rounds/{round_id}/version/": {"post"},
     "/api/audit/events/": {"get"},
     "/api/audit/events.csv": {"get"},
+    "/api/audit/events.jsonl": {"get"},
+    "/api/audit/checkpoints/": {"get"},
+    "/api/audit/consistency/": {"get"},
+    "/api/audit/public-key/": {"get"},
 }
 
 

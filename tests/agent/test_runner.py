@@ -189,7 +189,7 @@ def test_the_command_trains_and_submits_once(server, csv_path):
 
 def test_the_agent_imports_no_django():
     code = ("import sys, sites.agent.runner, sites.agent.training, sites.agent.client, sites.agent.data, "
-            "sites.agent.demo_data, sites.agent.secure, sites.agent.__main__; "
+            "sites.agent.demo_data, sites.agent.secure, sites.agent.witness, sites.agent.__main__; "
             "assert not any(m == 'django' or m.startswith('django.') for m in sys.modules), "
             "sorted(m for m in sys.modules if m.startswith('django'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

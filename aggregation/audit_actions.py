@@ -7,6 +7,15 @@ named by its verb (`...submit`), what it recorded by its outcome (`...submitted`
 class AggregationAction:
     EVALUATION_ACCEPTED = "aggregation.evaluation.accepted"
     EVALUATION_SUBMIT = "aggregation.evaluation.submit"
+    FLOWER_INITIAL_MODEL = "aggregation.flower.initial_model"
+    FLOWER_RESULTS = "aggregation.flower.results"
+    FLOWER_ROUND_OPEN = "aggregation.flower.round_open"
+    FLOWER_TOKEN_CREATE = "aggregation.flower_token.create"
+    FLOWER_TOKEN_CREATED = "aggregation.flower_token.created"
+    FLOWER_TOKEN_LIST = "aggregation.flower_token.list"
+    FLOWER_TOKEN_REVOKE = "aggregation.flower_token.revoke"
+    FLOWER_TOKEN_REVOKED = "aggregation.flower_token.revoked"
+    FLOWER_VERSION = "aggregation.flower.version"
     # Reads for people (`aggregation.people_api`, `aggregation.views.ledger`): the attempt, then the read.
     LEDGER_VIEW = "aggregation.ledger.view"
     LEDGER_VIEWED = "aggregation.ledger.viewed"

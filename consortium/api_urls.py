@@ -3,9 +3,10 @@
 from django.urls import include, path, re_path
 from rest_framework.settings import api_settings
 
-from aggregation import people_api
+from aggregation import flower_api, people_api
 from consortium import api as consortium_api
 from consortium.audit import api as audit_api
+from consortium.audit import checkpoint_api
 from sites import api as sites_api
 from sites.authentication import AgentTokenAuthentication
 from studies import api as studies_api
@@ -24,12 +25,16 @@ def _participation(suffix: str, view: type, name: str) -> object:
     return path(f"participations/<id:pk>/{suffix}", view.as_view(), name=name)
 
 
+WITNESS_AUTH = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication]
+
 urlpatterns = [
     path("auth/token/", audit_api.TokenObtainApi.as_view(), name="api-token"),
     path("sites/", sites_api.SiteListApi.as_view(), name="api-site-list"),
     path("sites/<id:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
          name="api-agent-token-list"),
     path("agent-tokens/<id:pk>/revoke/", sites_api.AgentTokenRevokeApi.as_view(), name="api-agent-token-revoke"),
+    path("sites/<id:pk>/flower-nodes/", flower_api.SiteFlowerNodeListCreateApi.as_view(), name="api-flower-node-list"),
+    path("flower-nodes/<id:pk>/revoke/", flower_api.FlowerNodeRevokeApi.as_view(), name="api-flower-node-revoke"),
     path("studies/", studies_api.StudyListCreateApi.as_view(), name="api-study-list"),
     _study("", studies_api.StudyDetailApi, "api-study-detail"),
     _study("submit/", studies_api.StudySubmitApi, "api-study-submit"),
@@ -39,6 +44,8 @@ urlpatterns = [
     _study("suspend/", studies_api.StudySuspendApi, "api-study-suspend"),
     _study("close/", studies_api.StudyCloseApi, "api-study-close"),
     _study("gate/", studies_api.StudyGateApi, "api-study-gate"),
+    _study("flower-tokens/", flower_api.StudyFlowerTokenListCreateApi, "api-flower-token-list"),
+    path("flower-tokens/<id:pk>/revoke/", flower_api.FlowerTokenRevokeApi.as_view(), name="api-flower-token-revoke"),
     _study("agreements/", studies_api.AgreementListPublishApi, "api-agreement-list"),
     _study("dpia/", studies_api.DpiaDetailApi, "api-dpia-detail"),
     _study("dpia/submit/", studies_api.DpiaSubmitApi, "api-dpia-submit"),
@@ -67,6 +74,13 @@ urlpatterns = [
     path("sites/<id:pk>/ledger.jsonl", people_api.SiteLedgerJsonlApi.as_view(), name="api-site-ledger-jsonl"),
     path("audit/events/", audit_api.AuditEventListApi.as_view(), name="api-audit-list"),
     path("audit/events.csv", audit_api.AuditEventExportApi.as_view(), name="api-audit-export"),
+    path("audit/events.jsonl", audit_api.AuditEventJsonlExportApi.as_view(), name="api-audit-export-jsonl"),
+    path("audit/public-key/", checkpoint_api.PublicKeyApi.as_view(), name="api-audit-public-key"),
+    # Site agents witness the log: they read checkpoints and proofs with their agent token.
+    path("audit/checkpoints/", checkpoint_api.CheckpointListApi.as_view(authentication_classes=WITNESS_AUTH),
+         name="api-audit-checkpoints"),
+    path("audit/consistency/", checkpoint_api.ConsistencyApi.as_view(authentication_classes=WITNESS_AUTH),
+         name="api-audit-consistency"),
     path("agent/", include("aggregation.api_urls")),
     re_path(r"^(?P<rest>.*)$", api_not_found, name="api-not-found"),
 ]

@@ -53,6 +53,7 @@ PROTOCOL_FIELDS = (
     "label_column",
     "num_features",
     "federated_statistics",
+    "secure_aggregation",
 )
 
 
@@ -69,7 +70,7 @@ def sha256_text(text: str) -> str:
 # Protocol fields added after studies were first approved, with the value every earlier protocol implicitly had.
 # Such a field enters the hash only once it differs from that value, so adding a field to the product does not
 # void every approval given before it existed; changing it on a study does, like any protocol edit.
-LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4}
+LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4, "secure_aggregation": False}
 
 
 def protocol_hash(protocol: dict[str, Any]) -> str:
@@ -138,6 +139,10 @@ class Study(models.Model):
         default=True, help_text="Run a statistics round first so every site standardizes with the global mean and SD.",
     )
 
+    secure_aggregation = models.BooleanField(
+        default=False, help_text="Sites mask their updates (SecAgg+): the coordinator learns only their weighted sum.",
+    )
+
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -152,17 +157,36 @@ class Study(models.Model):
         return self.title
 
     def clean(self) -> None:
-        robust = {Strategy.MEDIAN, Strategy.TRIMMED_MEAN, Strategy.KRUM, Strategy.MULTI_KRUM}
-        if self.dp_noise_multiplier > 0 and self.strategy in robust:
+        if self.dp_noise_multiplier > 0 and self.strategy in ROBUST_STRATEGIES:
             # DP-FedAvg's noise is calibrated to a clipped mean; a median or Krum has another sensitivity.
             raise ValidationError({"dp_noise_multiplier": "Differential privacy works with averaging strategies "
                                                           "(FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad) only."})
+        if self.secure_aggregation:
+            secure_aggregation_problems(self)
 
     def protocol(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in PROTOCOL_FIELDS}
 
     def protocol_sha256(self) -> str:
         return protocol_hash(self.protocol())
+
+
+ROBUST_STRATEGIES = frozenset({Strategy.MEDIAN, Strategy.TRIMMED_MEAN, Strategy.KRUM, Strategy.MULTI_KRUM})
+
+
+def secure_aggregation_problems(study: Study) -> None:
+    """Refuse what cannot run on masked updates: the coordinator holds only their sum, never one of them."""
+    if study.strategy in ROBUST_STRATEGIES:
+        raise ValidationError({"strategy": f"{study.get_strategy_display()} needs every site's update in the clear; "
+                                           "with secure aggregation the coordinator holds only their sum. Choose "
+                                           "FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad."})
+    if study.dp_noise_multiplier > 0:
+        raise ValidationError({"dp_noise_multiplier": "Central differential privacy clips each site's update norm at "
+                                                      "the coordinator, which secure aggregation makes impossible; "
+                                                      "turn one of them off."})
+    if study.quorum < 3:
+        raise ValidationError({"quorum": "Secure aggregation needs a quorum of at least 3 sites: the sum of two "
+                                         "updates tells each site the other's."})
 
 
 class StudyUserObjectPermission(UserObjectPermissionBase):

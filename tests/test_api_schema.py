@@ -49,8 +49,21 @@ EXPECTED_PATHS = {
     "/api/sites/{id}/ledger/": {"get"},
     "/api/sites/{id}/ledger.csv": {"get"},
     "/api/sites/{id}/ledger.jsonl": {"get"},
+    "/api/sites/{id}/flower-nodes/": {"get", "post"},
+    "/api/flower-nodes/{id}/revoke/": {"post"},
+    "/api/studies/{id}/flower-tokens/": {"get", "post"},
+    "/api/flower-tokens/{id}/revoke/": {"post"},
+    "/api/agent/flower/me/": {"get"},
+    "/api/agent/flower/initial-model/": {"post"},
+    "/api/agent/flower/rounds/": {"post"},
+    "/api/agent/flower/rounds/{round_id}/results/": {"post"},
+    "/api/agent/flower/rounds/{round_id}/version/": {"post"},
     "/api/audit/events/": {"get"},
     "/api/audit/events.csv": {"get"},
+    "/api/audit/events.jsonl": {"get"},
+    "/api/audit/checkpoints/": {"get"},
+    "/api/audit/consistency/": {"get"},
+    "/api/audit/public-key/": {"get"},
 }
 
 

@@ -1,4 +1,4 @@
-"""The backfill of governance history for rows that predate it (studies.0009): each row gets the records its
+"""The backfill of governance history for rows that predate it (studies.0010): each row gets the records its
 own columns prove, so the gate as of a moment answers for them, conservatively where nothing is proven."""
 
 import importlib
@@ -10,7 +10,7 @@ from studies.governance import evaluate
 from studies.models import AgreementSignature, AgreementVersion, Approval, Dpia, EthicsApproval, Participation, Study
 from tests.base import active_study
 
-migration = importlib.import_module("studies.migrations.0009_backfill_governance_history")
+migration = importlib.import_module("studies.migrations.0010_backfill_governance_history")
 GOVERNED = (Study, AgreementVersion, AgreementSignature, Dpia, EthicsApproval, Participation, Approval)
 
 

@@ -41,6 +41,6 @@ def backfill(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("studies", "0008_governance_history")]
+    dependencies = [("studies", "0009_governance_history")]
 
     operations = [migrations.RunPython(backfill, migrations.RunPython.noop)]

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from aggregation.views import dashboard, flower, rounds
+from aggregation.views import dashboard, flower, ledger, rounds
 
 app_name = "aggregation"
 
@@ -13,4 +13,6 @@ urlpatterns = [
     path("flower-tokens/", flower.flower_token_issue, name="flower-token-issue"),
     path("flower-tokens/<id:token_pk>/revoke/", flower.flower_token_withdraw, name="flower-token-revoke"),
     path("versions/<id:number>/download/", rounds.version_download, name="version-download"),
+    path("versions/<id:number>/card/", ledger.model_card_page, name="model-card"),
+    path("ledger/", ledger.study_ledger_page, name="ledger"),
 ]

@@ -3,7 +3,7 @@
 from django.urls import include, path, re_path
 from rest_framework.settings import api_settings
 
-from aggregation import flower_api
+from aggregation import flower_api, people_api
 from consortium import api as consortium_api
 from consortium.audit import api as audit_api
 from consortium.audit import checkpoint_api
@@ -61,6 +61,17 @@ urlpatterns = [
     _participation("withdraw/", studies_api.ParticipationWithdrawApi, "api-participation-withdraw"),
     _participation("sign/", studies_api.AgreementSignApi, "api-agreement-sign"),
     _participation("ethics/", studies_api.EthicsRecordApi, "api-ethics-record"),
+    _study("rounds/", people_api.StudyRoundListApi, "api-round-list"),
+    _study("versions/", people_api.StudyVersionListApi, "api-version-list"),
+    path("studies/<id:pk>/versions/<id:number>/", people_api.StudyVersionDetailApi.as_view(),
+         name="api-version-detail"),
+    path("studies/<id:pk>/versions/<id:number>/card/", people_api.ModelCardApi.as_view(), name="api-model-card"),
+    _study("ledger/", people_api.StudyLedgerApi, "api-study-ledger"),
+    _study("ledger.csv", people_api.StudyLedgerCsvApi, "api-study-ledger-csv"),
+    _study("ledger.jsonl", people_api.StudyLedgerJsonlApi, "api-study-ledger-jsonl"),
+    path("sites/<id:pk>/ledger/", people_api.SiteLedgerApi.as_view(), name="api-site-ledger"),
+    path("sites/<id:pk>/ledger.csv", people_api.SiteLedgerCsvApi.as_view(), name="api-site-ledger-csv"),
+    path("sites/<id:pk>/ledger.jsonl", people_api.SiteLedgerJsonlApi.as_view(), name="api-site-ledger-jsonl"),
     path("audit/events/", audit_api.AuditEventListApi.as_view(), name="api-audit-list"),
     path("audit/events.csv", audit_api.AuditEventExportApi.as_view(), name="api-audit-export"),
     path("audit/events.jsonl", audit_api.AuditEventJsonlExportApi.as_view(), name="api-audit-export-jsonl"),

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "channels",
+    "simple_history",  # governance as it stood at any moment (studies.history)
     # The project itself (label "project"): wiring (Celery, the `<id:pk>` route converter) and the pages that span
     # every app. Its ready() runs first, as it did when it was also the audit app.
     "consortium",

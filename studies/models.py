@@ -11,6 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+from simple_history.models import HistoricalRecords
 
 from sites.models import Site
 from studies import event_registry
@@ -54,6 +55,12 @@ PROTOCOL_FIELDS = (
     "federated_statistics",
     "secure_aggregation",
 )
+
+
+def governance_history() -> HistoricalRecords:
+    """Every saved state of a record the gate reads, with the moment it took effect, so that the gate can be
+    asked how things stood at any moment (`studies.history`). Who acted and why stays in the audit log."""
+    return HistoricalRecords(user_db_constraint=False)
 
 
 def sha256_text(text: str) -> str:
@@ -139,6 +146,8 @@ class Study(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    history = governance_history()
+
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "studies"
@@ -200,6 +209,8 @@ class AgreementVersion(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    history = governance_history()
+
     class Meta:
         ordering = ["study", "-version"]
         constraints = [models.UniqueConstraint(fields=["study", "version"], name="agreement_version_unique")]
@@ -216,6 +227,8 @@ class AgreementSignature(models.Model):
     signed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     signed_at = models.DateTimeField()
     agreement_sha256 = models.CharField(max_length=64, help_text="Hash of the text the signer saw.")
+
+    history = governance_history()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["agreement", "site"], name="one_signature_per_site_version")]
@@ -245,6 +258,8 @@ class Dpia(models.Model):
     comment = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    history = governance_history()
+
     class Meta:
         verbose_name = "DPIA"
 
@@ -262,6 +277,8 @@ class EthicsApproval(models.Model):
     valid_until = models.DateTimeField()
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     recorded_at = models.DateTimeField()
+
+    history = governance_history()
 
     class Meta:
         ordering = ["-valid_until"]
@@ -286,6 +303,8 @@ class Participation(models.Model):
     )
     decided_at = models.DateTimeField(null=True, blank=True)
     reason = models.TextField(blank=True, help_text="Why it last changed status.")
+
+    history = governance_history()
 
     class Meta:
         ordering = ["site__name", "-invited_at"]
@@ -322,6 +341,8 @@ class Approval(models.Model):
     agreement_sha256 = models.CharField(max_length=64)
     voided_at = models.DateTimeField(null=True, blank=True)
     void_reason = models.TextField(blank=True)
+
+    history = governance_history()
 
     class Meta:
         ordering = ["-decided_at"]

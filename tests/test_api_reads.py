@@ -46,6 +46,7 @@ class Walk:
             name = prefix.rsplit("{", 1)[1].rstrip("}/")
             if template.startswith(prefix):
                 url = url.replace("{" + name + "}", str(value))
+        url = url.replace("/versions/{number}/", "/versions/0/")  # the initial model, made when the round opened
         assert "{" not in url, f"{template}: give the walk an id for this path"
         return url
 
@@ -102,6 +103,8 @@ def test_it_audits_every_read_of_study_data_and_classifies_every_other_get(walk)
         event = events_after(mark)[0]
         if template.startswith(("/api/studies/{id}/", "/api/participations/", "/api/agent/rounds/{round_id}")):
             assert event.study_id == walk.fed.study.pk, template
+        if template.startswith("/api/sites/{id}/ledger"):
+            assert (event.site_id, event.details["studies"]) == (walk.fed.p.site_a.pk, [walk.fed.study.pk]), template
     assert not problems, "\n".join(problems)
 
 

@@ -228,3 +228,22 @@ class AgentEvaluationSubmitApi(AgentApi):
                                          base_version=data.validated_data["base_version"],
                                          metrics=data.validated_data["metrics"])
         return Response({"round_id": row.round_id, "status": "accepted"}, status=status.HTTP_201_CREATED)
+
+
+class AgentRoundDeclineApi(AgentApi):
+    class InputSerializer(StrictSerializer):
+        reason = serializers.CharField(help_text="Why the site's policy declines the round, in plain words.")
+
+        class Meta:
+            ref_name = "AgentDeclineInput"
+
+    @extend_schema(tags=AGENT, request=InputSerializer, responses={201: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
+                   summary="Decline a round under the site's own policy (recorded and shown to the PI)")
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.InputSerializer(data=request.data)
+        if not data.is_valid():
+            record_denial(actor=request.user, action="aggregation.round.decline", reason=summarise(data.errors),
+                          site=request.user.site_id, details={"code": "validation_failed"})
+            raise serializers.ValidationError(data.errors)
+        decline = services.round_decline(actor=request.user, round_id=round_id, reason=data.validated_data["reason"])
+        return Response({"round_id": decline.round_id, "status": "declined"}, status=status.HTTP_201_CREATED)

@@ -2,7 +2,6 @@
 every workflow lives in `studies.services`."""
 
 import hashlib
-import json
 from typing import Any
 
 from django.conf import settings
@@ -12,6 +11,7 @@ from django.db import models
 from django.db.models import Q
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from consortium.federated.protocol import protocol_hash
 from sites.models import Site
 from studies.choices import (
     PARTICIPATION_CURRENT,
@@ -57,18 +57,6 @@ PROTOCOL_FIELDS = (
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# Protocol fields added after studies were first approved, with the value every earlier protocol implicitly had.
-# Such a field enters the hash only once it differs from that value, so adding a field to the product does not
-# void every approval given before it existed; changing it on a study does, like any protocol edit.
-LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4}
-
-
-def protocol_hash(protocol: dict[str, Any]) -> str:
-    hashed = {name: value for name, value in protocol.items()
-              if name not in LATER_PROTOCOL_FIELDS or value != LATER_PROTOCOL_FIELDS[name]}
-    return sha256_text(json.dumps(hashed, sort_keys=True, separators=(",", ":")))
 
 
 class Study(models.Model):

@@ -12,7 +12,6 @@ import torch
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from consortium.federated import codec
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
@@ -21,6 +20,7 @@ from aggregation.services._common import absolute, lock_round, move_round, store
 from aggregation.services.recovery import claim_aggregation
 from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, bounded_reason, record
+from consortium.federated import codec
 from consortium.version import code_version
 from studies.choices import GateAction, RevocationPolicy
 from studies.events import publish_gate

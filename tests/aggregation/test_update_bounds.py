@@ -13,7 +13,8 @@ from aggregation.services import round_aggregate, round_open_next
 from consortium.errors import ValidationFailed
 from consortium.models import AuditEvent
 from studies.choices import EventKind
-from studies.models import StudyEvent, protocol_hash
+from consortium.federated.protocol import protocol_hash
+from studies.models import StudyEvent
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     agent_for,
     base_tensors,

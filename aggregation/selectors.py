@@ -318,3 +318,13 @@ def _evaluation(sites: dict[str, dict[str, Any]]) -> list[SiteMetrics]:
     names = dict(Site.objects.filter(pk__in=[int(key) for key in sites]).values_list("pk", "name"))
     rows = [SiteMetrics(int(key), names.get(int(key), f"Site {key}"), metrics) for key, metrics in sites.items()]
     return sorted(rows, key=lambda row: row.site)
+
+
+def site_contributions(study_id: int, site_id: int) -> list[dict[str, Any]]:
+    """What the coordinator holds from one site in one study, round by round: the site's side of the ledger,
+    which its agent reconciles with its own record (`python -m sites.agent reconcile`)."""
+    updates = (Update.objects.filter(round__study_id=study_id, site_id=site_id)
+               .select_related("round", "base_version").order_by("round__number"))
+    return [{"round": u.round.number, "round_id": u.round_id, "status": u.status, "reason": u.exclusion_reason,
+             "update_sha256": u.sha256, "num_examples": u.num_examples, "base_version": u.base_version.number,
+             "base_sha256": u.base_version.sha256, "received_at": u.received_at.isoformat()} for u in updates]

@@ -23,6 +23,11 @@ class RecordError(Exception):
     """The local record is unreadable or its chain is broken: someone edited, removed or reordered a line."""
 
 
+def default_record_path(site_code: str) -> str:
+    """One record per site, in the directory the agent runs in."""
+    return f"consortium-agent-record-{site_code}.jsonl"
+
+
 def _line_hash(prev: str, body: Mapping[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256((prev + canonical).encode("utf-8")).hexdigest()

@@ -27,7 +27,7 @@ from .client import (
 )
 from .data import DEFAULT_LABEL, DataError, Dataset, Table, local_statistics, split, standardize
 from .policy import Policy
-from .record import LocalRecord
+from .record import LocalRecord, RecordError, default_record_path
 from .training import LocalUpdate, Protocol, check_features, evaluate, local_update
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
@@ -60,9 +60,13 @@ class Agent:
 
     def __init__(self, client: AgentClient, table: Table, *, label: str | None = None, val_fraction: float = 0.2,
                  seed: int = 0, say: Callable[[str], None] = print, studies: Sequence[int] = (),
-                 policy: Policy | None = None, record: LocalRecord | None = None):
+                 policy: Policy | None = None, record: LocalRecord | None = None, keep_record: bool = False,
+                 record_path: str | None = None):
         self.client, self.table, self.label = client, table, label
+        # With `keep_record`, the record is opened at `record_path`, or by default once the coordinator has named
+        # the site (`introduce`).
         self.policy, self.record = policy, record
+        self.keep_record, self.record_path = keep_record, record_path
         self.studies = set(studies)  # empty: every study the site takes part in
         self.val_fraction, self.seed, self.say = val_fraction, seed, say
         self.finished: set[int] = set()  # rounds submitted, or refused for good, by this process
@@ -73,6 +77,9 @@ class Agent:
         """GET /me/: proves the token works and names the site."""
         me = _fatal_on_refusal(self.client.me)
         site = me.get("site", {})
+        if self.record is None and self.keep_record:
+            self.record = LocalRecord(self.record_path or default_record_path(str(site.get("code"))))
+            self.record.entries()  # a broken chain stops the agent now: its record is the site's evidence
         self.say(f"Connected to {self.client.server} as site {site.get('code')!r} ({site.get('name')}); data: "
                  f"{self.table.values.shape[0]} rows and {len(self.table.columns)} columns in {self.table.source}.")
         return me
@@ -99,7 +106,7 @@ class Agent:
                 if once:
                     return 1 if result.failed else 0
                 sleep(poll)
-        except (FatalAgentError, CoordinatorUnreachable) as exc:
+        except (FatalAgentError, CoordinatorUnreachable, RecordError) as exc:
             self.say(f"Stopping: {exc}")
             return 1
 

@@ -28,6 +28,7 @@ urlpatterns = [
     path("sites/<id:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
          name="api-agent-token-list"),
     path("agent-tokens/<id:pk>/revoke/", sites_api.AgentTokenRevokeApi.as_view(), name="api-agent-token-revoke"),
+    path("agent-tokens/<id:pk>/rotate/", sites_api.AgentTokenRotateApi.as_view(), name="api-agent-token-rotate"),
     path("studies/", studies_api.StudyListCreateApi.as_view(), name="api-study-list"),
     _study("", studies_api.StudyDetailApi, "api-study-detail"),
     _study("submit/", studies_api.StudySubmitApi, "api-study-submit"),

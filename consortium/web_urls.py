@@ -18,4 +18,6 @@ urlpatterns = [
     path("sites/<id:pk>/agent-tokens/", site_views.site_agent_token_create, name="site-agent-token-create"),
     path("sites/<id:pk>/agent-tokens/<id:token_pk>/revoke/", site_views.site_agent_token_revoke,
          name="site-agent-token-revoke"),
+    path("sites/<id:pk>/agent-tokens/<id:token_pk>/rotate/", site_views.site_agent_token_rotate,
+         name="site-agent-token-rotate"),
 ]

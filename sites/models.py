@@ -72,6 +72,8 @@ class AgentToken(models.Model):
     )
     revoke_reason = models.TextField(blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True, help_text="Last use, to the minute.")
+    expires_at = models.DateTimeField(help_text="From this moment the token is refused (a rotation brings it "
+                                                "forward, to the end of the overlap with the new token).")
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -92,3 +94,7 @@ class AgentToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at <= timezone.now()

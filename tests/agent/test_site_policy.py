@@ -10,11 +10,11 @@ import pytest
 from consortium.federated.protocol import protocol_hash
 from sites.agent.client import AgentClient
 from sites.agent.data import load_table
+from sites.agent.demo_data import write_partitions
 from sites.agent.policy import Policy, PolicyError
 from sites.agent.record import LocalRecord, RecordError
 from sites.agent.runner import Agent
 from tests.agent.scripted_server import Reply
-from sites.agent.demo_data import write_partitions
 from tests.agent.test_runner import script_training, training_round
 
 DECLINE = "/api/agent/rounds/17/decline/"

@@ -15,12 +15,12 @@ import pytest
 import torch
 from django.conf import settings as django_settings
 
-from consortium.federated import codec
-from consortium.federated.metrics import score_histogram
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization, Update
 from aggregation.services import evaluation_submit, round_open_next, update_submit
 from aggregation.services._common import version_tensors
 from consortium.errors import DomainError, NotFound
+from consortium.federated import codec
+from consortium.federated.metrics import score_histogram
 from sites.agents import AgentPrincipal
 from sites.models import Site
 from sites.services import agent_token_create, site_admin_assign

@@ -8,9 +8,9 @@ import json
 import pytest
 from django.db.models import Max
 
-from consortium.federated import codec
 from aggregation.models import Round
 from consortium.audit import MAX_REASON_CHARS
+from consortium.federated import codec
 from consortium.models import AuditOutcome
 from studies.choices import EventKind
 from studies.models import StudyEvent

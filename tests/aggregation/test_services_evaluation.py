@@ -8,7 +8,6 @@ import pytest
 from django.utils import timezone
 
 from aggregation.choices import RoundKind, RoundStatus
-from consortium.federated.metrics import auc_from_histogram, summed
 from aggregation.models import Evaluation, ModelVersion, Round, Update
 from aggregation.services import (
     model_download,
@@ -18,6 +17,7 @@ from aggregation.services import (
     rounds_tick,
 )
 from consortium.errors import Conflict, GateRefused, NotFound, ValidationFailed
+from consortium.federated.metrics import auc_from_histogram, summed
 from consortium.models import AuditEvent
 from studies import services as study_services
 from studies.choices import EventKind

@@ -6,14 +6,14 @@ import pytest
 import torch
 from django.db.models import Max
 
-from consortium.federated import codec
 from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate, round_open_next
 from consortium.errors import ValidationFailed
+from consortium.federated import codec
+from consortium.federated.protocol import protocol_hash
 from consortium.models import AuditEvent
 from studies.choices import EventKind
-from consortium.federated.protocol import protocol_hash
 from studies.models import StudyEvent
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     agent_for,

@@ -28,7 +28,7 @@ User = AbstractBaseUser | AnonymousUser
 
 # The gate checks the overview warns about, with the words people use for them.
 WATCHED_CHECKS = {"dpia": "DPIA", "approvals": "Approvals", "quorum": "Quorum", "ethics": "Ethics approval",
-                  "agreement_signed": "Data use agreement"}
+                  "agreement_signed": "Data use agreement", "protocol_accepted": "Protocol review"}
 METRIC_KEYS = ("val_auc", "val_accuracy", "val_loss")
 # What a warning does to rounds: a failing study-level check blocks them (the gate refuses the round); a
 # failing site-level check only excludes that site (the round runs without it, unless that leaves too few

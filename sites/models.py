@@ -31,7 +31,8 @@ class Site(models.Model):
 
     class Meta:
         ordering = ["name"]
-        permissions = [("administer_site", "Administer this site (sign agreements, grant participation)")]
+        permissions = [("administer_site", "Administer this site (grant participation, agent tokens)"),
+                       ("sign_agreements", "Hold signing authority: sign data use agreements for this site")]
 
     def __str__(self) -> str:
         return self.name

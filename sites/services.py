@@ -16,7 +16,14 @@ from consortium.roles import Role
 from consortium.services import user_roles_add
 from sites import tokens
 from sites.models import AgentToken, Site
-from sites.permissions import ADMINISTER_SITE, can_administer, can_manage_sites, sites_for
+from sites.permissions import (
+    ADMINISTER_SITE,
+    SIGN_AGREEMENTS,
+    can_administer,
+    can_manage_sites,
+    can_sign_for,
+    sites_for,
+)
 from sites.selectors import agent_token_identify
 
 SITE_FIELDS = ("name", "code", "city", "country", "timezone")
@@ -86,6 +93,38 @@ def site_admin_remove(*, actor: AbstractBaseUser, site: Site, user: AbstractBase
         raise Conflict(f"{user.get_username()} does not administer {site}.", site=site)
     remove_perm(f"sites.{ADMINISTER_SITE}", user, site)
     record(actor=actor, action="sites.admin.removed", target=site, site=site,
+           details={"user": user.get_username(), "user_id": user.pk})
+    if can_sign_for(user, site):  # signing authority is held by admins only: it ends with the appointment
+        remove_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
+        record(actor=actor, action="sites.signing_authority.revoked", target=site, site=site,
+               details={"user": user.get_username(), "user_id": user.pk, "why": "no longer an admin of the site"})
+
+
+@audited_service("sites.signing_authority.grant")
+def signing_authority_grant(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
+    """Record that `user`, an admin of `site`, may sign data use agreements for it. Only the site's admins
+    record it (the hospital decides who signs for it, not the consortium)."""
+    site = locked(Site.objects.filter(pk=site.pk)).get()
+    _require_site_admin(actor, site, "record who signs for it")
+    if not can_administer(user, site):
+        raise ValidationFailed(f"{user.get_username()} is not an admin of {site}: only its admins may hold its "
+                               "signing authority (a consortium admin appoints them).", site=site)
+    if can_sign_for(user, site):
+        raise Conflict(f"{user.get_username()} already holds the signing authority of {site}.", site=site)
+    assign_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
+    record(actor=actor, action="sites.signing_authority.granted", target=site, site=site,
+           details={"user": user.get_username(), "user_id": user.pk})
+
+
+@audited_service("sites.signing_authority.revoke")
+def signing_authority_revoke(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
+    """`user` may no longer sign for `site`; signatures given before stay (they were valid when given)."""
+    site = locked(Site.objects.filter(pk=site.pk)).get()
+    _require_site_admin(actor, site, "record who signs for it")
+    if not can_sign_for(user, site):
+        raise Conflict(f"{user.get_username()} does not hold the signing authority of {site}.", site=site)
+    remove_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
+    record(actor=actor, action="sites.signing_authority.revoked", target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
 
 

@@ -99,6 +99,13 @@ class ApprovalDecision(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
+class ReviewDecision(models.TextChoices):
+    """A site's verdict on the exact protocol it reviewed (bound to its hash)."""
+
+    ACCEPTED = "accepted", "Accepted"
+    REJECTED = "rejected", "Rejected"
+
+
 class ModelKind(models.TextChoices):
     LOGISTIC_REGRESSION = "logistic_regression", "Logistic regression"
     MLP = "mlp", "Multi-layer perceptron (one hidden layer)"

@@ -21,6 +21,7 @@ from studies.choices import (
     EventKind,
     ModelKind,
     ParticipationStatus,
+    ReviewDecision,
     RevocationPolicy,
     RiskLevel,
     Strategy,
@@ -267,6 +268,32 @@ class Participation(models.Model):
     @property
     def is_current(self) -> bool:
         return self.status in PARTICIPATION_CURRENT
+
+
+class ProtocolReview(models.Model):
+    """A site admin's review of the exact protocol their site would train (OpenFL's plan review): accepted or
+    rejected with a reason, bound to the protocol hash. The newest review of a site counts; any amendment
+    changes the hash, so the site must review again before it may take part (the gate's `protocol_accepted`)."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="protocol_reviews")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="protocol_reviews")
+    decision = models.CharField(max_length=16, choices=ReviewDecision.choices)
+    reason = models.TextField(blank=True)
+    protocol_sha256 = models.CharField(max_length=64)
+    protocol_snapshot = models.JSONField(help_text="The protocol as reviewed: the next review shows what changed.")
+    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reviewed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-reviewed_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(decision=ReviewDecision.REJECTED) | ~Q(reason=""),
+                                   name="protocol_rejection_has_reason",
+                                   violation_error_message="A rejection says why."),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site_id} {self.decision} protocol {self.protocol_sha256[:12]} of study {self.study_id}"
 
 
 class Approval(models.Model):

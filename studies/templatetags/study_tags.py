@@ -12,6 +12,7 @@ CHECK_LABELS = {
     "participation": "Participation",
     "agreement_signed": "Current DUA signed",
     "ethics": "Ethics approval",
+    "protocol_accepted": "Protocol accepted by the site",
 }
 
 

@@ -15,6 +15,7 @@ from consortium.locks import locked
 from consortium.roles import Role
 from consortium.services import user_roles_add
 from sites import tokens
+from sites.audit_actions import SiteAction
 from sites.models import AgentToken, Site
 from sites.permissions import (
     ADMINISTER_SITE,
@@ -36,7 +37,7 @@ def _require_manager(actor: AbstractBaseUser) -> None:
         raise Forbidden("Only consortium admins manage sites.")
 
 
-@audited_service("sites.site.create")
+@audited_service(SiteAction.SITE_CREATE)
 def site_create(
     *,
     actor: AbstractBaseUser,
@@ -51,11 +52,11 @@ def site_create(
     site = Site(name=name, code=code, city=city, country=country, timezone=timezone)
     site.full_clean()
     site.save()
-    record(actor=actor, action="sites.site.created", target=site, site=site, details={"after": _snapshot(site)})
+    record(actor=actor, action=SiteAction.SITE_CREATED, target=site, site=site, details={"after": _snapshot(site)})
     return site
 
 
-@audited_service("sites.site.update")
+@audited_service(SiteAction.SITE_UPDATE)
 def site_update(*, actor: AbstractBaseUser, site: Site, **changes: str) -> Site:
     """Change a site's descriptive fields."""
     _require_manager(actor)
@@ -67,40 +68,40 @@ def site_update(*, actor: AbstractBaseUser, site: Site, **changes: str) -> Site:
         setattr(site, field, value)
     site.full_clean()
     site.save()
-    record(actor=actor, action="sites.site.updated", target=site, site=site,
+    record(actor=actor, action=SiteAction.SITE_UPDATED, target=site, site=site,
            details={"before": before, "after": _snapshot(site)})
     return site
 
 
-@audited_service("sites.admin.assign")
+@audited_service(SiteAction.ADMIN_ASSIGN)
 def site_admin_assign(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
     """Make `user` an admin of `site`: the Site admin role plus the object permission, together."""
     _require_manager(actor)
     if can_administer(user, site):
         raise Conflict(f"{user.get_username()} already administers {site}.", site=site)
     assign_perm(f"sites.{ADMINISTER_SITE}", user, site)
-    record(actor=actor, action="sites.admin.assigned", target=site, site=site,
+    record(actor=actor, action=SiteAction.ADMIN_ASSIGNED, target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
     # The global role comes with the appointment; a role change is recorded as such (once, the first time).
-    user_roles_add(actor=actor, user=user, roles=[Role.SITE_ADMIN.value], via="sites.admin.assign")
+    user_roles_add(actor=actor, user=user, roles=[Role.SITE_ADMIN.value], via=SiteAction.ADMIN_ASSIGN)
 
 
-@audited_service("sites.admin.remove")
+@audited_service(SiteAction.ADMIN_REMOVE)
 def site_admin_remove(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
     """Withdraw `user`'s right to act for `site`; takes effect on their next request."""
     _require_manager(actor)
     if not can_administer(user, site):
         raise Conflict(f"{user.get_username()} does not administer {site}.", site=site)
     remove_perm(f"sites.{ADMINISTER_SITE}", user, site)
-    record(actor=actor, action="sites.admin.removed", target=site, site=site,
+    record(actor=actor, action=SiteAction.ADMIN_REMOVED, target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
     if can_sign_for(user, site):  # signing authority is held by admins only: it ends with the appointment
         remove_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
-        record(actor=actor, action="sites.signing_authority.revoked", target=site, site=site,
+        record(actor=actor, action=SiteAction.SIGNING_AUTHORITY_REVOKED, target=site, site=site,
                details={"user": user.get_username(), "user_id": user.pk, "why": "no longer an admin of the site"})
 
 
-@audited_service("sites.signing_authority.grant")
+@audited_service(SiteAction.SIGNING_AUTHORITY_GRANT)
 def signing_authority_grant(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
     """Record that `user`, an admin of `site`, may sign data use agreements for it. Only the site's admins
     record it (the hospital decides who signs for it, not the consortium)."""
@@ -112,11 +113,11 @@ def signing_authority_grant(*, actor: AbstractBaseUser, site: Site, user: Abstra
     if can_sign_for(user, site):
         raise Conflict(f"{user.get_username()} already holds the signing authority of {site}.", site=site)
     assign_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
-    record(actor=actor, action="sites.signing_authority.granted", target=site, site=site,
+    record(actor=actor, action=SiteAction.SIGNING_AUTHORITY_GRANTED, target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
 
 
-@audited_service("sites.signing_authority.revoke")
+@audited_service(SiteAction.SIGNING_AUTHORITY_REVOKE)
 def signing_authority_revoke(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
     """`user` may no longer sign for `site`; signatures given before stay (they were valid when given)."""
     site = locked(Site.objects.filter(pk=site.pk)).get()
@@ -124,14 +125,14 @@ def signing_authority_revoke(*, actor: AbstractBaseUser, site: Site, user: Abstr
     if not can_sign_for(user, site):
         raise Conflict(f"{user.get_username()} does not hold the signing authority of {site}.", site=site)
     remove_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
-    record(actor=actor, action="sites.signing_authority.revoked", target=site, site=site,
+    record(actor=actor, action=SiteAction.SIGNING_AUTHORITY_REVOKED, target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
 
 
 def site_viewed(*, actor: AbstractBaseUser, site: Site, study_ids: Iterable[int], via: str = "page:site") -> None:
     """Record that someone read a site's page: its participations and round activity are study data, so
     "who saw what" gets one event per page view, naming the site and listing the studies shown."""
-    record(actor=actor, action="sites.site.viewed", target=site, site=site,
+    record(actor=actor, action=SiteAction.SITE_VIEWED, target=site, site=site,
            details={"via": via, "studies": sorted(set(study_ids))})
 
 
@@ -170,7 +171,7 @@ def _lifetime(days: int | None, site: Site) -> timedelta:
     return timedelta(days=days)
 
 
-@audited_service("sites.agent_token.create")
+@audited_service(SiteAction.AGENT_TOKEN_CREATE)
 def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str,
                        lifetime_days: int | None = None) -> tuple[AgentToken, str]:
     """Issue an agent credential for `site`, valid for `lifetime_days` (default AGENT_TOKEN_LIFETIME_DAYS).
@@ -186,7 +187,7 @@ def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str,
         raise ValidationFailed("Give the token a name that says where the agent runs, e.g. 'GPU box in radiology'.",
                                site=site)
     token, plaintext = _issue(actor, site, name, _lifetime(lifetime_days, site))
-    record(actor=actor, action="sites.agent_token.created", target=token, site=site,
+    record(actor=actor, action=SiteAction.AGENT_TOKEN_CREATED, target=token, site=site,
            details={"name": token.name, "prefix": token.prefix, "expires_at": token.expires_at.isoformat()})
     return token, plaintext
 
@@ -200,7 +201,7 @@ def _issue(actor: AbstractBaseUser, site: Site, name: str, lifetime: timedelta) 
     return token, tokens.assemble(prefix, secret)
 
 
-@audited_service("sites.agent_token.rotate")
+@audited_service(SiteAction.AGENT_TOKEN_ROTATE)
 def agent_token_rotate(*, actor: AbstractBaseUser, token: AgentToken,
                        lifetime_days: int | None = None) -> tuple[AgentToken, str]:
     """Replace a token without downtime: a new token for the same site and name, and the old one kept valid
@@ -216,13 +217,13 @@ def agent_token_rotate(*, actor: AbstractBaseUser, token: AgentToken,
     found.expires_at = min(found.expires_at,
                            timezone.now() + timedelta(hours=settings.AGENT_TOKEN_ROTATION_OVERLAP_HOURS))
     found.save(update_fields=["expires_at"])
-    record(actor=actor, action="sites.agent_token.rotated", target=found, site=found.site,
+    record(actor=actor, action=SiteAction.AGENT_TOKEN_ROTATED, target=found, site=found.site,
            details={"name": found.name, "prefix": found.prefix, "old_expires_at": found.expires_at.isoformat(),
                     "new_prefix": new.prefix, "new_expires_at": new.expires_at.isoformat()})
     return new, plaintext
 
 
-@audited_service("sites.agent_token.revoke")
+@audited_service(SiteAction.AGENT_TOKEN_REVOKE)
 def agent_token_revoke(*, actor: AbstractBaseUser, token: AgentToken, reason: str) -> AgentToken:
     """Revoke a token for good; the agent's next request is refused with the reason. Another site's
     token is a NotFound, as if it did not exist."""
@@ -238,7 +239,7 @@ def agent_token_revoke(*, actor: AbstractBaseUser, token: AgentToken, reason: st
     found.revoked_at, found.revoked_by, found.revoke_reason = timezone.now(), actor, reason.strip()
     found.full_clean()
     found.save()
-    record(actor=actor, action="sites.agent_token.revoked", target=found, site=found.site,
+    record(actor=actor, action=SiteAction.AGENT_TOKEN_REVOKED, target=found, site=found.site,
            details={"name": found.name, "prefix": found.prefix, "reason": found.revoke_reason})
     return found
 

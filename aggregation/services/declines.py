@@ -4,6 +4,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundStatus
 from aggregation.models import RoundDecline
 from aggregation.services._common import lock_round_for_site
@@ -13,7 +14,7 @@ from consortium.errors import Conflict, ValidationFailed
 MAX_REASON_CHARS = 1000
 
 
-@audited_service("aggregation.round.decline")
+@audited_service(AggregationAction.ROUND_DECLINE)
 def round_decline(*, actor: Any, round_id: int, reason: str) -> RoundDecline:
     """Record that `actor`'s site declines an open round, and why (in the agent's words, for the PI to read).
     Declining twice is refused; declining does not need the gate: saying no is always allowed."""
@@ -32,6 +33,6 @@ def round_decline(*, actor: Any, round_id: int, reason: str) -> RoundDecline:
                        study=round_.study_id, site=actor.site_id)
     decline = RoundDecline.objects.create(round=round_, site_id=actor.site_id, reason=reason,
                                           declined_by=actor.get_username(), declined_at=timezone.now())
-    record(actor=actor, action="aggregation.round.declined", target=round_, study=round_.study_id,
+    record(actor=actor, action=AggregationAction.ROUND_DECLINED, target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "reason": reason})
     return decline

@@ -5,13 +5,18 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, InvalidTransition, ValidationFailed
+from studies.audit_actions import StudyAction
 from studies.choices import EventKind, ReviewDecision
 from studies.events import announce_governance
 from studies.models import Participation, ProtocolReview
 from studies.services._common import lock_study, require_site_admin
 
+# What a review records, by its decision.
+REVIEW_RECORDED = {ReviewDecision.ACCEPTED: StudyAction.PROTOCOL_ACCEPTED,
+                   ReviewDecision.REJECTED: StudyAction.PROTOCOL_REJECTED}
 
-@audited_service("studies.protocol.review")
+
+@audited_service(StudyAction.PROTOCOL_REVIEW)
 def protocol_review(*, actor: AbstractBaseUser, participation: Participation, decision: str, protocol_sha256: str,
                     reason: str = "") -> ProtocolReview:
     """The site's admin accepts or rejects the protocol they read, named by its hash. If the protocol changed
@@ -37,7 +42,7 @@ def protocol_review(*, actor: AbstractBaseUser, participation: Participation, de
                             protocol_snapshot=study.protocol(), reviewed_by=actor, reviewed_at=timezone.now())
     review.full_clean()
     review.save()
-    record(actor=actor, action=f"studies.protocol.{decision}", target=review, study=study, site=site,
+    record(actor=actor, action=REVIEW_RECORDED[decision], target=review, study=study, site=site,
            details={"protocol_sha256": current, "reason": reason})
     announce_governance(study, EventKind.GOVERNANCE_CHANGED, {"what": "protocol_review", "change": decision,
                                                               "site_id": site.pk, "site": site.name})

@@ -54,7 +54,8 @@ def test_a_rejection_needs_a_reason_and_the_gate_quotes_it(p):
                              protocol_sha256=study.protocol_sha256(), reason="Learning rate too high for our data.")
     check, verdict = protocol_check(study, p.site_b)
     assert not verdict.allowed
-    assert check.reason.endswith("Learning rate too high for our data.") and "Rejected the current protocol" in check.reason
+    assert check.reason.endswith("Learning rate too high for our data.")
+    assert "Rejected the current protocol" in check.reason
 
 
 def test_a_review_of_a_protocol_that_changed_meanwhile_is_refused(p):

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('sites', '0004_signing_authority'),
-        ('studies', '0006_event_evaluation_received'),
+        ('studies', '0007_event_kinds_registered'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -115,7 +115,7 @@ class AgentTokenRotateApi(ConsortiumApi):
                    "overlap only (its site's admins); the response holds the new token, once",
                    request=InputSerializer, responses={201: AgentTokenCreatedSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        token = select_or_deny(request.user, "sites.agent_token.rotate", lambda: agent_token_get(request.user, pk))
+        token = select_or_deny(request.user, SiteAction.AGENT_TOKEN_ROTATE, lambda: agent_token_get(request.user, pk))
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         new, plaintext = agent_token_rotate(actor=request.user, token=token, **serializer.validated_data)

@@ -100,7 +100,7 @@ def site_agent_token_revoke(request: HttpRequest, pk: int, token_pk: int) -> Htt
 @domain_errors
 def site_agent_token_rotate(request: HttpRequest, pk: int, token_pk: int) -> HttpResponse:
     """A new token, shown once; the old one keeps working for the overlap so the agent can switch without downtime."""
-    token = select_or_deny(request.user, "sites.agent_token.rotate", lambda: _token_of_site(request, pk, token_pk),
+    token = select_or_deny(request.user, SiteAction.AGENT_TOKEN_ROTATE, lambda: _token_of_site(request, pk, token_pk),
                            site=pk)
     new, plaintext = agent_token_rotate(actor=request.user, token=token)
     token.refresh_from_db(fields=["expires_at"])

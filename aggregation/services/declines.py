@@ -6,9 +6,9 @@ from django.utils import timezone
 
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundStatus
+from aggregation.locks import lock_round_for_site
 from aggregation.models import RoundDecline
-from aggregation.services._common import lock_round_for_site
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
 from consortium.errors import Conflict, ValidationFailed
 
 MAX_REASON_CHARS = 1000

@@ -2,15 +2,8 @@
 PI on the study page; and the site's own side of the ledger (GET /api/agent/ledger/?study=), audited."""
 
 from aggregation.models import RoundDecline
-from consortium.models import AuditOutcome
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    agent_for,
-    fed_fixture,
-    model_store_fixture,
-    open_round,
-    submit,
-    third_site,
-)
+from consortium.audit.models import AuditOutcome
+from tests.aggregation.support import agent_for, open_round, submit, third_site
 from tests.aggregation.test_api_agent import agent_client
 from tests.api_support import assert_error
 from tests.support import events_after, last_seq

@@ -18,11 +18,12 @@ from rest_framework.response import Response
 from aggregation import selectors, services
 from aggregation.audit_actions import AggregationAction
 from aggregation.downloads import model_file_response
-from consortium.api_base import AuditedRead, ConsortiumApi, StrictSerializer, UnauditedRead, errors
+from consortium.api_base import AuditedRead, ConsortiumApi, IdField, StrictSerializer, UnauditedRead, errors
 from consortium.api_errors import summarise
 from consortium.audit.log import record_denial
-from consortium.errors import DomainError, PayloadTooLarge, ValidationFailed
+from consortium.errors import DomainError, NotFound, PayloadTooLarge, ValidationFailed
 from sites.authentication import AgentTokenAuthentication, IsAgent
+from studies.models import Participation
 
 AGENT = ["agent"]
 
@@ -229,3 +230,40 @@ class AgentEvaluationSubmitApi(AgentApi):
                                          base_version=data.validated_data["base_version"],
                                          metrics=data.validated_data["metrics"])
         return Response({"round_id": row.round_id, "status": "accepted"}, status=status.HTTP_201_CREATED)
+
+
+class AgentRoundDeclineApi(AgentApi):
+    class InputSerializer(StrictSerializer):
+        reason = serializers.CharField(help_text="Why the site's policy declines the round, in plain words.")
+
+        class Meta:
+            ref_name = "AgentDeclineInput"
+
+    @extend_schema(tags=AGENT, request=InputSerializer, responses={201: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
+                   summary="Decline a round under the site's own policy (recorded and shown to the PI)")
+    def post(self, request: Request, round_id: int) -> Response:
+        data = self.InputSerializer(data=request.data)
+        if not data.is_valid():
+            record_denial(actor=request.user, action=AggregationAction.ROUND_DECLINE, reason=summarise(data.errors),
+                          site=request.user.site_id, details={"code": "validation_failed"})
+            raise serializers.ValidationError(data.errors)
+        decline = services.round_decline(actor=request.user, round_id=round_id, reason=data.validated_data["reason"])
+        return Response({"round_id": decline.round_id, "status": "declined"}, status=status.HTTP_201_CREATED)
+
+
+class AgentLedgerQuerySerializer(serializers.Serializer):
+    study = IdField(help_text="The study whose rows to list (this site's own rows only).")
+
+
+class AgentLedgerApi(AgentApi):
+    reads = AuditedRead(AggregationAction.CONTRIBUTIONS_READ)
+    query_serializer = AgentLedgerQuerySerializer
+
+    @extend_schema(tags=AGENT, responses={200: OpenApiTypes.OBJECT, **errors(400, 404)},
+                   summary="This site's contributions to a study, as the coordinator records them (audited)")
+    def get(self, request: Request) -> Response:
+        study_id, site_id = self.query["study"], request.user.site_id
+        if not Participation.objects.filter(study_id=study_id, site_id=site_id).exists():
+            raise NotFound("This site takes no part in that study.")
+        self.audit_read(study=study_id, site=site_id)
+        return Response(selectors.site_contributions(study_id, site_id))

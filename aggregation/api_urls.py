@@ -10,4 +10,6 @@ urlpatterns = [
     path("rounds/<id:round_id>/statistics/", api.AgentStatisticsSubmitApi.as_view(), name="api-agent-statistics"),
     path("rounds/<id:round_id>/evaluation/", api.AgentEvaluationSubmitApi.as_view(), name="api-agent-evaluation"),
     path("flower/", include("aggregation.flower_urls")),
+    path("rounds/<id:round_id>/decline/", api.AgentRoundDeclineApi.as_view(), name="api-agent-decline"),
+    path("ledger/", api.AgentLedgerApi.as_view(), name="api-agent-ledger"),
 ]

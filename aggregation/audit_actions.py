@@ -5,6 +5,7 @@ named by its verb (`...submit`), what it recorded by its outcome (`...submitted`
 
 
 class AggregationAction:
+    CONTRIBUTIONS_READ = "aggregation.contributions.read"
     EVALUATION_ACCEPTED = "aggregation.evaluation.accepted"
     EVALUATION_SUBMIT = "aggregation.evaluation.submit"
     FLOWER_INITIAL_MODEL = "aggregation.flower.initial_model"
@@ -36,6 +37,8 @@ class AggregationAction:
     ROUND_CLOSED = "aggregation.round.closed"
     ROUND_BLOCKED = "aggregation.round.blocked"
     ROUND_FAILED = "aggregation.round.failed"
+    ROUND_DECLINE = "aggregation.round.decline"
+    ROUND_DECLINED = "aggregation.round.declined"
     STATISTICS_ACCEPTED = "aggregation.statistics.accepted"
     STATISTICS_EXCLUDED = "aggregation.statistics.excluded"
     STATISTICS_SUBMIT = "aggregation.statistics.submit"

@@ -159,7 +159,8 @@ def start_agents(server: str, tokens: dict[str, str], data: dict[str, Path], log
     only = [arg for study in studies for arg in ("--study", str(study))]
     return [
         spawn([sys.executable, "-m", "sites.agent", "--server", server, "--data", str(data[code]), "--poll",
-                str(poll), "--seed", str(seed + index), *only], logs / f"agent_{code}.log",
+                str(poll), "--seed", str(seed + index), "--record", str(logs / f"agent_{code}.record.jsonl"), *only],
+              logs / f"agent_{code}.log",
               CONSORTIUM_AGENT_TOKEN=token)
         for index, (code, token) in enumerate(sorted(tokens.items()))
     ]

@@ -116,6 +116,24 @@ class Evaluation(models.Model):
         return f"Evaluation by {self.site_id} for round {self.round_id}"
 
 
+class RoundDecline(models.Model):
+    """A site's agent declined a round under the site's own policy (sites/agent/policy.py): it did no work on it.
+    The coordinator records it and shows it to the PI; it changes nothing else (the round goes on without it)."""
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="declines")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField()
+    declined_by = models.CharField(max_length=200, help_text="The agent credential that said so.")
+    declined_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-declined_at"]
+        constraints = [models.UniqueConstraint(fields=["round", "site"], name="one_decline_per_site_per_round")]
+
+    def __str__(self) -> str:
+        return f"{self.site_id} declined round {self.round_id}"
+
+
 class SiteStatistics(models.Model):
     """One site's counts, sums and sums of squares per feature for a statistics round (never rows). Its count
     is also the most training rows the site may later declare for an update (`num_examples`)."""

@@ -10,7 +10,15 @@ from django.db.models.functions import Coalesce
 
 from aggregation import privacy
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
-from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization, Update
+from aggregation.models import (
+    Evaluation,
+    ModelVersion,
+    Round,
+    RoundDecline,
+    SiteStatistics,
+    Standardization,
+    Update,
+)
 from consortium.errors import NotFound
 from sites.models import Site
 from studies.choices import PARTICIPATION_CURRENT, DpiaStatus, GateAction, RiskLevel, Strategy
@@ -51,7 +59,10 @@ def _describe(round_: Round, submitted: bool, standardization: Standardization |
         "base_version": round_.base_version.number if round_.base_version else None,
         "deadline": round_.deadline.isoformat(),
         "submitted": submitted,
-        "protocol": {field: getattr(study, field) for field in AGENT_PROTOCOL_FIELDS},
+        # The whole protocol with its hash: the agent recomputes the hash before it trains, and its site's
+        # policy may accept only protocols it reviewed (sites/agent/policy.py).
+        "protocol": study.protocol(),
+        "protocol_sha256": study.protocol_sha256(),
         "standardization": {"features": standardization.features, "mean": standardization.mean,
                             "std": standardization.std} if standardization else None,
     }
@@ -150,6 +161,10 @@ def privacy_budget(study: Study, rounds_done: int) -> dict[str, float] | None:
             "epsilon_at_budget": privacy.epsilon_spent(study.dp_noise_multiplier, study.rounds, delta)}
 
 
+# The study page lists this many of the newest rounds that sites declined under their own policy.
+RECENT_DECLINES = 10
+
+
 @dataclass(frozen=True)
 class RoundsSummary:
     """What the study page says about rounds: the newest round, the newest model version, the budget."""
@@ -158,6 +173,7 @@ class RoundsSummary:
     latest_version: ModelVersion | None
     training_closed: int
     budget: int
+    declines: list[RoundDecline]
 
     @property
     def live(self) -> bool:
@@ -182,7 +198,9 @@ def rounds_summary(study: Study) -> RoundsSummary:
               .order_by().values("study").annotate(n=Count("pk")).values("n"))
     current = (Round.objects.filter(study=study).annotate(training_closed=Coalesce(Subquery(closed), 0))
                .order_by("-number").first())
-    return RoundsSummary(current, latest_version(study), current.training_closed if current else 0, study.rounds)
+    declines = list(RoundDecline.objects.filter(round__study=study).select_related("round", "site")[:RECENT_DECLINES])
+    return RoundsSummary(current, latest_version(study), current.training_closed if current else 0, study.rounds,
+                         declines)
 
 
 # --- the model version page -----------------------------------------------------------------------------
@@ -300,3 +318,13 @@ def _evaluation(sites: dict[str, dict[str, Any]]) -> list[SiteMetrics]:
     names = dict(Site.objects.filter(pk__in=[int(key) for key in sites]).values_list("pk", "name"))
     rows = [SiteMetrics(int(key), names.get(int(key), f"Site {key}"), metrics) for key, metrics in sites.items()]
     return sorted(rows, key=lambda row: row.site)
+
+
+def site_contributions(study_id: int, site_id: int) -> list[dict[str, Any]]:
+    """What the coordinator holds from one site in one study, round by round: the site's side of the ledger,
+    which its agent reconciles with its own record (`python -m sites.agent reconcile`)."""
+    updates = (Update.objects.filter(round__study_id=study_id, site_id=site_id)
+               .select_related("round", "base_version").order_by("round__number"))
+    return [{"round": u.round.number, "round_id": u.round_id, "status": u.status, "reason": u.exclusion_reason,
+             "update_sha256": u.sha256, "num_examples": u.num_examples, "base_version": u.base_version.number,
+             "base_sha256": u.base_version.sha256, "received_at": u.received_at.isoformat()} for u in updates]

@@ -35,6 +35,7 @@ urlpatterns = [
     path("agent-tokens/<id:pk>/revoke/", sites_api.AgentTokenRevokeApi.as_view(), name="api-agent-token-revoke"),
     path("sites/<id:pk>/flower-nodes/", flower_api.SiteFlowerNodeListCreateApi.as_view(), name="api-flower-node-list"),
     path("flower-nodes/<id:pk>/revoke/", flower_api.FlowerNodeRevokeApi.as_view(), name="api-flower-node-revoke"),
+    path("agent-tokens/<id:pk>/rotate/", sites_api.AgentTokenRotateApi.as_view(), name="api-agent-token-rotate"),
     path("studies/", studies_api.StudyListCreateApi.as_view(), name="api-study-list"),
     _study("", studies_api.StudyDetailApi, "api-study-detail"),
     _study("submit/", studies_api.StudySubmitApi, "api-study-submit"),

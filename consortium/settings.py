@@ -314,6 +314,10 @@ AXES_ENABLE_ADMIN = False  # the admin is read-only; unlock with `manage.py axes
 # Site agents: after AGENT_TOKEN_FAILURE_LIMIT malformed, unknown or revoked tokens from one address within
 # AGENT_TOKEN_LOCKOUT_MINUTES, that address gets 429 with Retry-After until the window ends.
 AGENT_TOKEN_FAILURE_LIMIT = env_int("AGENT_TOKEN_FAILURE_LIMIT", 10)
+# A new agent token lives this many days unless its admin picks another lifetime; rotating one keeps the old
+# token valid for AGENT_TOKEN_ROTATION_OVERLAP_HOURS, so the agent can switch without downtime.
+AGENT_TOKEN_LIFETIME_DAYS = env_int("AGENT_TOKEN_LIFETIME_DAYS", 365)
+AGENT_TOKEN_ROTATION_OVERLAP_HOURS = env_int("AGENT_TOKEN_ROTATION_OVERLAP_HOURS", 24)
 AGENT_TOKEN_LOCKOUT_MINUTES = env_int("AGENT_TOKEN_LOCKOUT_MINUTES", LOGIN_LOCKOUT_MINUTES)
 if AGENT_TOKEN_FAILURE_LIMIT < 1 or AGENT_TOKEN_LOCKOUT_MINUTES < 1:
     raise ImproperlyConfigured("AGENT_TOKEN_FAILURE_LIMIT and AGENT_TOKEN_LOCKOUT_MINUTES must be at least 1.")

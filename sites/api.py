@@ -10,7 +10,7 @@ from consortium.audit.services import select_or_deny
 from sites.audit_actions import SiteAction
 from sites.models import AgentToken, Site
 from sites.selectors import agent_token_get, site_agent_tokens, site_get, site_list
-from sites.services import agent_token_create, agent_token_revoke
+from sites.services import agent_token_create, agent_token_revoke, agent_token_rotate
 
 AGENT_TOKENS = ["agent tokens"]
 
@@ -38,12 +38,13 @@ class AgentTokenOutputSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", read_only=True)
     revoked_by = serializers.CharField(source="revoked_by.username", read_only=True, allow_null=True)
     is_revoked = serializers.BooleanField(read_only=True)
+    is_expired = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = AgentToken
         ref_name = "AgentTokenOutput"
-        fields = ("id", "site", "name", "prefix", "created_by", "created_at", "last_seen_at", "is_revoked",
-                  "revoked_at", "revoked_by", "revoke_reason")
+        fields = ("id", "site", "name", "prefix", "created_by", "created_at", "expires_at", "is_expired",
+                  "last_seen_at", "is_revoked", "revoked_at", "revoked_by", "revoke_reason")
         read_only_fields = fields
 
 
@@ -65,6 +66,8 @@ class SiteAgentTokenListCreateApi(ConsortiumApi):
         # Blank passes parsing on purpose: the service says a name is needed, and audits the refusal.
         name = serializers.CharField(max_length=100, allow_blank=True,
                                      help_text="Where the agent runs, e.g. 'GPU box in radiology'.")
+        lifetime_days = serializers.IntegerField(required=False, help_text="Days until the token expires "
+                                                 "(default AGENT_TOKEN_LIFETIME_DAYS, 365).")
 
         class Meta:
             ref_name = "AgentTokenCreateInput"
@@ -99,3 +102,24 @@ class AgentTokenRevokeApi(ConsortiumApi):
         serializer.is_valid(raise_exception=True)
         token = agent_token_revoke(actor=request.user, token=token, **serializer.validated_data)
         return Response(AgentTokenOutputSerializer(token).data)
+
+
+class AgentTokenRotateApi(ConsortiumApi):
+    class InputSerializer(StrictSerializer):
+        lifetime_days = serializers.IntegerField(required=False, help_text="Days until the new token expires.")
+
+        class Meta:
+            ref_name = "AgentTokenRotateInput"
+
+    @extend_schema(tags=AGENT_TOKENS, summary="Rotate an agent token: a new token now, the old one valid for the "
+                   "overlap only (its site's admins); the response holds the new token, once",
+                   request=InputSerializer, responses={201: AgentTokenCreatedSerializer, **errors(400, 404, 409)})
+    def post(self, request: Request, pk: int) -> Response:
+        token = select_or_deny(request.user, SiteAction.AGENT_TOKEN_ROTATE, lambda: agent_token_get(request.user, pk))
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        new, plaintext = agent_token_rotate(actor=request.user, token=token, **serializer.validated_data)
+        new.token = plaintext
+        response = Response(AgentTokenCreatedSerializer(new).data, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response

@@ -3,7 +3,8 @@
 Not a default authentication class: only the agent endpoints set
 `authentication_classes = [AgentTokenAuthentication]` and `permission_classes = [IsAgent]`.
 Every request re-reads the token, so a revocation is refused on the agent's very next request.
-Bad tokens are throttled per client address (AGENT_TOKEN_FAILURE_LIMIT per AGENT_TOKEN_LOCKOUT_MINUTES).
+Bad (malformed, unknown, revoked or expired) tokens are throttled per client address
+(AGENT_TOKEN_FAILURE_LIMIT per AGENT_TOKEN_LOCKOUT_MINUTES).
 """
 
 from datetime import UTC
@@ -32,7 +33,14 @@ def refusal(raw: str) -> str:
     token = agent_token_identify(raw)
     if token is None:
         return UNKNOWN
-    return revoked_message(token)
+    if token.is_revoked:
+        return revoked_message(token)
+    return expired_message(token)
+
+
+def expired_message(token: AgentToken) -> str:
+    return (f"This agent token expired on {token.expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC. Ask a site admin "
+            "to rotate it (the site page) and give the agent the new token.")
 
 
 def revoked_message(token: AgentToken) -> str:

@@ -11,6 +11,10 @@ class AgentTokenCreateForm(forms.Form):
         label="Name",
         help_text="Where the agent runs, e.g. 'GPU box in radiology'. Shown here and in the audit log.",
     )
+    lifetime_days = forms.IntegerField(
+        label="Valid for (days)", required=False, min_value=1,
+        help_text="Empty: a year. Rotate the token before it expires; its agent is refused from then on.",
+    )
 
 
 class AgentTokenRevokeForm(forms.Form):

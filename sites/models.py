@@ -31,7 +31,8 @@ class Site(models.Model):
 
     class Meta:
         ordering = ["name"]
-        permissions = [("administer_site", "Administer this site (sign agreements, grant participation)")]
+        permissions = [("administer_site", "Administer this site (grant participation, agent tokens)"),
+                       ("sign_agreements", "Hold signing authority: sign data use agreements for this site")]
 
     def __str__(self) -> str:
         return self.name
@@ -72,6 +73,8 @@ class AgentToken(models.Model):
     )
     revoke_reason = models.TextField(blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True, help_text="Last use, to the minute.")
+    expires_at = models.DateTimeField(help_text="From this moment the token is refused (a rotation brings it "
+                                                "forward, to the end of the overlap with the new token).")
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -93,6 +96,9 @@ class AgentToken(models.Model):
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
 
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at <= timezone.now()
 
 class FlowerNode(models.Model):
     """The public key of a site's Flower SuperNode (Flower's node authentication), registered by the site's

@@ -2,12 +2,13 @@
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
-from guardian.shortcuts import get_objects_for_user, get_user_perms
+from guardian.shortcuts import get_objects_for_user, get_user_perms, get_users_with_perms
 
 from consortium.roles import Role, has_role, is_person, sees_everything
 from sites.models import Site
 
 ADMINISTER_SITE = "administer_site"
+SIGN_AGREEMENTS = "sign_agreements"
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -17,6 +18,19 @@ def can_administer(user: User, site: Site) -> bool:
     if not is_person(user):
         return False
     return ADMINISTER_SITE in get_user_perms(user, site)
+
+
+def can_sign_for(user: User, site: Site) -> bool:
+    """The site recorded that this person may sign data use agreements on its behalf."""
+    if not is_person(user):
+        return False
+    return SIGN_AGREEMENTS in get_user_perms(user, site)
+
+
+def signatories(site: Site) -> list[AbstractBaseUser]:
+    """Who holds the site's signing authority, by username."""
+    holders = get_users_with_perms(site, only_with_perms_in=[SIGN_AGREEMENTS], with_superusers=False)
+    return sorted(holders, key=lambda user: user.get_username())
 
 
 def can_manage_sites(user: User) -> bool:

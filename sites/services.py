@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q
 from django.utils import timezone
@@ -16,7 +17,14 @@ from consortium.roles import Role
 from sites import tokens
 from sites.audit_actions import SiteAction
 from sites.models import AgentToken, Site
-from sites.permissions import ADMINISTER_SITE, can_administer, can_manage_sites, sites_for
+from sites.permissions import (
+    ADMINISTER_SITE,
+    SIGN_AGREEMENTS,
+    can_administer,
+    can_manage_sites,
+    can_sign_for,
+    sites_for,
+)
 from sites.selectors import agent_token_identify
 
 SITE_FIELDS = ("name", "code", "city", "country", "timezone")
@@ -87,6 +95,38 @@ def site_admin_remove(*, actor: AbstractBaseUser, site: Site, user: AbstractBase
     remove_perm(f"sites.{ADMINISTER_SITE}", user, site)
     record(actor=actor, action=SiteAction.ADMIN_REMOVED, target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
+    if can_sign_for(user, site):  # signing authority is held by admins only: it ends with the appointment
+        remove_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
+        record(actor=actor, action=SiteAction.SIGNING_AUTHORITY_REVOKED, target=site, site=site,
+               details={"user": user.get_username(), "user_id": user.pk, "why": "no longer an admin of the site"})
+
+
+@audited_service(SiteAction.SIGNING_AUTHORITY_GRANT)
+def signing_authority_grant(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
+    """Record that `user`, an admin of `site`, may sign data use agreements for it. Only the site's admins
+    record it (the hospital decides who signs for it, not the consortium)."""
+    site = locked(Site.objects.filter(pk=site.pk)).get()
+    _require_site_admin(actor, site, "record who signs for it")
+    if not can_administer(user, site):
+        raise ValidationFailed(f"{user.get_username()} is not an admin of {site}: only its admins may hold its "
+                               "signing authority (a consortium admin appoints them).", site=site)
+    if can_sign_for(user, site):
+        raise Conflict(f"{user.get_username()} already holds the signing authority of {site}.", site=site)
+    assign_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
+    record(actor=actor, action=SiteAction.SIGNING_AUTHORITY_GRANTED, target=site, site=site,
+           details={"user": user.get_username(), "user_id": user.pk})
+
+
+@audited_service(SiteAction.SIGNING_AUTHORITY_REVOKE)
+def signing_authority_revoke(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
+    """`user` may no longer sign for `site`; signatures given before stay (they were valid when given)."""
+    site = locked(Site.objects.filter(pk=site.pk)).get()
+    _require_site_admin(actor, site, "record who signs for it")
+    if not can_sign_for(user, site):
+        raise Conflict(f"{user.get_username()} does not hold the signing authority of {site}.", site=site)
+    remove_perm(f"sites.{SIGN_AGREEMENTS}", user, site)
+    record(actor=actor, action=SiteAction.SIGNING_AUTHORITY_REVOKED, target=site, site=site,
+           details={"user": user.get_username(), "user_id": user.pk})
 
 
 def site_viewed(*, actor: AbstractBaseUser, site: Site, study_ids: Iterable[int], via: str = "page:site") -> None:
@@ -121,10 +161,22 @@ def _unused_prefix() -> str:
     raise RuntimeError("Could not find an unused agent token prefix.")
 
 
+MAX_TOKEN_LIFETIME_DAYS = 3650
+
+
+def _lifetime(days: int | None, site: Site) -> timedelta:
+    days = settings.AGENT_TOKEN_LIFETIME_DAYS if days is None else days
+    if not 1 <= days <= MAX_TOKEN_LIFETIME_DAYS:
+        raise ValidationFailed(f"A token lives 1 to {MAX_TOKEN_LIFETIME_DAYS} days, not {days}.", site=site)
+    return timedelta(days=days)
+
+
 @audited_service(SiteAction.AGENT_TOKEN_CREATE)
-def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str) -> tuple[AgentToken, str]:
-    """Issue an agent credential for `site`. Returns the token and its plaintext, which exists only in
-    this return value: the database keeps the SHA-256 of the secret, and the audit event the prefix."""
+def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str,
+                       lifetime_days: int | None = None) -> tuple[AgentToken, str]:
+    """Issue an agent credential for `site`, valid for `lifetime_days` (default AGENT_TOKEN_LIFETIME_DAYS).
+    Returns the token and its plaintext, which exists only in this return value: the database keeps the
+    SHA-256 of the secret, and the audit event the prefix."""
     found = locked(Site.objects.filter(pk=site.pk)).first()
     if found is None:
         raise NotFound("No such site.")
@@ -134,13 +186,41 @@ def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str) -> tup
     if not name:
         raise ValidationFailed("Give the token a name that says where the agent runs, e.g. 'GPU box in radiology'.",
                                site=site)
+    token, plaintext = _issue(actor, site, name, _lifetime(lifetime_days, site))
+    record(actor=actor, action=SiteAction.AGENT_TOKEN_CREATED, target=token, site=site,
+           details={"name": token.name, "prefix": token.prefix, "expires_at": token.expires_at.isoformat()})
+    return token, plaintext
+
+
+def _issue(actor: AbstractBaseUser, site: Site, name: str, lifetime: timedelta) -> tuple[AgentToken, str]:
     prefix, secret = _unused_prefix(), tokens.new_secret()
-    token = AgentToken(site=site, name=name, prefix=prefix, key_hash=tokens.hash_secret(secret), created_by=actor)
+    token = AgentToken(site=site, name=name, prefix=prefix, key_hash=tokens.hash_secret(secret), created_by=actor,
+                       expires_at=timezone.now() + lifetime)
     token.full_clean()
     token.save()
-    record(actor=actor, action=SiteAction.AGENT_TOKEN_CREATED, target=token, site=site,
-           details={"name": token.name, "prefix": token.prefix})
     return token, tokens.assemble(prefix, secret)
+
+
+@audited_service(SiteAction.AGENT_TOKEN_ROTATE)
+def agent_token_rotate(*, actor: AbstractBaseUser, token: AgentToken,
+                       lifetime_days: int | None = None) -> tuple[AgentToken, str]:
+    """Replace a token without downtime: a new token for the same site and name, and the old one kept valid
+    only for AGENT_TOKEN_ROTATION_OVERLAP_HOURS more (or less, if it expires sooner), so the agent can be
+    switched to the new one before the old is refused. Returns the new token and its plaintext, once."""
+    found = locked(AgentToken.objects.select_related("site").filter(pk=token.pk), of=("self",)).first()
+    if found is None or not can_administer(actor, found.site):
+        raise NotFound("No such agent token.")
+    if found.is_revoked or found.is_expired:
+        raise InvalidTransition(f"The token {found} is no longer valid: create a new one instead of rotating it.",
+                                site=found.site, target=found)
+    new, plaintext = _issue(actor, found.site, found.name, _lifetime(lifetime_days, found.site))
+    found.expires_at = min(found.expires_at,
+                           timezone.now() + timedelta(hours=settings.AGENT_TOKEN_ROTATION_OVERLAP_HOURS))
+    found.save(update_fields=["expires_at"])
+    record(actor=actor, action=SiteAction.AGENT_TOKEN_ROTATED, target=found, site=found.site,
+           details={"name": found.name, "prefix": found.prefix, "old_expires_at": found.expires_at.isoformat(),
+                    "new_prefix": new.prefix, "new_expires_at": new.expires_at.isoformat()})
+    return new, plaintext
 
 
 @audited_service(SiteAction.AGENT_TOKEN_REVOKE)
@@ -165,13 +245,13 @@ def agent_token_revoke(*, actor: AbstractBaseUser, token: AgentToken, reason: st
 
 
 def agent_token_authenticate(raw: str) -> AgentToken | None:
-    """The live token a presented string belongs to, or None (malformed, unknown or revoked).
+    """The live token a presented string belongs to, or None (malformed, unknown, revoked or expired).
 
     Not audited: it is a read on every agent request. It does note when the token was last used,
     at most once per `LAST_SEEN_RESOLUTION`, so a polling agent does not cost a write per request.
     """
     token = agent_token_identify(raw)
-    if token is None or token.is_revoked:
+    if token is None or token.is_revoked or token.is_expired:
         return None
     now = timezone.now()
     if token.last_seen_at is None or now - token.last_seen_at >= LAST_SEEN_RESOLUTION:

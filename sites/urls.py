@@ -10,4 +10,5 @@ urlpatterns = [
     path("<id:pk>/flower-nodes/", flower_views.site_flower_node_register, name="site-flower-node-register"),
     path("<id:pk>/flower-nodes/<id:node_pk>/revoke/", flower_views.site_flower_node_revoke,
          name="site-flower-node-revoke"),
+    path("<id:pk>/agent-tokens/<id:token_pk>/rotate/", views.site_agent_token_rotate, name="site-agent-token-rotate"),
 ]

@@ -18,7 +18,7 @@ from sites.audit_actions import SiteAction
 from sites.forms import AgentTokenCreateForm, AgentTokenRevokeForm
 from sites.models import AgentToken
 from sites.selectors import agent_token_get, site_get, sites_administered
-from sites.services import agent_token_create, agent_token_revoke
+from sites.services import agent_token_create, agent_token_revoke, agent_token_rotate
 
 
 @login_required
@@ -37,7 +37,8 @@ def site_agent_token_create(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, form_errors_text(form))
         return redirect("site-detail", pk=site.pk)
-    token, plaintext = agent_token_create(actor=request.user, site=site, name=form.cleaned_data["name"])
+    token, plaintext = agent_token_create(actor=request.user, site=site, name=form.cleaned_data["name"],
+                                          lifetime_days=form.cleaned_data["lifetime_days"])
     server = request.build_absolute_uri("/").rstrip("/")
     return render(request, "sites/agent_token_created.html",
                   {"site": site, "token": token, "plaintext": plaintext, "server": server})
@@ -62,3 +63,18 @@ def site_agent_token_revoke(request: HttpRequest, pk: int, token_pk: int) -> Htt
     agent_token_revoke(actor=request.user, token=token, reason=form.cleaned_data.get("reason", ""))
     messages.success(request, f"Token “{token.name}” ({token.prefix}) revoked: its agent is refused from now on.")
     return redirect(reverse("site-detail", args=[pk]))
+
+
+@never_cache
+@login_required
+@require_POST
+@domain_errors
+def site_agent_token_rotate(request: HttpRequest, pk: int, token_pk: int) -> HttpResponse:
+    """A new token, shown once; the old one keeps working for the overlap so the agent can switch without downtime."""
+    token = select_or_deny(request.user, SiteAction.AGENT_TOKEN_ROTATE, lambda: _token_of_site(request, pk, token_pk),
+                           site=pk)
+    new, plaintext = agent_token_rotate(actor=request.user, token=token)
+    token.refresh_from_db(fields=["expires_at"])
+    server = request.build_absolute_uri("/").rstrip("/")
+    return render(request, "sites/agent_token_created.html",
+                  {"site": token.site, "token": new, "plaintext": plaintext, "server": server, "replaced": token})

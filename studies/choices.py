@@ -99,6 +99,13 @@ class ApprovalDecision(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
+class ReviewDecision(models.TextChoices):
+    """A site's verdict on the exact protocol it reviewed (bound to its hash)."""
+
+    ACCEPTED = "accepted", "Accepted"
+    REJECTED = "rejected", "Rejected"
+
+
 class ModelKind(models.TextChoices):
     LOGISTIC_REGRESSION = "logistic_regression", "Logistic regression"
     MLP = "mlp", "Multi-layer perceptron (one hidden layer)"
@@ -133,7 +140,7 @@ class GateAction(models.TextChoices):
 
 class GateCheck(models.TextChoices):
     """The gate's checks (`studies.governance`), each with the name the governance panels show. The first
-    three judge the study and quorum judges the count; the last three judge each site."""
+    three judge the study and quorum judges the count; the last four judge each site."""
 
     STUDY_ACTIVE = "study_active", "Study active"
     APPROVALS = "approvals", "Approvals (PI and DPO)"
@@ -142,6 +149,7 @@ class GateCheck(models.TextChoices):
     PARTICIPATION = "participation", "Participation"
     AGREEMENT_SIGNED = "agreement_signed", "Current DUA signed"
     ETHICS = "ethics", "Ethics approval"
+    PROTOCOL_ACCEPTED = "protocol_accepted", "Protocol accepted by the site"
 
 
 class EventKind(models.TextChoices):

@@ -19,7 +19,7 @@ from consortium.audit.log import SYSTEM
 from consortium.audit.services import user_roles_add
 from consortium.roles import Role
 from sites.models import Site
-from sites.services import site_admin_assign, site_create
+from sites.services import signing_authority_grant, site_admin_assign, site_create
 from studies import services
 from studies.models import Participation, Study
 
@@ -97,7 +97,10 @@ def seed(password: str) -> None:
     for demo in SITES:
         sites[demo.code] = site_create(actor=admin, name=demo.name, code=demo.code, city=demo.city,
                                        country=demo.country, timezone=demo.timezone)
-        site_admin_assign(actor=admin, site=sites[demo.code], user=users[f"admin_{demo.code}"])
+        site_admin = users[f"admin_{demo.code}"]
+        site_admin_assign(actor=admin, site=sites[demo.code], user=site_admin)
+        # Each demo hospital records its admin as the person who signs its agreements.
+        signing_authority_grant(actor=site_admin, site=sites[demo.code], user=site_admin)
     _active_study(users, sites)
     _pending_study(users, sites)
 
@@ -120,13 +123,16 @@ def _local(site: Site, days: int, at: time) -> datetime:
 
 def govern(users: dict[str, AbstractBaseUser], study: Study, site: Site, *, sign: bool = True,
             ethics_days: int | None = 730) -> Participation:
-    """The PI invites the site; its admin grants participation, signs the current DUA and records ethics."""
+    """The PI invites the site; its admin grants participation, signs the current DUA, accepts the protocol
+    (by its hash) and records ethics."""
     admin = users[f"admin_{site.code}"]
     participation = services.participation_invite(actor=users["pi"], study=study, site=site)
     services.participation_grant(actor=admin, participation=participation, reason="Approved by the site's board.")
     if sign:
         agreement = study.agreement_versions.order_by("-version").first()
         services.agreement_sign(actor=admin, agreement=agreement, participation=participation)
+        services.protocol_review(actor=admin, participation=participation, decision="accepted",
+                                 protocol_sha256=study.protocol_sha256())
     if ethics_days is not None:
         reference = next((s.ethics_reference for s in SITES if s.code == site.code), f"IRB-{site.code.upper()}-DEMO")
         services.ethics_record(actor=admin, participation=participation, reference=reference,
@@ -245,4 +251,5 @@ def ensure_sites(codes: Sequence[str]) -> dict[str, Site]:
             user.set_unusable_password()
             user.save(update_fields=["password"])
             site_admin_assign(actor=admin, site=sites[code], user=user)
+            signing_authority_grant(actor=user, site=sites[code], user=user)
     return sites

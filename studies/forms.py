@@ -6,7 +6,7 @@ from django import forms
 from django.utils import timezone
 
 from sites.models import Site
-from studies.choices import RiskLevel
+from studies.choices import ReviewDecision, RiskLevel
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, Study
 
 LOCAL_DATETIME = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
@@ -106,3 +106,11 @@ class EthicsForm(ActionForm):
             return
         with timezone.override(self.target.site.tzinfo):
             super().full_clean()
+
+
+class ProtocolReviewForm(forms.Form):
+    decision = forms.ChoiceField(choices=ReviewDecision.choices, widget=forms.RadioSelect, label="Your site's decision")
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                             label="Reason (required to reject; the PI reads it)")
+    # The hash the page showed: if the protocol changes meanwhile, the service refuses the review.
+    protocol_sha256 = forms.CharField(widget=forms.HiddenInput, max_length=64)

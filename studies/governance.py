@@ -25,10 +25,20 @@ from studies.choices import (
     GateAction,
     GateCheck,
     ParticipationStatus,
+    ReviewDecision,
     StudyStatus,
 )
 from studies.history import as_of, instance_as_of
-from studies.models import AgreementSignature, AgreementVersion, Approval, Dpia, EthicsApproval, Participation, Study
+from studies.models import (
+    AgreementSignature,
+    AgreementVersion,
+    Approval,
+    Dpia,
+    EthicsApproval,
+    Participation,
+    ProtocolReview,
+    Study,
+)
 
 
 @dataclass(frozen=True)
@@ -182,10 +192,11 @@ class _Facts:
     signed: set[int] = field(default_factory=set)
     ethics: dict[int, EthicsApproval] = field(default_factory=dict)
     approvals: dict[str, Approval] = field(default_factory=dict)
+    reviews: dict[int, ProtocolReview] = field(default_factory=dict)  # per site, its newest protocol review
 
 
 def _load(studies: list[Study], moment: datetime, at: datetime | None = None) -> dict[int, _Facts]:
-    """Six queries, whatever the number of studies and sites; as of a moment seven (the sites come apart),
+    """Seven queries, whatever the number of studies and sites; as of a moment eight (the sites come apart),
     plus one for the study as it stood (`evaluate`)."""
     facts = {study.pk: _Facts() for study in studies}
     ids = list(facts)
@@ -214,6 +225,10 @@ def _load(studies: list[Study], moment: datetime, at: datetime | None = None) ->
     live = as_of(Approval, at).filter(study__in=ids, decision=ApprovalDecision.APPROVED, voided_at__isnull=True)
     for approval in live:
         facts[approval.study_id].approvals[approval.role] = approval
+    # Reviews are append-only: as of a moment, the newest one given by then.
+    reviews = ProtocolReview.objects.filter(study__in=ids, **({"reviewed_at__lte": at} if at else {}))
+    for review in reviews.order_by("reviewed_at", "pk"):
+        facts[review.study_id].reviews[review.site_id] = review  # the newest wins
     return facts
 
 
@@ -244,8 +259,10 @@ def _keep_best_ethics(best: dict[int, EthicsApproval], approval: EthicsApproval,
 
 def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: int | None, *,
            historical: bool = False) -> GateResult:
+    current_protocol = study.protocol_sha256()
     verdicts = [
-        _site_verdict(p, facts.agreement, facts.signed, facts.ethics.get(p.site_id), moment)
+        _site_verdict(p, facts.agreement, facts.signed, facts.ethics.get(p.site_id), moment,
+                      _protocol_check(facts.reviews.get(p.site_id), current_protocol, p.site))
         for p in facts.participations
     ]
     # The quorum counts every eligible site, even when one site is asked about.
@@ -310,6 +327,7 @@ def _site_verdict(
     signed: set[int],
     ethics: EthicsApproval | None,
     moment: datetime,
+    protocol: Check,
 ) -> SiteVerdict:
     site = participation.site
     here = {"site_id": site.pk, "site_name": site.name}
@@ -321,8 +339,24 @@ def _site_verdict(
         Check(GateCheck.PARTICIPATION, granted, reason, **here),
         _agreement_check(agreement, site.pk in signed, moment, site, here),
         _ethics_check(ethics, moment, site, here),
+        protocol,
     ]
     return SiteVerdict(site.pk, site.name, tuple(checks))
+
+
+def _protocol_check(review: ProtocolReview | None, current: str, site: Site) -> Check:
+    """The site accepted the current protocol, by its hash: any amendment voids the acceptance."""
+    here = {"site_id": site.pk, "site_name": site.name}
+    short = f"{current[:12]}..."
+    if review is None:
+        return Check("protocol_accepted", False, f"Has not reviewed the protocol ({short}).", **here)
+    if review.protocol_sha256 != current:
+        what = "accepted" if review.decision == ReviewDecision.ACCEPTED else "rejected"
+        return Check("protocol_accepted", False, f"Has not reviewed the amended protocol ({short}); it {what} "
+                     f"an earlier version ({review.protocol_sha256[:12]}...).", **here)
+    if review.decision == ReviewDecision.REJECTED:
+        return Check("protocol_accepted", False, f"Rejected the current protocol ({short}): {review.reason}", **here)
+    return Check("protocol_accepted", True, f"Accepted the current protocol ({short}).", **here)
 
 
 def _local(value: datetime, site: Site) -> str:

@@ -61,7 +61,7 @@ class ApprovalChanged(TypedDict):
 
 
 class GovernanceChanged(TypedDict):
-    """A data use agreement published or signed, a DPIA step, an ethics approval recorded."""
+    """A data use agreement published or signed, a DPIA step, an ethics approval recorded, a protocol reviewed."""
 
     what: str
     change: str
@@ -85,7 +85,8 @@ PAYLOADS = {
     EventKind.GOVERNANCE_EXPIRED: GovernanceExpired,
 }
 
-CHANGED_WHAT = {"agreement": "Data use agreement", "dpia": "DPIA", "ethics": "Ethics approval"}
+CHANGED_WHAT = {"agreement": "Data use agreement", "dpia": "DPIA", "ethics": "Ethics approval",
+                "protocol_review": "Protocol"}
 
 
 def _because(d: Payload) -> str:

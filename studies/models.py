@@ -2,7 +2,6 @@
 every workflow lives in `studies.services`."""
 
 import hashlib
-import json
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +12,7 @@ from django.db.models import Q
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 from simple_history.models import HistoricalRecords
 
+from consortium.federated.protocol import protocol_hash
 from sites.models import Site
 from studies import event_registry
 from studies.choices import (
@@ -22,6 +22,7 @@ from studies.choices import (
     DpiaStatus,
     ModelKind,
     ParticipationStatus,
+    ReviewDecision,
     RevocationPolicy,
     RiskLevel,
     Strategy,
@@ -65,18 +66,6 @@ def governance_history() -> HistoricalRecords:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# Protocol fields added after studies were first approved, with the value every earlier protocol implicitly had.
-# Such a field enters the hash only once it differs from that value, so adding a field to the product does not
-# void every approval given before it existed; changing it on a study does, like any protocol edit.
-LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4, "secure_aggregation": False}
-
-
-def protocol_hash(protocol: dict[str, Any]) -> str:
-    hashed = {name: value for name, value in protocol.items()
-              if name not in LATER_PROTOCOL_FIELDS or value != LATER_PROTOCOL_FIELDS[name]}
-    return sha256_text(json.dumps(hashed, sort_keys=True, separators=(",", ":")))
 
 
 class Study(models.Model):
@@ -322,6 +311,32 @@ class Participation(models.Model):
     @property
     def is_current(self) -> bool:
         return self.status in PARTICIPATION_CURRENT
+
+
+class ProtocolReview(models.Model):
+    """A site admin's review of the exact protocol their site would train (OpenFL's plan review): accepted or
+    rejected with a reason, bound to the protocol hash. The newest review of a site counts; any amendment
+    changes the hash, so the site must review again before it may take part (the gate's `protocol_accepted`)."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="protocol_reviews")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="protocol_reviews")
+    decision = models.CharField(max_length=16, choices=ReviewDecision.choices)
+    reason = models.TextField(blank=True)
+    protocol_sha256 = models.CharField(max_length=64)
+    protocol_snapshot = models.JSONField(help_text="The protocol as reviewed: the next review shows what changed.")
+    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reviewed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-reviewed_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(decision=ReviewDecision.REJECTED) | ~Q(reason=""),
+                                   name="protocol_rejection_has_reason",
+                                   violation_error_message="A rejection says why."),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site_id} {self.decision} protocol {self.protocol_sha256[:12]} of study {self.study_id}"
 
 
 class Approval(models.Model):

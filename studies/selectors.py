@@ -10,7 +10,7 @@ from consortium.roles import sees_everything
 from sites.models import Site
 from sites.permissions import sites_for
 from studies.choices import STUDY_REVIEWABLE, ApprovalDecision, DpiaStatus, StudyStatus
-from studies.models import AgreementVersion, Approval, Dpia, EthicsApproval, Participation, Study
+from studies.models import AgreementVersion, Approval, Dpia, EthicsApproval, Participation, ProtocolReview, Study
 from studies.permissions import can_read_dpia, studies_for
 
 User = AbstractBaseUser | AnonymousUser
@@ -167,3 +167,26 @@ def agreement_version_get(study: Study, version: int) -> AgreementVersion:
     if agreement is None:
         raise NotFound(f"This study has no data use agreement v{version}.", study=study)
     return agreement
+
+
+def site_protocol_reviews(study: Study, site: Site) -> list[ProtocolReview]:
+    """The site's reviews of the study's protocol, newest first, with who reviewed."""
+    return list(ProtocolReview.objects.filter(study=study, site=site).select_related("reviewed_by"))
+
+
+def protocol_reviews_by_site(study: Study) -> dict[int, ProtocolReview]:
+    """Per site, its newest protocol review (for the PI's view of who accepted, who rejected and why)."""
+    newest: dict[int, ProtocolReview] = {}
+    reviews = ProtocolReview.objects.filter(study=study).select_related("reviewed_by").order_by("reviewed_at", "pk")
+    for review in reviews:
+        newest[review.site_id] = review
+    return newest
+
+
+def study_site_participation(study: Study, site_id: int) -> Participation:
+    """The site's current (else latest) participation in the study; a site never invited is a NotFound."""
+    found = (Participation.objects.filter(study=study, site_id=site_id).select_related("site")
+             .order_by("-invited_at").first())
+    if found is None:
+        raise NotFound("That site was never invited to this study.", study=study)
+    return found

@@ -12,6 +12,7 @@ urlpatterns = [
     path("<id:pk>/edit/", pages.study_edit, name="edit"),
     path("<id:pk>/agreement/", pages.agreement_publish, name="agreement"),
     path("<id:pk>/dpia/", pages.dpia_page, name="dpia"),
+    path("<id:pk>/sites/<id:site_pk>/protocol-review/", pages.protocol_review, name="protocol-review"),
     path("<id:pk>/actions/<slug:action>/", actions.study_action, name="action"),
     path(
         "<id:pk>/participations/<id:participation_pk>/<slug:action>/",

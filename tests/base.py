@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from consortium.roles import Role
 from sites.models import Site
-from sites.services import site_admin_assign
+from sites.services import signing_authority_grant, site_admin_assign
 from studies import services
 from studies.demo import approve_and_activate
 from studies.models import Participation, Study
@@ -53,6 +53,9 @@ def make_personas() -> Personas:
     site_b_admin = make_user("site_b_admin")
     site_admin_assign(actor=admin, site=site_a, user=site_a_admin)
     site_admin_assign(actor=admin, site=site_b, user=site_b_admin)
+    # Each site records its admin as the one who signs its agreements (the DUA signatures of most tests).
+    signing_authority_grant(actor=site_a_admin, site=site_a, user=site_a_admin)
+    signing_authority_grant(actor=site_b_admin, site=site_b, user=site_b_admin)
     return Personas(
         pi=make_user("pi", Role.PI),
         dpo=make_user("dpo", Role.DPO),
@@ -75,7 +78,8 @@ def draft_study(p: Personas, *, title: str = "Sepsis risk", quorum: int = 2, **p
 
 
 def govern_site(p: Personas, study: Study, site: Site, *, days: int = 365) -> Participation:
-    """Invite, grant, sign the current DUA and record ethics for one site, as its admin would."""
+    """Invite, grant, sign the current DUA, record ethics and accept the protocol for one site, as its admin
+    would."""
     admin = p.site_admin_of(site)
     participation = services.participation_invite(actor=p.pi, study=study, site=site)
     services.participation_grant(actor=admin, participation=participation)
@@ -84,7 +88,15 @@ def govern_site(p: Personas, study: Study, site: Site, *, days: int = 365) -> Pa
     now = timezone.now()
     services.ethics_record(actor=admin, participation=participation, reference=f"IRB-{site.code}-1",
                            valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=days))
+    accept_protocol(admin, participation)
     return participation
+
+
+def accept_protocol(admin, participation: Participation) -> None:
+    """The site's admin accepts the study's current protocol (by its hash), as on the review page."""
+    study = Study.objects.get(pk=participation.study_id)
+    services.protocol_review(actor=admin, participation=participation, decision="accepted",
+                             protocol_sha256=study.protocol_sha256())
 
 
 def approve_dpia(p: Personas, study: Study, *, days: int = 365) -> None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import ipaddress
 import json
 import random
+import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
@@ -80,22 +83,68 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class AgentClient:
-    """One coordinator, one token. `sleep` and `rng` are injectable so tests need not wait."""
+@dataclass(frozen=True)
+class Transport:
+    """How the agent reaches the coordinator. Plain http carries the bearer token and the weights unencrypted,
+    so it is refused except to this machine (loopback) unless the site says otherwise. `ca_bundle` trusts a
+    private CA; `client_cert` (+ `client_key`) proves the agent's identity to a server that asks (mutual TLS)."""
 
-    def __init__(self, server: str, token: str, *, timeout: float = 30.0, max_attempts: int = 5,
-                 backoff_base: float = 0.5, backoff_cap: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    allow_insecure_http: bool = False
+
+    def check(self, server: str) -> None:
         if not server.startswith(("http://", "https://")):
-            raise AgentError(f"The server address {server!r} must start with http:// or https://.")
+            raise AgentError(f"The server address {server!r} must start with https:// (or http:// to this machine).")
+        host = urllib.parse.urlsplit(server).hostname or ""
+        if server.startswith("http://") and not (self.allow_insecure_http or is_loopback(host)):
+            raise AgentError(f"Refusing plain http to {host}: the agent token and the model weights would travel "
+                             "unencrypted. Use https://, or pass --allow-insecure-http if this network is trusted.")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        try:
+            context = ssl.create_default_context(cafile=self.ca_bundle)
+            if self.client_cert:
+                context.load_cert_chain(self.client_cert, self.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise AgentError(f"Cannot set up TLS: {exc}. Check --ca-bundle, --client-cert and --client-key.") from exc
+        return context
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AgentClient:
+    """One coordinator, one token. `sleep` and `rng` are injectable so tests need not wait.
+
+    `token` may be a callable that reads it (e.g. from a file): when the coordinator refuses the token, the
+    client reads it again and, if the site has put a new one there (a rotation), retries once with it."""
+
+    def __init__(self, server: str, token: str | Callable[[], str], *, timeout: float = 30.0, max_attempts: int = 5,
+                 backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+                 transport: Transport | None = None):
+        transport = transport or Transport()
+        transport.check(server)
         self.server = server.rstrip("/")
-        self.token = token
+        self._token_source = token if callable(token) else None
+        self.token = token() if callable(token) else token
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.sleep = sleep
         self.rng = rng or random.Random()
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        handlers: list[Any] = [_NoRedirect]
+        if self.server.startswith("https://"):
+            handlers.append(urllib.request.HTTPSHandler(context=transport.ssl_context()))
+        self._opener = urllib.request.build_opener(*handlers)
 
     # --- the protocol -------------------------------------------------------------------------------------------
 
@@ -169,6 +218,16 @@ class AgentClient:
                 return {"round_id": round_id, "status": "already_submitted", "detail": exc.detail}
             raise
 
+    def decline_round(self, round_id: int, reason: str) -> dict[str, Any]:
+        """Tell the coordinator this site declines the round under its own policy (recorded, shown to the PI)."""
+        body = json.dumps({"reason": reason}).encode("utf-8")
+        return self.request("POST", f"/api/agent/rounds/{round_id}/decline/", body=body,
+                            headers={"Content-Type": "application/json"}).json() or {}
+
+    def ledger(self, study_id: int) -> list[dict[str, Any]]:
+        """This site's rows of the study's contribution ledger, as the coordinator records them."""
+        return self.request("GET", f"/api/agent/ledger/?study={study_id}").json() or []
+
     # --- transport ----------------------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, body: bytes | None = None,
@@ -181,16 +240,34 @@ class AgentClient:
             try:
                 response = self._send(method, path, body, headers or {})
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-                last_problem = f"network error: {getattr(exc, 'reason', exc)}"
+                reason = getattr(exc, "reason", exc)
+                if isinstance(reason, ssl.SSLError):
+                    # A certificate problem does not go away by retrying: say so now, in words the site can act on.
+                    raise AgentError(f"TLS with {self.server} failed: {reason}. Check the server's certificate "
+                                     "(--ca-bundle) and, if the server asks for one, the agent's (--client-cert, "
+                                     "--client-key).") from exc
+                last_problem = f"network error: {reason}"
                 continue
             if response.status in RETRYABLE_STATUSES:
                 last_problem = f"HTTP {response.status}"
                 continue
+            if response.status == 401 and self._reread_token():
+                return self.request(method, path, body=body, headers=headers)
             if response.status >= 300:
                 raise _api_error(response, method, path)
             return response
         raise CoordinatorUnreachable(f"The coordinator at {self.server} did not answer {method} {path} after "
                                      f"{self.max_attempts} attempts (last: {last_problem}).")
+
+    def _reread_token(self) -> bool:
+        """After a 401: has the site put a new token where this one came from? Then use it from now on."""
+        if self._token_source is None:
+            return False
+        fresh = self._token_source().strip()
+        if not fresh or fresh == self.token:
+            return False
+        self.token = fresh
+        return True
 
     def _delay(self, attempt: int) -> float:
         """Exponential backoff, capped, with 'equal jitter': between half and all of the nominal delay."""

@@ -8,6 +8,7 @@ never sent.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from .client import (
     new_idempotency_key,
 )
 from .data import DEFAULT_LABEL, DataError, Dataset, Table, local_statistics, split, standardize
+from .policy import Policy
+from .record import LocalRecord, RecordError, default_record_path
 from .training import LocalUpdate, Protocol, check_features, evaluate, local_update
 from .witness import Witness
 
@@ -42,6 +45,7 @@ class PendingUpdate:
 
     body: bytes
     headers: dict[str, Any]
+    base_sha256: str
     idempotency_key: str = field(default_factory=new_idempotency_key)
 
 
@@ -58,9 +62,14 @@ class Agent:
 
     def __init__(self, client: AgentClient, table: Table, *, label: str | None = None, val_fraction: float = 0.2,
                  seed: int = 0, say: Callable[[str], None] = print, studies: Sequence[int] = (),
-                 witness: Witness | None = None):
+                 witness: Witness | None = None, policy: Policy | None = None, record: LocalRecord | None = None,
+                 keep_record: bool = False, record_path: str | None = None):
         self.client, self.table, self.label = client, table, label
         self.witness = witness  # checks the coordinator's audit checkpoints at each poll
+        # With `keep_record`, the record is opened at `record_path`, or by default once the coordinator has named
+        # the site (`introduce`).
+        self.policy, self.record = policy, record
+        self.keep_record, self.record_path = keep_record, record_path
         self.studies = set(studies)  # empty: every study the site takes part in
         self.val_fraction, self.seed, self.say = val_fraction, seed, say
         self.finished: set[int] = set()  # rounds submitted, or refused for good, by this process
@@ -71,6 +80,9 @@ class Agent:
         """GET /me/: proves the token works and names the site."""
         me = _fatal_on_refusal(self.client.me)
         site = me.get("site", {})
+        if self.record is None and self.keep_record:
+            self.record = LocalRecord(self.record_path or default_record_path(str(site.get("code"))))
+            self.record.entries()  # a broken chain stops the agent now: its record is the site's evidence
         self.say(f"Connected to {self.client.server} as site {site.get('code')!r} ({site.get('name')}); data: "
                  f"{self.table.values.shape[0]} rows and {len(self.table.columns)} columns in {self.table.source}.")
         return me
@@ -97,7 +109,7 @@ class Agent:
                 if once:
                     return 1 if result.failed else 0
                 sleep(poll)
-        except (FatalAgentError, CoordinatorUnreachable) as exc:
+        except (FatalAgentError, CoordinatorUnreachable, RecordError) as exc:
             self.say(f"Stopping: {exc}")
             return 1
 
@@ -123,6 +135,12 @@ class Agent:
         """Do one round. Refusals and data problems are reported and the round is left alone from then on."""
         title = f"round {round_['number']} of study {round_.get('study_title', round_['study_id'])!r}"
         try:
+            refusal = self._policy_refusal(round_)
+            if refusal:
+                self.finished.add(round_["round_id"])
+                self.decline(round_, refusal)
+                self.say(f"{title}: declined by this site's policy: {refusal}. The coordinator was told.")
+                return True
             if round_["kind"] == "statistics":
                 message = self.statistics_round(round_)
             elif round_["kind"] == "evaluation":
@@ -148,6 +166,18 @@ class Agent:
         self.finished.add(round_["round_id"])
         self.say(f"{title}: {message}")
         return True
+
+    def _policy_refusal(self, round_: Mapping[str, Any]) -> str | None:
+        if self.policy is None:
+            return None
+        return self.policy.refusal(round_, self.record.rounds_in_last_day if self.record else lambda: 0)
+
+    def decline(self, round_: Mapping[str, Any], reason: str) -> None:
+        """Tell the coordinator this site will not take part in the round, and why; keep it in the local record."""
+        self.client.decline_round(round_["round_id"], reason)
+        if self.record:
+            self.record.append("declined", round_id=round_["round_id"], study_id=round_["study_id"],
+                               round=round_["number"], protocol_sha256=round_.get("protocol_sha256"), reason=reason)
 
     def _dataset(self, protocol: Protocol) -> Dataset:
         dataset = self.table.dataset(self.label or protocol.label_column or DEFAULT_LABEL)
@@ -177,6 +207,12 @@ class Agent:
         answer = self.client.submit_update(round_id, pending.body, idempotency_key=pending.idempotency_key,
                                            **pending.headers)
         del self.pending[round_id]
+        if self.record:
+            self.record.append("update", round_id=round_id, study_id=round_["study_id"], round=round_["number"],
+                               protocol_sha256=round_.get("protocol_sha256"),
+                               base_version=pending.headers["base_version"], base_sha256=pending.base_sha256,
+                               update_sha256=hashlib.sha256(pending.body).hexdigest(),
+                               num_examples=pending.headers["num_examples"])
         status = answer.get("status", "accepted")
         outcome = "already submitted earlier" if status == "already_submitted" else f"submitted ({status})"
         return f"{summary}, {outcome}"
@@ -212,7 +248,8 @@ class Agent:
         update = local_update(protocol, global_state, train_set, val_set, seed=self.seed + int(round_["number"]))
         headers = {"round_number": int(round_["number"]), "base_version": model.version,
                    "num_examples": update.num_examples, "metrics": _json_safe(update.metrics)}
-        return PendingUpdate(body=codec.encode(update.state), headers=headers), _describe(protocol, model, update)
+        return (PendingUpdate(body=codec.encode(update.state), headers=headers, base_sha256=model.sha256),
+                _describe(protocol, model, update))
 
     def _prepared(self, protocol: Protocol, standardization: Mapping[str, Any] | None) -> tuple[Dataset, Dataset]:
         train_set, val_set = split(self._dataset(protocol), self.val_fraction, self.seed)

@@ -13,6 +13,7 @@ from studies.services.participation import (
     participation_suspend,
     participation_withdraw,
 )
+from studies.services.protocol_review import protocol_review
 from studies.services.study import (
     study_activate,
     study_close,
@@ -38,6 +39,7 @@ __all__ = [
     "participation_revoke",
     "participation_suspend",
     "participation_withdraw",
+    "protocol_review",
     "study_activate",
     "study_approve",
     "study_close",

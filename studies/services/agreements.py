@@ -4,7 +4,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from consortium.audit.log import audited_service, record
-from consortium.errors import Conflict, InvalidTransition, ValidationFailed
+from consortium.errors import Conflict, Forbidden, InvalidTransition, ValidationFailed
+from sites.permissions import can_sign_for
 from studies.audit_actions import StudyAction
 from studies.choices import STUDY_EDITABLE, EventKind
 from studies.events import announce_governance
@@ -53,10 +54,15 @@ def agreement_publish(*, actor: AbstractBaseUser, study: Study, text: str) -> Ag
 @audited_service(StudyAction.AGREEMENT_SIGN)
 def agreement_sign(*, actor: AbstractBaseUser, agreement: AgreementVersion, participation: Participation
                    ) -> AgreementSignature:
-    """A site admin signs the study's current agreement version on behalf of their site."""
+    """A site admin who holds the site's signing authority signs the study's current agreement version on
+    behalf of their site; anyone else is refused, with that reason."""
     study = lock_study(actor, participation.study_id)
     site = participation.site
     require_site_admin(actor, site, study, "sign for it")
+    if not can_sign_for(actor, site):
+        raise Forbidden(f"{actor.get_username()} does not hold the signing authority of {site}, so cannot sign "
+                        "its data use agreements. An admin of the site records who holds it, on the site page.",
+                        study=study, site=site)
     participation = Participation.objects.get(pk=participation.pk)
     if not participation.is_current:
         raise InvalidTransition(f"{site} is no longer taking part in this study ({participation.status}).",

@@ -15,7 +15,7 @@ from sites.selectors import administered_site_ids, site_directory
 from studies import selectors
 from studies.choices import PARTICIPATION_TRANSITIONS, ParticipationStatus
 from studies.governance import GateResult, SiteVerdict, evaluate
-from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, Study
+from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, ProtocolReview, Study
 from studies.permissions import allowed_actions, can_read_dpia
 
 # What a site admin may do to a participation, by the status it would move to (transitions are data).
@@ -113,13 +113,31 @@ def participation_actions(
 class ParticipationRow:
     participation: Participation
     actions: list[str]
+    review: ProtocolReview | None = None  # the site's newest protocol review
+    current_protocol: str = ""
+
+    @property
+    def review_state(self) -> str:
+        """accepted / rejected (of the current protocol), outdated (of an earlier one) or none."""
+        if self.review is None:
+            return "none"
+        if self.review.protocol_sha256 != self.current_protocol:
+            return "outdated"
+        return self.review.decision
+
+    @property
+    def may_review(self) -> bool:
+        return "review_protocol" in self.actions
 
 
 def participation_rows(
-    user: AbstractBaseUser, participations: list[Participation], *, actions: set[str], current: AgreementVersion | None
+    user: AbstractBaseUser, participations: list[Participation], *, actions: set[str], current: AgreementVersion | None,
+    study: Study | None = None,
 ) -> list[ParticipationRow]:
     administered = administered_site_ids(user)
     signed = {s.site_id for s in current.signatures.all()} if current else set()
+    reviews = selectors.protocol_reviews_by_site(study) if study is not None else {}
+    current_protocol = study.protocol_sha256() if study is not None else ""
     return [
         ParticipationRow(
             p,
@@ -128,7 +146,9 @@ def participation_rows(
                 administers=p.site_id in administered,
                 may_withdraw="withdraw_site" in actions,
                 signed_current=p.site_id in signed,
-            ),
+            ) + (["review_protocol"] if p.site_id in administered and p.is_current and study is not None else []),
+            reviews.get(p.site_id),
+            current_protocol,
         )
         for p in participations
     ]
@@ -150,7 +170,8 @@ def study_context(user: AbstractBaseUser, study: Study, *, at: datetime | None =
         "dpia": getattr(study, "dpia", None),
         "may_read_dpia": can_read_dpia(user, study),
         "ethics": selectors.study_ethics(study),
-        "participation_rows": participation_rows(user, participations, actions=actions, current=current),
+        "participation_rows": participation_rows(user, participations, actions=actions, current=current,
+                                                 study=study),
         "approvals": selectors.study_approvals(study),
         "invitable_sites": _invitable_sites(participations) if "invite_site" in actions else [],
         **gate_context(study, participations, at=at),

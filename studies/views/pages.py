@@ -13,9 +13,10 @@ from django.utils import timezone
 from consortium.audit.services import select_or_deny
 from consortium.roles import Role, has_role
 from consortium.web import call_or_form_error, domain_errors, forbidden
+from sites.selectors import administered_site_ids
 from studies import selectors, services
 from studies.audit_actions import StudyAction
-from studies.forms import AgreementForm, DpiaForm, ProtocolForm, StudyCreateForm
+from studies.forms import AgreementForm, DpiaForm, ProtocolForm, ProtocolReviewForm, StudyCreateForm
 from studies.models import PROTOCOL_FIELDS, Study
 from studies.permissions import allowed_actions, dpia_actions
 from studies.views._context import diff_rows, gate_context, parse_moment, protocol_rows, study_context
@@ -177,3 +178,33 @@ def dpia_page(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("studies:dpia", pk=study.pk)
     services.study_viewed(actor=request.user, study=study, via="page:dpia")
     return render(request, "studies/dpia.html", {"study": study, "dpia": dpia, "form": form, "actions": actions})
+
+
+@login_required
+@domain_errors
+def protocol_review(request: HttpRequest, pk: int, site_pk: int) -> HttpResponse:
+    """A site's admin reviews the exact protocol (its hash, and what changed since the site last accepted one)
+    and accepts or rejects it with a reason. Everyone who may see the study may read the site's reviews."""
+    study = visible_study(request, pk, _attempt(request, StudyAction.PROTOCOL_REVIEW))
+    participation = selectors.study_site_participation(study, site_pk)
+    if request.method == "POST":
+        form = ProtocolReviewForm(request.POST)
+        if form.is_valid():
+            review = call_or_form_error(form, services.protocol_review, actor=request.user,
+                                        participation=participation, **form.cleaned_data)
+            if review is not None:
+                messages.success(request, f"{participation.site.name} {review.decision} the protocol "
+                                          f"{review.protocol_sha256[:12]}....")
+                return redirect("studies:detail", pk=study.pk)
+    else:
+        form = ProtocolReviewForm(initial={"protocol_sha256": study.protocol_sha256()})
+    services.study_viewed(actor=request.user, study=study, via="page:protocol-review")
+    reviews = selectors.site_protocol_reviews(study, participation.site)
+    accepted = next((r for r in reviews if r.decision == "accepted"), None)
+    changes = selectors.protocol_diff(accepted.protocol_snapshot, study.protocol()) if accepted else {}
+    return render(request, "studies/protocol_review.html", {
+        "study": study, "site": participation.site, "form": form, "reviews": reviews,
+        "last_accepted": accepted, "changes": diff_rows(changes),
+        "protocol": protocol_rows(study.protocol()), "protocol_sha256": study.protocol_sha256(),
+        "may_review": participation.site_id in administered_site_ids(request.user) and participation.is_current,
+    })

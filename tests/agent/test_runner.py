@@ -3,6 +3,7 @@ never sends, and how it stops on a refused token."""
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from consortium.federated.metrics import SCORE_BINS
 from sites.agent.client import AgentClient
 from sites.agent.data import load_table, local_statistics, split
 from sites.agent.demo_data import DEMO_PROTOCOL, write_partitions
+from sites.agent.record import LocalRecord
 from sites.agent.runner import Agent
 from sites.agent.training import Protocol
 from tests.agent.scripted_server import Reply
@@ -169,22 +171,26 @@ def test_it_refuses_to_train_when_the_study_features_differ_from_the_file(server
     assert not server.requests_to("POST", "/api/agent/rounds/17/update/")
 
 
-def test_the_command_stops_with_a_plain_message_when_the_token_is_revoked(server, csv_path):
+def test_the_command_stops_with_a_plain_message_when_the_token_is_revoked(server, csv_path, tmp_path):
     server.on("GET", "/api/agent/me/", Reply(401, {"error": "authentication_failed", "detail": "Token revoked."}))
     done = subprocess.run([sys.executable, "-m", "sites.agent", "--server", server.url, "--token", "cst_old",
-                           "--data", str(csv_path), "--once"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--data", str(csv_path), "--once", "--record", str(tmp_path / "r.jsonl")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "Stopping: The coordinator refused the agent token (HTTP 401): Token revoked." in done.stdout
 
 
-def test_the_command_trains_and_submits_once(server, csv_path):
+def test_the_command_trains_submits_once_and_keeps_the_sites_record(server, csv_path, tmp_path):
     script_training(server, csv_path)
     done = subprocess.run([sys.executable, "-m", "sites.agent", "--server", server.url, "--token", "cst_secret",
-                           "--data", str(csv_path), "--once", "--seed", "1"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                           "--data", str(csv_path), "--once", "--seed", "1"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "round 3 of study 'Breast cancer': downloaded model v2 (sha ok)" in done.stdout
-    assert len(server.requests_to("POST", "/api/agent/rounds/17/update/")) == 1
+    [sent] = server.requests_to("POST", "/api/agent/rounds/17/update/")
+    # By default the record is kept per site, where the agent runs.
+    [entry] = LocalRecord(tmp_path / "consortium-agent-record-amc.jsonl").entries()
+    assert entry["update_sha256"] == hashlib.sha256(sent.body).hexdigest()
 
 
 def test_the_agent_imports_no_django():

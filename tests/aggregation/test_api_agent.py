@@ -11,6 +11,7 @@ from aggregation.choices import RoundStatus
 from aggregation.models import Round, Update
 from consortium.audit.models import AuditOutcome
 from consortium.federated import codec
+from consortium.federated.protocol import protocol_hash
 from sites.services import agent_token_revoke
 from tests.aggregation.support import (
     GOOD_EVALUATION,
@@ -73,11 +74,13 @@ def test_it_lists_the_open_round_with_its_protocol_and_whether_the_site_submitte
     assert listed == {
         "round_id": round_.pk, "study_id": fed.study.pk, "study_title": "Sepsis risk", "number": 1,
         "kind": "training", "base_version": 0, "deadline": round_.deadline.isoformat(), "submitted": False,
-        "protocol": {"model_kind": "logistic_regression", "hidden_units": 16, "num_features": 4,
-                     "label_column": "target", "local_epochs": 1, "batch_size": 32, "learning_rate": 0.05,
-                     "proximal_mu": 0.0, "secure_aggregation": False},
+        "protocol": fed.study.protocol(), "protocol_sha256": fed.study.protocol_sha256(),
         "standardization": None,
     }
+    # The agent can check the hash itself, from the protocol it is sent, without trusting the coordinator.
+    assert protocol_hash(listed["protocol"]) == listed["protocol_sha256"]
+    assert {"model_kind": "logistic_regression", "num_features": 4, "label_column": "target"}.items() <= \
+        listed["protocol"].items()
     assert upload(api, round_, update_bytes(round_), **headers(round_)).status_code == 201
     assert [r["submitted"] for r in api.get("/api/agent/rounds/").json()] == [True]
     assert [r["submitted"] for r in agent_client(fed.plaintext_b).get("/api/agent/rounds/").json()] == [False]

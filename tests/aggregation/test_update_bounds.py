@@ -13,7 +13,8 @@ from aggregation.services import round_aggregate, round_open_next
 from consortium.audit.models import AuditEvent
 from consortium.errors import ValidationFailed
 from consortium.federated import codec
-from studies.models import StudyEvent, protocol_hash
+from consortium.federated.protocol import protocol_hash
+from studies.models import StudyEvent
 from tests.aggregation.support import (
     agent_for,
     base_tensors,

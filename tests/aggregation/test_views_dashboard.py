@@ -15,7 +15,7 @@ from aggregation.models import Round
 from aggregation.services import round_aggregate
 from consortium.audit.models import AuditEvent
 from sites.models import Site
-from sites.services import site_admin_assign
+from sites.services import signing_authority_grant, site_admin_assign
 from studies.models import Study, StudyEvent
 from tests.aggregation.support import (
     GOOD_METRICS,
@@ -49,6 +49,7 @@ def uninvolved_site_admin(p: Personas):
     site = Site.objects.create(name="Rigshospitalet", code="rh", city="Copenhagen", country="DK")
     admin = make_user("site_c_admin")
     site_admin_assign(actor=p.admin, site=site, user=admin)
+    signing_authority_grant(actor=admin, site=site, user=admin)
     return admin
 
 

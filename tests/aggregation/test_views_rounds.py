@@ -11,7 +11,7 @@ from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate, statistics_submit
 from consortium.audit.models import AuditEvent
 from sites.models import Site
-from sites.services import site_admin_assign
+from sites.services import signing_authority_grant, site_admin_assign
 from studies import services as study_services
 from tests.aggregation.support import (
     GOOD_METRICS,
@@ -39,6 +39,7 @@ def uninvolved_site_admin(p: Personas):
     site = Site.objects.create(name="Karolinska", code="ki", city="Stockholm", country="SE")
     admin = make_user("site_c_admin")
     site_admin_assign(actor=p.admin, site=site, user=admin)
+    signing_authority_grant(actor=admin, site=site, user=admin)
     return admin
 
 

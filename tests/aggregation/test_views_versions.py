@@ -14,7 +14,7 @@ from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import NotFound
 from consortium.version import code_version
 from sites.models import Site
-from sites.services import site_admin_assign
+from sites.services import signing_authority_grant, site_admin_assign
 from studies import services as study_services
 from tests.aggregation.support import (
     GOOD_METRICS,
@@ -48,6 +48,7 @@ def uninvolved_site_admin(p: Personas):
     site = Site.objects.create(name="Uppsala", code="uu", city="Uppsala", country="SE")
     admin = make_user("site_d_admin")
     site_admin_assign(actor=p.admin, site=site, user=admin)
+    signing_authority_grant(actor=admin, site=site, user=admin)
     return admin
 
 

@@ -2,10 +2,12 @@
 `AgentPrincipal` as an audit actor that is no Django user, and the OpenAPI bearer scheme."""
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import AbstractBaseUser
 from django.urls import path
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.authtoken.models import Token
@@ -19,7 +21,8 @@ from consortium.audit.models import AuditActorKind
 from consortium.roles import roles_of, sees_everything
 from sites.agents import AgentPrincipal
 from sites.authentication import AgentTokenAuthentication, IsAgent
-from sites.services import agent_token_revoke
+from sites.models import AgentToken
+from sites.services import agent_token_revoke, agent_token_rotate
 from tests.api_support import assert_error
 from tests.sites.agent_support import issue, secret_of
 from tests.support import last_seq
@@ -216,3 +219,27 @@ def test_behind_a_proxy_it_throttles_the_client_not_the_proxy(p, settings):
         via_proxy("203.0.113.9", "Bearer nonsense")
     assert via_proxy("203.0.113.9", f"Bearer {plaintext}").status_code == 429
     assert via_proxy("203.0.113.10", f"Bearer {plaintext}").status_code == 200
+
+
+def test_it_refuses_an_expired_token_and_says_how_to_get_a_new_one(p):
+    token, plaintext = issue(p)
+    AgentToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    token.refresh_from_db()
+    body = refused(call(f"Bearer {plaintext}"), "This agent token expired on ")
+    assert body["detail"].startswith(f"This agent token expired on {token.expires_at:%Y-%m-%d %H:%M} UTC.")
+    assert "rotate" in body["detail"]
+
+
+def test_a_rotated_token_keeps_working_for_the_overlap_then_only_the_new_one_does(p, settings):
+    settings.AGENT_TOKEN_ROTATION_OVERLAP_HOURS = 24
+    old, old_plaintext = issue(p)
+    new, new_plaintext = agent_token_rotate(actor=p.site_a_admin, token=old)
+    old.refresh_from_db()
+    # No downtime: both work now, so the agent can be switched at any moment of the overlap.
+    assert call(f"Bearer {old_plaintext}").status_code == 200
+    assert call(f"Bearer {new_plaintext}").status_code == 200
+    assert timedelta(hours=23) < old.expires_at - timezone.now() <= timedelta(hours=24)
+    assert new.expires_at - timezone.now() > timedelta(days=364) and new.name == old.name
+    AgentToken.objects.filter(pk=old.pk).update(expires_at=timezone.now())  # the overlap has passed
+    refused(call(f"Bearer {old_plaintext}"), "This agent token expired on ")
+    assert call(f"Bearer {new_plaintext}").status_code == 200

@@ -18,6 +18,7 @@ from sites.services import (
     agent_token_authenticate,
     agent_token_create,
     agent_token_revoke,
+    agent_token_rotate,
     site_admin_remove,
 )
 from tests.sites.agent_support import issue, secret_of, stored_anywhere, tokens_unchanged
@@ -32,7 +33,8 @@ def test_it_creates_a_token_and_returns_its_plaintext_once(p):
     assert token.key_hash == hashlib.sha256(secret_of(plaintext).encode()).hexdigest()
     event = only_event(mark, "sites.agent_token.created")
     assert (event.site_id, event.actor_user, event.object_id) == (p.site_a.pk, p.site_a_admin, str(token.pk))
-    assert event.details == {"name": "GPU box in radiology", "prefix": token.prefix}
+    assert event.details == {"name": "GPU box in radiology", "prefix": token.prefix,
+                             "expires_at": token.expires_at.isoformat()}
     assert agent_token_authenticate(plaintext) == token
 
 
@@ -169,3 +171,26 @@ def test_it_does_not_note_the_use_of_a_revoked_token(p):
     assert agent_token_authenticate(plaintext) is None
     token.refresh_from_db()
     assert token.last_seen_at is None
+
+
+def test_rotation_is_audited_with_both_prefixes_and_refused_for_a_dead_token(p):
+    old, _ = issue(p)
+    mark = last_seq()
+    new, plaintext = agent_token_rotate(actor=p.site_a_admin, token=old)
+    old.refresh_from_db()
+    event = only_event(mark, "sites.agent_token.rotated")
+    assert (event.details["prefix"], event.details["new_prefix"]) == (old.prefix, new.prefix)
+    assert event.details["old_expires_at"] == old.expires_at.isoformat()
+    assert plaintext.startswith(f"cst_{new.prefix}_")
+    agent_token_revoke(actor=p.site_a_admin, token=old, reason="Replaced")
+    with refused(InvalidTransition, "no longer valid", action="sites.agent_token.rotate"):
+        agent_token_rotate(actor=p.site_a_admin, token=old)
+    with pytest.raises(NotFound):
+        agent_token_rotate(actor=p.site_b_admin, token=new)
+
+
+def test_a_token_lifetime_is_chosen_within_bounds(p):
+    token, _ = agent_token_create(actor=p.site_a_admin, site=p.site_a, name="short-lived", lifetime_days=7)
+    assert timedelta(days=6, hours=23) < token.expires_at - timezone.now() <= timedelta(days=7)
+    with pytest.raises(ValidationFailed, match="1 to 3650 days"):
+        agent_token_create(actor=p.site_a_admin, site=p.site_a, name="forever", lifetime_days=100000)

@@ -12,8 +12,7 @@ import torch
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from consortium.federated import codec
-from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
+from aggregation.choices import ROUND_LIVE, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
 from aggregation.services import _events
@@ -21,11 +20,13 @@ from aggregation.services._common import absolute, lock_round, move_round, store
 from aggregation.services.recovery import claim_aggregation
 from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, bounded_reason, record
+from consortium.federated import codec
 from consortium.version import code_version
 from studies.choices import GateAction, RevocationPolicy
 from studies.events import publish_gate
 from studies.governance import GateResult, evaluate
 from studies.models import AgreementVersion, Study
+from studies.services.privacy import study_round_released
 
 if TYPE_CHECKING:
     from aggregation.strategies import Weighting
@@ -143,6 +144,7 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     version.save()
     Update.objects.filter(pk__in=[u.pk for u in included]).update(status=UpdateStatus.INCLUDED)
     _record_version(version, round_, provenance)
+    study_round_released(study=study, round_number=round_.number, noise_multiplier=study.dp_noise_multiplier)
     waited = max((timezone.now() - round_.aggregation_started_at).total_seconds() - seconds, 0.0)
     _events.aggregation_finished(round_, version, included, seconds, waited)
     move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"Model v{version.number} aggregated.")
@@ -210,8 +212,7 @@ def _provenance(study: Study, round_: Round, included: list[Update], gate: GateR
 def _privacy(study: Study) -> dict[str, Any] | None:
     """Central DP: the budget spent once this round counts (None when DP is off). Void, not a guarantee,
     when an earlier version of the study was released with predictable noise: those rounds' data is exposed."""
-    budget = privacy_budget(study, Round.objects.filter(study=study, kind=RoundKind.TRAINING,
-                                                        status=RoundStatus.CLOSED).count() + 1)
+    budget = privacy_budget(study, releasing=True)
     if budget is not None and ModelVersion.objects.filter(study=study, provenance__privacy__void=True).exists():
         budget = {**budget, "void": True, "void_reason": PREDICTABLE_EARLIER}
     return budget

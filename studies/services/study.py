@@ -4,6 +4,7 @@ suspend (emergency stop), close. Approval and rejection live in `approvals`."""
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
@@ -30,6 +31,7 @@ def study_create(*, actor: AbstractBaseUser, title: str, agreement_text: str = "
         raise ValidationFailed(f"Unknown protocol fields: {', '.join(sorted(unknown))}.")
     study = Study(title=title, pi=actor, **protocol)
     study.full_clean()
+    _require_privacy_target(study)
     study.save()
     assign_perm(f"studies.{LEAD_STUDY}", actor, study)
     record(actor=actor, action="studies.study.created", target=study, study=study,
@@ -59,6 +61,7 @@ def study_update_protocol(*, actor: AbstractBaseUser, study: Study, **changes: A
     for field, value in changes.items():
         setattr(study, field, value)
     study.full_clean()
+    _require_privacy_target(study)
     after = {"title": study.title, **study.protocol()}
     diff = protocol_diff(before, after)
     if not diff:
@@ -69,6 +72,12 @@ def study_update_protocol(*, actor: AbstractBaseUser, study: Study, **changes: A
     if set(diff) - {"title"}:
         send_back_for_approval(actor, study, reason="The protocol changed.")
     return study
+
+
+def _require_privacy_target(study: Study) -> None:
+    error = study.privacy_target_error()
+    if error:
+        raise ValidationError({"dp_target_epsilon": error})
 
 
 @audited_service("studies.study.submit")

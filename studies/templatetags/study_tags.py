@@ -8,6 +8,7 @@ CHECK_LABELS = {
     "study_active": "Study active",
     "approvals": "Approvals (PI and DPO)",
     "dpia": "DPIA",
+    "privacy_budget": "Privacy budget (ε)",
     "quorum": "Quorum",
     "participation": "Participation",
     "agreement_signed": "Current DUA signed",

@@ -14,6 +14,7 @@ from studies.choices import PARTICIPATION_TRANSITIONS, ParticipationStatus
 from studies.governance import GateResult, SiteVerdict, evaluate
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, Study
 from studies.permissions import allowed_actions, can_read_dpia
+from studies.privacy import privacy_budget
 
 # What a site admin may do to a participation, by the status it would move to (transitions are data).
 SITE_ADMIN_MOVES = {
@@ -127,6 +128,7 @@ def study_context(user: AbstractBaseUser, study: Study) -> dict[str, Any]:
         "actions": actions,
         "protocol": protocol_rows(study.protocol()),
         "protocol_sha256": study.protocol_sha256(),
+        "privacy": privacy_budget(study),
         "agreement": current,
         "older_agreements": agreements[1:],
         "dpia": getattr(study, "dpia", None),

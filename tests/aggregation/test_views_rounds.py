@@ -204,11 +204,12 @@ def test_it_summarises_a_study_without_rounds(p):
 
 
 def test_it_shows_the_differential_privacy_budget_when_dp_is_on(p):
-    from aggregation.privacy import epsilon_spent
+    from aggregation.accountant import epsilon
 
-    study = active_study(p, federated_statistics=False, num_features=4, dp_noise_multiplier=1.5, dp_clip_norm=2.0)
+    study = active_study(p, federated_statistics=False, num_features=4, dp_noise_multiplier=1.5, dp_clip_norm=2.0,
+                         dp_target_epsilon=50.0)
     body = page(client_for(p.dpo).get(rounds_url(study)))
     assert '<strong data-testid="epsilon-spent">ε = 0.000</strong>' in body  # no round closed yet
-    assert f"after the whole budget: ε = {epsilon_spent(1.5, study.rounds, 1e-5):.3f}" in body
+    assert f"after the whole round plan: ε = {epsilon({1.5: study.rounds}, 1e-5):.3f}" in body
     plain = active_study(p, title="No DP", federated_statistics=False, num_features=4)
     assert "Differential privacy budget" not in page(client_for(p.dpo).get(rounds_url(plain)))

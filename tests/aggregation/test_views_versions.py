@@ -154,7 +154,7 @@ def test_it_shows_the_red_gate_check_of_a_site_excluded_at_aggregation(p):
 
 
 def dp_version(p: Personas) -> ModelVersion:
-    study = governed_study(p, dp_noise_multiplier=1.2, dp_clip_norm=0.5)
+    study = governed_study(p, dp_noise_multiplier=1.2, dp_clip_norm=0.5, dp_target_epsilon=50.0)
     round_ = open_round(study)
     submit(agent_for(p, p.site_a)[0], round_, num_examples=10)
     submit(agent_for(p, p.site_b)[0], round_, num_examples=1000)
@@ -162,11 +162,11 @@ def dp_version(p: Personas) -> ModelVersion:
 
 
 def test_it_shows_the_budget_of_a_dp_version_and_no_noise_seed(p):
-    from aggregation.privacy import epsilon_spent
+    from aggregation.accountant import epsilon
 
     version = dp_version(p)
     body = page(client_for(p.dpo).get(version_url(version.study, 1)))
-    assert f'data-testid="version-epsilon">ε = {epsilon_spent(1.2, 1, 1e-5):.3f} at δ = 0.00001' in body
+    assert f'data-testid="version-epsilon">ε = {epsilon({1.2: 1}, 1e-5):.3f} at δ = 0.00001' in body
     assert "drawn from the operating system's entropy" in body and "void" not in body
     assert "seed" not in body.lower()
     assert '<td data-weight="0.5">50.0%</td>' in body and "1/n" in body  # DP: uniform, whatever was declared
@@ -182,7 +182,7 @@ def test_it_shows_the_budget_of_a_version_with_predictable_noise_as_void(p):
         "strategy": {**strategy, "settings": {**strategy["settings"], "dp_seed": version.round_id}}})
     body = page(client_for(p.auditor).get(version_url(version.study, 1)))
     assert '<span class="fail" data-privacy="void">ε: void (noise was predictable)</span>' in body
-    assert "The noise was seeded predictably." in body and "ε = " not in body
+    assert "The noise was seeded predictably." in body and 'data-testid="version-epsilon">ε =' not in body
     assert "seed" not in body.replace("The noise was seeded predictably.", "").lower()
     rounds = page(client_for(p.auditor).get(reverse("aggregation:rounds", args=[version.study_id])))
     assert 'data-testid="epsilon-spent" data-privacy="void">ε: void (noise was predictable)</strong>' in rounds

@@ -14,9 +14,9 @@ def _round_sentence(kind: str, d: dict[str, Any]) -> str | None:
     r = d.get("round")
     sentences = {
         EventKind.ROUND_OPENED: lambda: f"Round {r} opened{_opened_what(d)}: {d.get('eligible', 0)} sites eligible.",
-        EventKind.UPDATE_RECEIVED: lambda: (f"{d.get('site')} submitted its update to round {r} "
-                                            f"({d.get('num_examples')} examples): {d.get('submitted')} of "
-                                            f"{d.get('eligible')} eligible sites in."),
+        EventKind.UPDATE_RECEIVED: lambda: (f"{d.get('site')} submitted its update to round {r}"
+                                            + (f" ({d['num_examples']} examples)" if d.get("num_examples") else "")
+                                            + f": {d.get('submitted')} of {d.get('eligible')} eligible sites in."),
         EventKind.STATISTICS_RECEIVED: lambda: (f"{d.get('site')} sent its statistics for round {r}: "
                                                 f"{d.get('submitted')} of {d.get('eligible')} eligible sites in."),
         EventKind.EVALUATION_RECEIVED: lambda: (f"{d.get('site')} evaluated the final model v{d.get('version')} "
@@ -29,8 +29,9 @@ def _round_sentence(kind: str, d: dict[str, Any]) -> str | None:
                                                  f"{len(d.get('sites') or [])} sites in "
                                                  f"{_num(d.get('duration_seconds'), 2)} s."),
         EventKind.ROUND_METRICS: lambda: (f"Model v{d.get('evaluated_version')} on the sites' held-out data: "
-                                          f"AUC {_num((d.get('global') or {}).get('val_auc'))}, accuracy "
-                                          f"{_num((d.get('global') or {}).get('val_accuracy'))}."),
+                                          + (d["global_suppressed"] if d.get("global_suppressed") else
+                                             f"AUC {_num((d.get('global') or {}).get('val_auc'))}, accuracy "
+                                             f"{_num((d.get('global') or {}).get('val_accuracy'))}.")),
         EventKind.ROUND_CLOSED: lambda: f"Round {r} closed: {d.get('reason')}",
         EventKind.ROUND_BLOCKED: lambda: f"Round {r} blocked: {d.get('reason')}",
         EventKind.ROUND_FAILED: lambda: f"Round {r} failed: {d.get('reason')}",

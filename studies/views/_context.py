@@ -11,6 +11,7 @@ from sites.models import Site
 from sites.selectors import administered_site_ids, site_directory
 from studies import selectors
 from studies.choices import PARTICIPATION_TRANSITIONS, ParticipationStatus
+from studies.disclosure import disclosure_for
 from studies.governance import GateResult, SiteVerdict, evaluate
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, Study
 from studies.permissions import allowed_actions, can_read_dpia
@@ -129,6 +130,7 @@ def study_context(user: AbstractBaseUser, study: Study) -> dict[str, Any]:
         "protocol": protocol_rows(study.protocol()),
         "protocol_sha256": study.protocol_sha256(),
         "privacy": privacy_budget(study),
+        "disclosure": disclosure_for(user, study),
         "agreement": current,
         "older_agreements": agreements[1:],
         "dpia": getattr(study, "dpia", None),

@@ -17,7 +17,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 from consortium.roles import sees_everything
 from sites.selectors import administered_site_ids
-from studies.choices import EventKind
+from studies.event_registry import event_sentence, event_tone
 from studies.models import Study
 from studies.permissions import can_lead, studies_for
 
@@ -85,7 +85,7 @@ def disclose_event(kind: str, payload: dict[str, Any], disclosure: Disclosure) -
         for key in SITE_FIGURES:
             if key in data:
                 data[key] = {} if key == "metrics" else None
-    if kind == EventKind.ROUND_METRICS:
+    if "evaluated_by_site" in data:  # a round's metrics: the pooled evaluation and figures by site
         data = _disclose_round_metrics(data, disclosure)
     return data
 
@@ -105,8 +105,6 @@ def disclose_message(message: dict[str, Any], disclosure: Disclosure) -> dict[st
     what remains."""
     if disclosure.full or message.get("type") != "event":
         return message
-    from studies.event_text import event_sentence, event_tone  # wording only, as in `StudyEvent.as_message`
-
     data = disclose_event(message["kind"], message.get("data") or {}, disclosure)
     return {**message, "data": data, "text": event_sentence(message["kind"], data),
             "tone": event_tone(message["kind"], data)}

@@ -55,7 +55,7 @@ def fill_ledgers(apps, schema_editor) -> None:
 class Migration(migrations.Migration):
     dependencies = [
         ("aggregation", "0005_round_aggregation_dispatched_at"),
-        ("studies", "0007_privacy_target_and_disclosure"),
+        ("studies", "0008_privacy_target_and_disclosure"),
         ("consortium", "0002_audit_append_only_trigger"),
     ]
 

@@ -5,6 +5,7 @@ already holds the study's row lock (level 1 of `consortium.locks`)."""
 from django.utils import timezone
 
 from consortium.audit import SYSTEM, record
+from studies.audit_actions import StudyAction
 from studies.choices import EventKind, StudyStatus
 from studies.events import announce_governance
 from studies.models import Study
@@ -19,7 +20,7 @@ def study_round_released(*, study: Study, round_number: int, noise_multiplier: f
     study.privacy_ledger = {**study.privacy_ledger, key: int(study.privacy_ledger.get(key, 0)) + 1}
     study.save(update_fields=["privacy_ledger", "updated_at"])
     budget = privacy_budget(study)
-    record(actor=SYSTEM, action="studies.privacy.spent", target=study, study=study,
+    record(actor=SYSTEM, action=StudyAction.PRIVACY_SPENT, target=study, study=study,
            details={"round": round_number, "noise_multiplier": float(noise_multiplier), **budget.as_dict()})
 
 
@@ -31,7 +32,7 @@ def study_stop_for_privacy(*, study: Study, reason: str) -> bool:
         return False
     before = move(study, StudyStatus.SUSPENDED, actor=None, reason=reason)
     voided = void_approvals(study, reason="The privacy budget is used up.", moment=timezone.now())
-    record(actor=SYSTEM, action="studies.study.privacy_exhausted", target=study, study=study,
+    record(actor=SYSTEM, action=StudyAction.STUDY_PRIVACY_EXHAUSTED, target=study, study=study,
            details={"before": before, "after": study.status, "reason": reason, "voided_approval_ids": voided,
                     **privacy_budget(study).as_dict()})
     announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status, "reason": reason})

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('studies', '0006_event_evaluation_received'),
+        ('studies', '0007_event_kinds_registered'),
     ]
 
     operations = [

@@ -30,8 +30,11 @@ from tests.pages import client_for, page
 from tests.studies.test_consumers import open_socket
 
 A_EXAMPLES, B_EXAMPLES = 1234, 4321
-A_METRICS = {**GOOD_METRICS, "val_auc": 0.6123, "val_loss": 0.4111, "training_seconds": 7.25}
-B_METRICS = {**GOOD_METRICS, "val_auc": 0.9876, "val_loss": 0.2468, "training_seconds": 9.75}
+# Each site's evaluation of the model it trained from ("base") becomes that version's per-site evaluation.
+A_METRICS = {**GOOD_METRICS, "val_auc": 0.6123, "val_loss": 0.4111, "training_seconds": 7.25,
+             "base": {"val_auc": 0.6123, "val_accuracy": 0.5, "val_loss": 0.4111, "val_examples": 20}}
+B_METRICS = {**GOOD_METRICS, "val_auc": 0.9876, "val_loss": 0.2468, "training_seconds": 9.75,
+             "base": {"val_auc": 0.9876, "val_accuracy": 0.5, "val_loss": 0.2468, "val_examples": 20}}
 
 
 def two_rounds(p, **protocol) -> Study:

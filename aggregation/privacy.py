@@ -1,4 +1,4 @@
-"""Central differential privacy at the server: DP-FedAvg (its budget: `aggregation.accountant`). Imports no Django.
+"""Central differential privacy at the server: DP-FedAvg (its budget: `consortium.federated.accountant`). No Django.
 
 DP-FedAvg (McMahan, Ramage, Talwar, Zhang 2018, "Learning Differentially Private Recurrent Language
 Models"), fixed-size variant with every site in every round: clip each site's delta (update - global)

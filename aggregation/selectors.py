@@ -7,10 +7,10 @@ from typing import Any
 from django.db.models import Count, OuterRef, Prefetch, Subquery
 from django.db.models.functions import Coalesce
 
-from aggregation import accountant
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization, Update
 from consortium.errors import NotFound
+from consortium.federated import accountant
 from sites.models import Site
 from studies import privacy as study_privacy
 from studies.choices import PARTICIPATION_CURRENT, DpiaStatus, GateAction, RiskLevel, Strategy

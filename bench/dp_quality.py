@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from aggregation import accountant, strategies  # noqa: E402
+from aggregation import strategies  # noqa: E402
+from consortium.federated import accountant  # noqa: E402
 from sites.agent.data import pooled, standardize  # noqa: E402
 from sites.agent.demo_data import DEMO_PROTOCOL, evaluate, make_partitions  # noqa: E402
 from sites.agent.training import Protocol, train  # noqa: E402

@@ -120,7 +120,7 @@ class Study(models.Model):
     )
     dp_clip_norm = models.FloatField(default=1.0, validators=[MinValueValidator(1e-8)])
     # The privacy target the DPO approves with the protocol: the gate lets a training round run only while
-    # epsilon after it stays within the target (`aggregation.accountant`, `studies.governance`).
+    # epsilon after it stays within the target (`consortium.federated.accountant`, `studies.governance`).
     dp_target_epsilon = models.FloatField(
         "privacy target (ε)", null=True, blank=True, validators=[MinValueValidator(1e-3), MaxValueValidator(1e3)],
         help_text="The most epsilon the study may spend over all its training rounds; required with DP noise.",
@@ -189,7 +189,7 @@ class Study(models.Model):
         return sum(self.privacy_ledger.values())
 
     def privacy_spent(self) -> dict[float, int]:
-        """The privacy ledger keyed by noise multiplier, as `aggregation.accountant` composes it."""
+        """The privacy ledger keyed by noise multiplier, as `consortium.federated.accountant` composes it."""
         return {float(z): int(rounds) for z, rounds in self.privacy_ledger.items()}
 
     def protocol(self) -> dict[str, Any]:

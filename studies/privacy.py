@@ -1,13 +1,13 @@
 """A study's privacy budget: what its released training rounds spent, against the target its protocol carries.
 
 Reads the study row only (its protocol and `privacy_ledger`), so the gate asks it for many studies without a
-query. The arithmetic is `aggregation.accountant` (dp-accounting's RDP accountant; Django-free, no models).
+query. The arithmetic is `consortium.federated.accountant` (dp-accounting's RDP accountant; Django-free, no models).
 """
 
 import math
 from dataclasses import dataclass
 
-from aggregation import accountant
+from consortium.federated import accountant
 from studies.models import Study
 
 

@@ -9,7 +9,7 @@ Self-contained on purpose: historical models, and the audit chain's hash functio
 from django.db import migrations
 from django.utils import timezone
 
-from consortium.audit import GENESIS_HASH, compute_hash, lock_chain, to_json
+from consortium.audit.log import GENESIS_HASH, compute_hash, lock_chain, to_json
 
 ACTION = "studies.privacy.ledger_filled"
 

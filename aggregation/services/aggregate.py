@@ -14,13 +14,15 @@ from django.utils import timezone
 
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundStatus, UpdateStatus
+from aggregation.locks import lock_round
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
 from aggregation.services import _events
-from aggregation.services._common import absolute, lock_round, move_round, store, version_tensors
 from aggregation.services.recovery import claim_aggregation
+from aggregation.services.round_state import move_round
 from aggregation.services.rounds import round_open_next
-from consortium.audit import SYSTEM, bounded_reason, record
+from aggregation.storage import absolute, store, version_tensors
+from consortium.audit.log import SYSTEM, bounded_reason, record
 from consortium.federated import codec
 from consortium.version import code_version
 from studies.choices import GateAction, GateCheck, RevocationPolicy

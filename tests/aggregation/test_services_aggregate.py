@@ -10,19 +10,16 @@ from django.db import IntegrityError, transaction
 from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate
-from aggregation.services._common import absolute, version_tensors
+from aggregation.storage import absolute, version_tensors
+from consortium.audit.models import AuditEvent
 from consortium.federated import codec
-from consortium.models import AuditEvent
 from consortium.version import code_version
 from studies import services as study_services
 from studies.models import AgreementVersion
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     agent_for,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
     third_site,
@@ -30,6 +27,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     update_tensors,
 )
 from tests.support import actions_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 def weighted_mean(pairs: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
@@ -292,7 +291,7 @@ def test_it_evaluates_a_version_by_the_validation_weighted_mean_of_sites_that_se
 
 
 def test_it_records_the_privacy_budget_spent_in_a_dp_models_provenance(p):
-    from aggregation.accountant import epsilon
+    from consortium.federated.accountant import epsilon
 
     study = governed_study(p, dp_noise_multiplier=1.2, dp_clip_norm=0.5, dp_target_epsilon=50.0)
     agent_a, agent_b = agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]

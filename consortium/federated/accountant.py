@@ -1,4 +1,5 @@
 """The privacy accountant of central DP: Google's `dp-accounting` (RDP), never a formula of our own. No Django.
+Here, in the shared core, because both the gate (`studies.privacy`) and aggregation ask it.
 
 Each training round releases one DP-FedAvg aggregate: the Gaussian mechanism with noise multiplier z on
 the clipped mean (sensitivity C / n, noise std z C / n; see `aggregation.privacy`). Every eligible site

@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from aggregation import accountant
+from consortium.federated import accountant
 
 scipy_stats = pytest.importorskip("scipy.stats")
 scipy_optimize = pytest.importorskip("scipy.optimize")

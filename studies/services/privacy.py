@@ -4,7 +4,7 @@ already holds the study's row lock (level 1 of `consortium.locks`)."""
 
 from django.utils import timezone
 
-from consortium.audit import SYSTEM, record
+from consortium.audit.log import SYSTEM, record
 from studies.audit_actions import StudyAction
 from studies.choices import EventKind, StudyStatus
 from studies.events import announce_governance

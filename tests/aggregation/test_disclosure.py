@@ -16,12 +16,10 @@ from aggregation.services import round_aggregate
 from studies.choices import EventKind
 from studies.disclosure import FULL, Disclosure, disclose_event, disclosure_for
 from studies.models import Study
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     agent_for,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
 )

@@ -3,21 +3,19 @@ round is counted in the study's ledger, a round runs only while epsilon after it
 a study whose budget is used up stops with that reason, shown on its page and in the gate's API answer."""
 
 import pytest
-from consortium.models import AuditEvent
 from django.urls import reverse
 
 from aggregation.models import Round
 from aggregation.services import round_aggregate
+from consortium.audit.models import AuditEvent
 from consortium.federated import accountant
 from studies.choices import StudyStatus
 from studies.governance import evaluate
 from studies.models import Approval, Study
 from studies.privacy import privacy_budget
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
 )

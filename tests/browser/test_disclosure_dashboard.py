@@ -11,10 +11,6 @@ import pytest
 
 from studies.disclosure import disclose_message, disclosure_for
 from studies.models import StudyEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    model_store_fixture,
-    no_broker_fixture,
-)
 from tests.aggregation.test_disclosure import b_figures, leaked, two_rounds
 from tests.base import make_personas
 from tests.browser.conftest import csp_violations, log_in, shot

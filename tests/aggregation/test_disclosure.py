@@ -11,9 +11,9 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.urls import reverse
 
+from aggregation.events import RoundEventKind as EventKind
 from aggregation.models import Round, Update
 from aggregation.services import round_aggregate
-from studies.choices import EventKind
 from studies.disclosure import FULL, Disclosure, disclose_event, disclosure_for
 from studies.models import Study
 from tests.aggregation.support import (

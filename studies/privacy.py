@@ -46,7 +46,8 @@ class PrivacyBudget:
     @property
     def exhausted(self) -> bool:
         """Training rounds remain in the plan, but the next one would take epsilon past the target."""
-        return self.enforced and self.training_left and not (self.epsilon_next or math.inf) <= self.target
+        return (self.enforced and self.training_left
+                and (self.epsilon_next is None or not self.epsilon_next <= self.target))  # NaN-safe: not <=
 
     def as_dict(self) -> dict[str, float | int | bool | None]:
         return {"target_epsilon": self.target, "delta": self.delta, "noise_multiplier": self.noise_multiplier,

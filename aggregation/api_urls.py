@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from aggregation import api
 
@@ -9,4 +9,5 @@ urlpatterns = [
     path("rounds/<id:round_id>/update/", api.AgentUpdateSubmitApi.as_view(), name="api-agent-update"),
     path("rounds/<id:round_id>/statistics/", api.AgentStatisticsSubmitApi.as_view(), name="api-agent-statistics"),
     path("rounds/<id:round_id>/evaluation/", api.AgentEvaluationSubmitApi.as_view(), name="api-agent-evaluation"),
+    path("flower/", include("aggregation.flower_urls")),
 ]

@@ -11,3 +11,4 @@ class AggregationConfig(AppConfig):
         from aggregation import events
 
         events.register()
+        from aggregation import flower_schema  # noqa: F401  (registers the OpenAPI description of the token)

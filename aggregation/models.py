@@ -1,9 +1,11 @@
 """Rounds, the updates sites submit, model versions with provenance, and federated statistics.
 Tensors live on disk as safetensors (path + SHA-256 here); workflows live in `aggregation.services`."""
 
+from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from sites.models import Site
@@ -75,7 +77,8 @@ class Update(models.Model):
     base_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
     status = models.CharField(max_length=16, choices=UpdateStatus.choices, default=UpdateStatus.ACCEPTED)
     exclusion_reason = models.TextField(blank=True)
-    path = models.CharField(max_length=500)
+    # Empty for a Flower round: the coordinator's Flower server holds the result; its SHA-256 is recorded.
+    path = models.CharField(max_length=500, blank=True)
     sha256 = models.CharField(max_length=64)
     size_bytes = models.PositiveBigIntegerField()
     num_examples = models.PositiveIntegerField(validators=[MinValueValidator(1)])
@@ -148,3 +151,52 @@ class Standardization(models.Model):
 
     def __str__(self) -> str:
         return f"Standardization of {self.study_id} ({self.sites} sites, {self.examples} rows)"
+
+
+class FlowerCoordinatorToken(models.Model):
+    """The credential of a study's Flower coordinator (its ServerApp's `GovernedStrategy`), issued by the
+    study's PI: `Authorization: Bearer csf_<prefix>_<secret>`, stored as the SHA-256 of the secret like an
+    agent token. While a live one exists the study's rounds are run by Flower, not by Consortium's scheduler."""
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="flower_tokens")
+    name = models.CharField(max_length=100, help_text="Where the coordinator runs, e.g. 'SuperLink at the AMC'.")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False, help_text="SHA-256 (hex) of the secret.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+    revoke_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(revoked_at__isnull=True, revoked_by__isnull=True, revoke_reason="")
+                           | (Q(revoked_at__isnull=False, revoked_by__isnull=False) & ~Q(revoke_reason=""))),
+                name="flower_token_revocation_complete",
+                violation_error_message="A revoked token records who revoked it, when and why.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class FlowerRound(models.Model):
+    """What makes a round a Flower round: the Flower server round it is, the nodes the coordinator was told
+    to configure (node id -> site) and the gate verdicts the coordinator reported acting on."""
+
+    round = models.OneToOneField(Round, primary_key=True, on_delete=models.PROTECT, related_name="flower")
+    token = models.ForeignKey(FlowerCoordinatorToken, on_delete=models.PROTECT, related_name="rounds")
+    server_round = models.PositiveIntegerField()
+    nodes = models.JSONField(default=dict, help_text="Flower node id -> {site_id, site, fingerprint}, as configured.")
+    reported = models.JSONField(default=dict, blank=True, help_text="What the coordinator reported acting on.")
+
+    def __str__(self) -> str:
+        return f"Flower round {self.server_round} ({self.round})"

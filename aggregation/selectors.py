@@ -19,14 +19,14 @@ from studies.models import Study
 from studies.privacy import finite
 
 AGENT_PROTOCOL_FIELDS = ("model_kind", "hidden_units", "num_features", "label_column", "local_epochs", "batch_size",
-                         "learning_rate", "proximal_mu")
+                         "learning_rate", "proximal_mu", "secure_aggregation")
 
 
 def open_rounds_for_site(site_id: int) -> list[dict[str, Any]]:
     """Open rounds of the studies this site takes part in, where the gate lets it download the model
     now (one gate evaluation per study: a site takes part in few studies)."""
     rounds = (
-        Round.objects.filter(status=RoundStatus.OPEN, study__participations__site_id=site_id,
+        Round.objects.filter(status=RoundStatus.OPEN, flower__isnull=True, study__participations__site_id=site_id,
                              study__participations__status__in=PARTICIPATION_CURRENT)
         .select_related("study", "base_version").order_by("opened_at").distinct()
     )

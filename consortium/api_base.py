@@ -94,6 +94,7 @@ _ERROR_TEXT = {
     403: "Authenticated, but not allowed to do this.",
     404: "No such object, or the caller may not see it.",
     409: "The object's current state does not allow this.",
+    503: "The server cannot answer this now (e.g. no audit signing key is configured).",
 }
 
 

@@ -3,8 +3,10 @@
 from django.urls import include, path, re_path
 from rest_framework.settings import api_settings
 
+from aggregation import flower_api, people_api
 from consortium import api as consortium_api
 from consortium.audit import api as audit_api
+from consortium.audit import checkpoint_api
 from sites import api as sites_api
 from sites.authentication import AgentTokenAuthentication
 from studies import api as studies_api
@@ -23,12 +25,16 @@ def _participation(suffix: str, view: type, name: str) -> object:
     return path(f"participations/<id:pk>/{suffix}", view.as_view(), name=name)
 
 
+WITNESS_AUTH = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, AgentTokenAuthentication]
+
 urlpatterns = [
     path("auth/token/", audit_api.TokenObtainApi.as_view(), name="api-token"),
     path("sites/", sites_api.SiteListApi.as_view(), name="api-site-list"),
     path("sites/<id:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
          name="api-agent-token-list"),
     path("agent-tokens/<id:pk>/revoke/", sites_api.AgentTokenRevokeApi.as_view(), name="api-agent-token-revoke"),
+    path("sites/<id:pk>/flower-nodes/", flower_api.SiteFlowerNodeListCreateApi.as_view(), name="api-flower-node-list"),
+    path("flower-nodes/<id:pk>/revoke/", flower_api.FlowerNodeRevokeApi.as_view(), name="api-flower-node-revoke"),
     path("studies/", studies_api.StudyListCreateApi.as_view(), name="api-study-list"),
     _study("", studies_api.StudyDetailApi, "api-study-detail"),
     _study("submit/", studies_api.StudySubmitApi, "api-study-submit"),
@@ -38,6 +44,8 @@ urlpatterns = [
     _study("suspend/", studies_api.StudySuspendApi, "api-study-suspend"),
     _study("close/", studies_api.StudyCloseApi, "api-study-close"),
     _study("gate/", studies_api.StudyGateApi, "api-study-gate"),
+    _study("flower-tokens/", flower_api.StudyFlowerTokenListCreateApi, "api-flower-token-list"),
+    path("flower-tokens/<id:pk>/revoke/", flower_api.FlowerTokenRevokeApi.as_view(), name="api-flower-token-revoke"),
     _study("agreements/", studies_api.AgreementListPublishApi, "api-agreement-list"),
     _study("dpia/", studies_api.DpiaDetailApi, "api-dpia-detail"),
     _study("dpia/submit/", studies_api.DpiaSubmitApi, "api-dpia-submit"),
@@ -53,8 +61,26 @@ urlpatterns = [
     _participation("withdraw/", studies_api.ParticipationWithdrawApi, "api-participation-withdraw"),
     _participation("sign/", studies_api.AgreementSignApi, "api-agreement-sign"),
     _participation("ethics/", studies_api.EthicsRecordApi, "api-ethics-record"),
+    _study("rounds/", people_api.StudyRoundListApi, "api-round-list"),
+    _study("versions/", people_api.StudyVersionListApi, "api-version-list"),
+    path("studies/<id:pk>/versions/<id:number>/", people_api.StudyVersionDetailApi.as_view(),
+         name="api-version-detail"),
+    path("studies/<id:pk>/versions/<id:number>/card/", people_api.ModelCardApi.as_view(), name="api-model-card"),
+    _study("ledger/", people_api.StudyLedgerApi, "api-study-ledger"),
+    _study("ledger.csv", people_api.StudyLedgerCsvApi, "api-study-ledger-csv"),
+    _study("ledger.jsonl", people_api.StudyLedgerJsonlApi, "api-study-ledger-jsonl"),
+    path("sites/<id:pk>/ledger/", people_api.SiteLedgerApi.as_view(), name="api-site-ledger"),
+    path("sites/<id:pk>/ledger.csv", people_api.SiteLedgerCsvApi.as_view(), name="api-site-ledger-csv"),
+    path("sites/<id:pk>/ledger.jsonl", people_api.SiteLedgerJsonlApi.as_view(), name="api-site-ledger-jsonl"),
     path("audit/events/", audit_api.AuditEventListApi.as_view(), name="api-audit-list"),
     path("audit/events.csv", audit_api.AuditEventExportApi.as_view(), name="api-audit-export"),
+    path("audit/events.jsonl", audit_api.AuditEventJsonlExportApi.as_view(), name="api-audit-export-jsonl"),
+    path("audit/public-key/", checkpoint_api.PublicKeyApi.as_view(), name="api-audit-public-key"),
+    # Site agents witness the log: they read checkpoints and proofs with their agent token.
+    path("audit/checkpoints/", checkpoint_api.CheckpointListApi.as_view(authentication_classes=WITNESS_AUTH),
+         name="api-audit-checkpoints"),
+    path("audit/consistency/", checkpoint_api.ConsistencyApi.as_view(authentication_classes=WITNESS_AUTH),
+         name="api-audit-consistency"),
     path("agent/", include("aggregation.api_urls")),
     re_path(r"^(?P<rest>.*)$", api_not_found, name="api-not-found"),
 ]

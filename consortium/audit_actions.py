@@ -11,6 +11,13 @@ class ConsortiumAction:
     # Reads of the audit log itself, named "consortium.audit.<via>" by where they came from
     # (`consortium.services.audit_log_read`).
     AUDIT_ADMIN_VIEWED = "consortium.audit.admin_viewed"
+    AUDIT_BUNDLE_EXPORTED = "consortium.audit.bundle_exported"  # manage.py audit_export (refused: denied)
+    # Signed checkpoints and consistency proofs read by a person (a site agent's witness poll is not recorded),
+    # and the refused attempts.
+    AUDIT_CHECKPOINTS_VIEW = "consortium.audit.checkpoints_view"
+    AUDIT_CHECKPOINTS_VIEWED = "consortium.audit.checkpoints_viewed"
+    AUDIT_CONSISTENCY_VIEW = "consortium.audit.consistency_view"
+    AUDIT_CONSISTENCY_VIEWED = "consortium.audit.consistency_viewed"
     AUDIT_API_EXPORTED = "consortium.audit.api_exported"
     AUDIT_API_VIEWED = "consortium.audit.api_viewed"
     AUDIT_EXPORTED = "consortium.audit.exported"

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "channels",
+    "simple_history",  # governance as it stood at any moment (studies.history)
     # The project itself (label "project"): wiring (Celery, the `<id:pk>` route converter) and the pages that span
     # every app. Its ready() runs first, as it did when it was also the audit app.
     "consortium",
@@ -94,6 +95,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "consortium.context_processors.roles",
+                "consortium.context_processors.audit_key",
             ],
         },
     },
@@ -181,6 +183,21 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "rounds-tick": {"task": "aggregation.tasks.rounds_tick", "schedule": float(env_int("ROUNDS_TICK_SECONDS", 5))},
 }
+
+# Signed checkpoints of the audit log (docs/evidence.md). The Ed25519 key: AUDIT_SIGNING_KEY (PEM, or the raw
+# 32-byte seed in hex or base64) or AUDIT_SIGNING_KEY_FILE. Without either, only a DEBUG server (the demo) uses
+# the key `seed_demo` generates in AUDIT_DEMO_KEY_FILE (git-ignored data folder); otherwise signing fails loudly.
+AUDIT_SIGNING_KEY = env_str("AUDIT_SIGNING_KEY", "")
+AUDIT_SIGNING_KEY_FILE = env_str("AUDIT_SIGNING_KEY_FILE", "")
+AUDIT_DEMO_KEY_FILE = DATA_DIR / "audit_signing_key.pem"
+AUDIT_LOG_ID = env_str("AUDIT_LOG_ID", "consortium-audit")
+# Seconds between checkpoints of the audit chain's head (0: only on exports); skipped while the log is unchanged.
+AUDIT_CHECKPOINT_INTERVAL = env_int("AUDIT_CHECKPOINT_INTERVAL", 300)
+if AUDIT_CHECKPOINT_INTERVAL < 0:
+    raise ImproperlyConfigured("AUDIT_CHECKPOINT_INTERVAL must be 0 (off) or a number of seconds.")
+if AUDIT_CHECKPOINT_INTERVAL:
+    CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {"task": "consortium.audit.tasks.audit_checkpoint",
+                                                "schedule": float(AUDIT_CHECKPOINT_INTERVAL)}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 15 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 14 * 60)

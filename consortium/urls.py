@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from consortium.api import SchemaApi, SwaggerApi
+from consortium.audit.checkpoint_api import well_known_key
 from consortium.content_policy import allow_inline_styles
 from consortium.logins import LoginView
 
@@ -13,6 +14,8 @@ urlpatterns = [
     path("api/schema/", SchemaApi.as_view(), name="api-schema"),
     # The split view serves Swagger UI's start-up script as a file: the Content-Security-Policy allows no inline script.
     path("api/docs/", allow_inline_styles(SwaggerApi.as_view(url_name="api-schema")), name="api-docs"),
+    # The audit signing key, where auditors and sites look for it (docs/evidence.md).
+    path(".well-known/consortium-audit-key", well_known_key, name="audit-public-key"),
     path("api/", include("consortium.api_urls")),
     path("studies/", include("studies.urls")),
     path("studies/<id:pk>/", include("aggregation.urls")),

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from aggregation.views import ledger as site_ledger
 from consortium.audit import views as audit_views
 from consortium.pages import home, overview, sites
 
@@ -9,5 +10,7 @@ urlpatterns = [
     path("overview/", overview.overview_page, name="overview"),
     path("audit/", audit_views.audit_log, name="audit-log"),
     path("audit/export.csv", audit_views.audit_export, name="audit-export"),
+    path("audit/export.jsonl", audit_views.audit_export, {"export_format": "jsonl"}, name="audit-export-jsonl"),
     path("sites/<id:pk>/", sites.site_detail, name="site-detail"),
+    path("sites/<id:pk>/ledger/", site_ledger.site_ledger_page, name="site-ledger"),
 ]

@@ -42,8 +42,8 @@ except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
 PY
 then
   echo "== suite on PostgreSQL ($PG_URL)"
-  # Browser tests drive the same pages; once on SQLite is enough.
-  DATABASE_URL="$PG_URL" "$BIN/pytest" -m "not browser" "$@"
+  # Browser tests drive the same pages, and the Flower federation runs on its own SQLite file: once is enough.
+  DATABASE_URL="$PG_URL" "$BIN/pytest" -m "not browser and not flower" "$@"
 elif [ "$REQUIRED" = "1" ]; then
   echo "!! PostgreSQL not reachable and REQUIRE_SERVICES=1" >&2
   exit 1

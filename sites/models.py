@@ -92,3 +92,46 @@ class AgentToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class FlowerNode(models.Model):
+    """The public key of a site's Flower SuperNode (Flower's node authentication), registered by the site's
+    admin like an agent token: a Flower node whose key is registered here acts for this site, and for no other.
+
+    The key is stored as its canonical PEM (SubjectPublicKeyInfo, as the SuperLink stores it) with the
+    SHA-256 of its DER encoding, which finds it. Revocation is final; a live key belongs to one site only."""
+
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="flower_nodes")
+    name = models.CharField(max_length=100, help_text="What the admin calls it, e.g. 'Flower box in radiology'.")
+    public_key = models.TextField(editable=False, help_text="PEM, SubjectPublicKeyInfo.")
+    fingerprint = models.CharField(max_length=64, editable=False, help_text="SHA-256 (hex) of the DER public key.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    revoke_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["fingerprint"], condition=models.Q(revoked_at__isnull=True),
+                                    name="flower_node_one_live_key",
+                                    violation_error_message="This public key is already registered."),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(revoked_at__isnull=True, revoked_by__isnull=True, revoke_reason="")
+                    | (models.Q(revoked_at__isnull=False, revoked_by__isnull=False) & ~models.Q(revoke_reason=""))
+                ),
+                name="flower_node_revocation_complete",
+                violation_error_message="A revoked key records who revoked it, when and why.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.fingerprint[:12]})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

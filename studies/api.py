@@ -306,6 +306,9 @@ class GateQuerySerializer(serializers.Serializer):
     action = serializers.ChoiceField(choices=GateAction.choices, default=GateAction.AGGREGATE,
                                      help_text="Defaults to aggregate.")
     site = IdField(required=False, help_text="Only this site's checks (and the study's).")
+    at = AwareDateTimeField(required=False, help_text=(
+        "ISO 8601 with offset: the gate as things stood then (participation, signatures, approvals, DPIA, "
+        "ethics as they were at that moment, judged at that moment). Default: now."))
 
 
 class StudyGateApi(ConsortiumApi):
@@ -317,6 +320,7 @@ class StudyGateApi(ConsortiumApi):
         action = serializers.ChoiceField(choices=GateAction.choices)
         moment = serializers.DateTimeField()
         allowed = serializers.BooleanField()
+        as_of = serializers.BooleanField(help_text="True when read from the records' history (`at`).")
         eligible_site_ids = serializers.ListField(child=serializers.IntegerField())
         checks = serializers.ListField(child=serializers.DictField(), help_text=(
             "Each check: name, passed, reason, site_id, site, expires_at."))
@@ -325,14 +329,14 @@ class StudyGateApi(ConsortiumApi):
             ref_name = "GateResult"
 
     @extend_schema(
-        tags=GOVERNANCE, summary="The governance gate's verdict now, with every check and its reason",
+        tags=GOVERNANCE, summary="The governance gate's verdict now, or as it stood at `at`, with every check",
         responses={200: OutputSerializer, **errors(400, 404)},
     )
     def get(self, request: Request, pk: int) -> Response:
         study = _study(request, pk, StudyAction.GATE_VIEW)
-        action, site = self.query["action"], self.query.get("site")
-        result = evaluate(study, action, site=site)
-        self.audit_read(study=study, site=site, target=study, action=action)
+        action, site, at = self.query["action"], self.query.get("site"), self.query.get("at")
+        result = evaluate(study, action, site=site, at=at)
+        self.audit_read(study=study, site=site, target=study, action=action, **({"at": at.isoformat()} if at else {}))
         return Response(self.OutputSerializer(result.as_dict()).data)
 
 

@@ -1,7 +1,9 @@
 """The gate: the one place that decides whether a study, or a site in it, may act right now.
 
 `evaluate(study, action, site=None, moment=None)` returns every check with its
-verdict and a human reason. It only reads, in a fixed number of queries whatever
+verdict and a human reason; `at=T` asks the same as things stood at T (every
+governed record read from its history, `studies.history`), judged at T.
+It only reads, in a fixed number of queries whatever
 the number of sites, and services call it inside the transaction that acts on
 its answer. With no site it doubles as the dry run behind the study page: if a
 round started now, which sites would take part, and why not the others.
@@ -26,6 +28,7 @@ from studies.choices import (
     ParticipationStatus,
     StudyStatus,
 )
+from studies.history import as_of, instance_as_of
 from studies.models import AgreementSignature, AgreementVersion, Approval, Dpia, EthicsApproval, Participation, Study
 from studies.privacy import privacy_budget
 
@@ -82,6 +85,7 @@ class GateResult:
     site_id: int | None = None
     eligible_count: int = 0
     counted_sites: int = 0
+    as_of: bool = False  # read from the records' history as they stood at `moment`, not as they are now
 
     @property
     def checks(self) -> list[Check]:
@@ -125,6 +129,7 @@ class GateResult:
             "study_id": self.study_id,
             "action": self.action,
             "moment": self.moment.isoformat(),
+            "as_of": self.as_of,
             "allowed": self.allowed,
             "eligible_site_ids": [verdict.site_id for verdict in self.eligible_sites],
             "checks": [check.as_dict() for check in self.checks],
@@ -137,26 +142,33 @@ def evaluate(
     *,
     site: Site | int | None = None,
     moment: datetime | None = None,
+    at: datetime | None = None,
 ) -> GateResult:
-    """Evaluate every governance check for `action` on `study` (for `site`, if given) at `moment` (default now)."""
-    moment = _checked_moment(action, moment)
+    """Evaluate every governance check for `action` on `study` (for `site`, if given) at `moment` (default now)
+    on the records as they are; with `at`, on the records as they stood at `at`, judged at `at`."""
+    moment = _checked_moment(action, moment, at)
     site_id = site.pk if isinstance(site, Site) else site
-    return _judge(study, _load([study], moment)[study.pk], action, moment, site_id)
+    then = instance_as_of(study, at)
+    if then is None:
+        return _not_yet(study, action, moment, site_id)
+    return _judge(then, _load([then], moment, at)[study.pk], action, moment, site_id, historical=at is not None)
 
 
 def evaluate_many(studies: Iterable[Study], action: str = GateAction.AGGREGATE, *,
                   moment: datetime | None = None) -> dict[int, GateResult]:
     """The dry run for several studies at once (dashboards), in the same fixed number of queries."""
-    moment = _checked_moment(action, moment)
+    moment = _checked_moment(action, moment, None)
     studies = list(studies)
     facts = _load(studies, moment)
     return {study.pk: _judge(study, facts[study.pk], action, moment, None) for study in studies}
 
 
-def _checked_moment(action: str, moment: datetime | None) -> datetime:
+def _checked_moment(action: str, moment: datetime | None, at: datetime | None) -> datetime:
     if action not in GateAction.values:
         raise ValueError(f"Unknown gate action {action!r}; expected one of {', '.join(GateAction.values)}.")
-    moment = moment or timezone.now()
+    if at is not None and moment is not None and moment != at:
+        raise ValueError("Give the moment or `at`, not both: as of a moment, the gate judges at that moment.")
+    moment = moment or at or timezone.now()
     if timezone.is_naive(moment):
         raise ValueError("The gate needs an aware moment: expiry is exact to the second across time zones.")
     return moment
@@ -174,16 +186,19 @@ class _Facts:
     approvals: dict[str, Approval] = field(default_factory=dict)
 
 
-def _load(studies: list[Study], moment: datetime) -> dict[int, _Facts]:
-    """Six queries, whatever the number of studies and sites."""
+def _load(studies: list[Study], moment: datetime, at: datetime | None = None) -> dict[int, _Facts]:
+    """Six queries, whatever the number of studies and sites; as of a moment seven (the sites come apart),
+    plus one for the study as it stood (`evaluate`)."""
     facts = {study.pk: _Facts() for study in studies}
     ids = list(facts)
-    for agreement in AgreementVersion.objects.filter(study__in=ids).defer("text").order_by("study", "-version"):
+    agreements = as_of(AgreementVersion, at).filter(study__in=ids).order_by("study", "-version")
+    for agreement in agreements if at else agreements.defer("text"):  # a historical row has no deferred loading
         facts[agreement.study_id].agreement = facts[agreement.study_id].agreement or agreement
-    for dpia in Dpia.objects.filter(study__in=ids):
+    for dpia in as_of(Dpia, at).filter(study__in=ids):
         facts[dpia.study_id].dpia = dpia
     # Per site its current participation, else its latest one (a revoked site stays visible, in red).
-    rows = Participation.objects.filter(study__in=ids).select_related("site").order_by("site__name", "-invited_at")
+    rows = _with_sites(as_of(Participation, at).filter(study__in=ids).select_related("site")
+                       .order_by("site__name", "-invited_at"), at)
     latest: dict[tuple[int, int], Participation] = {}
     for participation in rows:
         kept = latest.get((participation.study_id, participation.site_id))
@@ -192,16 +207,32 @@ def _load(studies: list[Study], moment: datetime) -> dict[int, _Facts]:
     for (study_id, _), participation in latest.items():
         facts[study_id].participations.append(participation)
     agreement_study = {f.agreement.pk: study_id for study_id, f in facts.items() if f.agreement}
-    for agreement_id, site_id in AgreementSignature.objects.filter(agreement__in=agreement_study).values_list(
+    for agreement_id, site_id in as_of(AgreementSignature, at).filter(agreement__in=agreement_study).values_list(
         "agreement_id", "site_id"
     ):
         facts[agreement_study[agreement_id]].signed.add(site_id)
-    for approval in EthicsApproval.objects.filter(study__in=ids).order_by("valid_until"):
+    for approval in as_of(EthicsApproval, at).filter(study__in=ids).order_by("valid_until"):
         _keep_best_ethics(facts[approval.study_id].ethics, approval, moment)
-    live = Approval.objects.filter(study__in=ids, decision=ApprovalDecision.APPROVED, voided_at__isnull=True)
+    live = as_of(Approval, at).filter(study__in=ids, decision=ApprovalDecision.APPROVED, voided_at__isnull=True)
     for approval in live:
         facts[approval.study_id].approvals[approval.role] = approval
     return facts
+
+
+def _with_sites(participations: Iterable[Participation], at: datetime | None) -> list[Participation]:
+    """A historical row comes back without its joined site: attach the sites in one query."""
+    rows = list(participations)
+    if at is not None:
+        sites = Site.objects.in_bulk({row.site_id for row in rows})
+        for row in rows:
+            row.site = sites[row.site_id]
+    return rows
+
+
+def _not_yet(study: Study, action: str, moment: datetime, site_id: int | None) -> GateResult:
+    check = Check(GateCheck.STUDY_ACTIVE, False, "The study did not exist yet at that moment.")
+    sites = (_uninvited_verdict(site_id),) if site_id else ()
+    return GateResult(study.pk, action, moment, (check,), sites, site_id, as_of=True)
 
 
 def _keep_best_ethics(best: dict[int, EthicsApproval], approval: EthicsApproval, moment: datetime) -> None:
@@ -213,7 +244,8 @@ def _keep_best_ethics(best: dict[int, EthicsApproval], approval: EthicsApproval,
         best[approval.site_id] = approval
 
 
-def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: int | None) -> GateResult:
+def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: int | None, *,
+           historical: bool = False) -> GateResult:
     verdicts = [
         _site_verdict(p, facts.agreement, facts.signed, facts.ethics.get(p.site_id), moment)
         for p in facts.participations
@@ -232,7 +264,7 @@ def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: 
     if site_id is None or action == GateAction.AGGREGATE:
         study_checks.append(_quorum_check(study, eligible, len(current)))
     return GateResult(study.pk, action, moment, tuple(study_checks), tuple(verdicts), site_id,
-                      eligible_count=eligible, counted_sites=len(current))
+                      eligible_count=eligible, counted_sites=len(current), as_of=historical)
 
 
 def _status_check(study: Study) -> Check:

@@ -26,6 +26,7 @@ class GatePayload(TypedDict):
     study_id: int
     action: str
     moment: str
+    as_of: bool  # read from the records' history as they stood at `moment` (never, for a live verdict)
     allowed: bool
     eligible_site_ids: list[int]
     checks: list[CheckPayload]

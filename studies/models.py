@@ -11,6 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+from simple_history.models import HistoricalRecords
 
 from sites.models import Site
 from studies import event_registry
@@ -54,8 +55,15 @@ PROTOCOL_FIELDS = (
     "label_column",
     "num_features",
     "federated_statistics",
+    "secure_aggregation",
     "disclosure_min_sites",
 )
+
+
+def governance_history() -> HistoricalRecords:
+    """Every saved state of a record the gate reads, with the moment it took effect, so that the gate can be
+    asked how things stood at any moment (`studies.history`). Who acted and why stays in the audit log."""
+    return HistoricalRecords(user_db_constraint=False)
 
 
 def sha256_text(text: str) -> str:
@@ -66,8 +74,8 @@ def sha256_text(text: str) -> str:
 # Such a field enters the hash only once it differs from that value, so adding a field to the product does not
 # void every approval given before it existed; changing it on a study does, like any protocol edit.
 # Before the protocol carried a privacy target, delta was a setting (1e-5) and nothing was enforced.
-LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4, "dp_target_epsilon": None, "dp_delta": 1e-5,
-                                         "disclosure_min_sites": 3}
+LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4, "secure_aggregation": False, "dp_target_epsilon": None,
+                                         "dp_delta": 1e-5, "disclosure_min_sites": 3}
 
 
 def protocol_hash(protocol: dict[str, Any]) -> str:
@@ -151,12 +159,18 @@ class Study(models.Model):
         default=True, help_text="Run a statistics round first so every site standardizes with the global mean and SD.",
     )
 
+    secure_aggregation = models.BooleanField(
+        default=False, help_text="Sites mask their updates (SecAgg+): the coordinator learns only their weighted sum.",
+    )
+
     # Not protocol: what the study has spent. Training rounds whose model was released, by the DP noise multiplier
     # they ran with ("0.0": no noise, or noise anyone could remove). Written by `studies.services.privacy` only.
     privacy_ledger = models.JSONField(default=dict, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    history = governance_history()
 
     class Meta:
         ordering = ["-created_at"]
@@ -167,11 +181,12 @@ class Study(models.Model):
         return self.title
 
     def clean(self) -> None:
-        robust = {Strategy.MEDIAN, Strategy.TRIMMED_MEAN, Strategy.KRUM, Strategy.MULTI_KRUM}
-        if self.dp_noise_multiplier > 0 and self.strategy in robust:
+        if self.dp_noise_multiplier > 0 and self.strategy in ROBUST_STRATEGIES:
             # DP-FedAvg's noise is calibrated to a clipped mean; a median or Krum has another sensitivity.
             raise ValidationError({"dp_noise_multiplier": "Differential privacy works with averaging strategies "
                                                           "(FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad) only."})
+        if self.secure_aggregation:
+            secure_aggregation_problems(self)
         if self.dp_target_epsilon is not None and self.dp_noise_multiplier <= 0:
             raise ValidationError({"dp_target_epsilon": "A privacy target needs DP noise (a noise multiplier "
                                                         "above 0)."})
@@ -199,6 +214,24 @@ class Study(models.Model):
         return protocol_hash(self.protocol())
 
 
+ROBUST_STRATEGIES = frozenset({Strategy.MEDIAN, Strategy.TRIMMED_MEAN, Strategy.KRUM, Strategy.MULTI_KRUM})
+
+
+def secure_aggregation_problems(study: Study) -> None:
+    """Refuse what cannot run on masked updates: the coordinator holds only their sum, never one of them."""
+    if study.strategy in ROBUST_STRATEGIES:
+        raise ValidationError({"strategy": f"{study.get_strategy_display()} needs every site's update in the clear; "
+                                           "with secure aggregation the coordinator holds only their sum. Choose "
+                                           "FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad."})
+    if study.dp_noise_multiplier > 0:
+        raise ValidationError({"dp_noise_multiplier": "Central differential privacy clips each site's update norm at "
+                                                      "the coordinator, which secure aggregation makes impossible; "
+                                                      "turn one of them off."})
+    if study.quorum < 3:
+        raise ValidationError({"quorum": "Secure aggregation needs a quorum of at least 3 sites: the sum of two "
+                                         "updates tells each site the other's."})
+
+
 class StudyUserObjectPermission(UserObjectPermissionBase):
     content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
 
@@ -219,6 +252,8 @@ class AgreementVersion(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    history = governance_history()
+
     class Meta:
         ordering = ["study", "-version"]
         constraints = [models.UniqueConstraint(fields=["study", "version"], name="agreement_version_unique")]
@@ -235,6 +270,8 @@ class AgreementSignature(models.Model):
     signed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     signed_at = models.DateTimeField()
     agreement_sha256 = models.CharField(max_length=64, help_text="Hash of the text the signer saw.")
+
+    history = governance_history()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["agreement", "site"], name="one_signature_per_site_version")]
@@ -264,6 +301,8 @@ class Dpia(models.Model):
     comment = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    history = governance_history()
+
     class Meta:
         verbose_name = "DPIA"
 
@@ -281,6 +320,8 @@ class EthicsApproval(models.Model):
     valid_until = models.DateTimeField()
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     recorded_at = models.DateTimeField()
+
+    history = governance_history()
 
     class Meta:
         ordering = ["-valid_until"]
@@ -305,6 +346,8 @@ class Participation(models.Model):
     )
     decided_at = models.DateTimeField(null=True, blank=True)
     reason = models.TextField(blank=True, help_text="Why it last changed status.")
+
+    history = governance_history()
 
     class Meta:
         ordering = ["site__name", "-invited_at"]
@@ -341,6 +384,8 @@ class Approval(models.Model):
     agreement_sha256 = models.CharField(max_length=64)
     voided_at = models.DateTimeField(null=True, blank=True)
     void_reason = models.TextField(blank=True)
+
+    history = governance_history()
 
     class Meta:
         ordering = ["-decided_at"]

@@ -35,6 +35,21 @@ def _fresh_throttles() -> Iterator[None]:
     cache.clear()
 
 
+@pytest.fixture(scope="session")
+def audit_key_pem() -> str:
+    """One Ed25519 key for the session's audit checkpoints (generated, as production's would be, from the OS)."""
+    from consortium.evidence import signing
+
+    return signing.private_key_pem(signing.generate_private_key()).decode("ascii")
+
+
+@pytest.fixture(autouse=True)
+def _audit_signing_key(settings, audit_key_pem: str) -> None:
+    """Exports sign a checkpoint: the suite's key comes through the setting production uses."""
+    settings.AUDIT_SIGNING_KEY = audit_key_pem
+    settings.AUDIT_SIGNING_KEY_FILE = ""
+
+
 @pytest.fixture
 def p(db) -> Personas:
     """The personas: pi, dpo, dpo2, site_a_admin, site_b_admin, auditor, outsider, admin, site_a, site_b."""

@@ -46,15 +46,36 @@ class Walk:
             name = prefix.rsplit("{", 1)[1].rstrip("}/")
             if template.startswith(prefix):
                 url = url.replace("{" + name + "}", str(value))
+        url = url.replace("/versions/{number}/", "/versions/0/")  # the initial model, made when the round opened
         assert "{" not in url, f"{template}: give the walk an id for this path"
         return url
 
     def caller(self, template: str) -> APIClient:
+        if template.startswith("/api/agent/flower/"):
+            return self._flower_coordinator()
         if template.startswith("/api/agent/"):
             return self.agent
+        if template.startswith("/api/sites/{id}/flower-nodes/"):
+            return client(self.fed.p.site_a_admin)
+        if template.startswith("/api/studies/{id}/flower-tokens/"):
+            return client(self.fed.p.pi)
         if template.startswith("/api/sites/{id}/agent-tokens/"):
             return client(self.fed.p.site_a_admin)
         return client(self.fed.p.dpo)  # a DPO oversees every study and reads the audit log
+
+
+    def _flower_coordinator(self) -> APIClient:
+        from aggregation.flower_auth import assemble
+        from aggregation.models import FlowerCoordinatorToken
+        from sites import tokens
+
+        if not hasattr(self, "coordinator"):
+            secret = tokens.new_secret()
+            FlowerCoordinatorToken.objects.create(study=self.fed.study, name="SuperLink", prefix="0123abcd",
+                                                  key_hash=tokens.hash_secret(secret), created_by=self.fed.p.pi)
+            self.coordinator = APIClient()
+            self.coordinator.credentials(HTTP_AUTHORIZATION=f"Bearer {assemble('0123abcd', secret)}")
+        return self.coordinator
 
 
 @pytest.fixture
@@ -82,6 +103,8 @@ def test_it_audits_every_read_of_study_data_and_classifies_every_other_get(walk)
         event = events_after(mark)[0]
         if template.startswith(("/api/studies/{id}/", "/api/participations/", "/api/agent/rounds/{round_id}")):
             assert event.study_id == walk.fed.study.pk, template
+        if template.startswith("/api/sites/{id}/ledger"):
+            assert (event.site_id, event.details["studies"]) == (walk.fed.p.site_a.pk, [walk.fed.study.pk]), template
     assert not problems, "\n".join(problems)
 
 
@@ -151,8 +174,8 @@ def test_it_answers_an_unknown_query_parameter_with_a_json_400_on_every_get(walk
     for template, operation in schema_gets().items():
         assert "400" in operation["responses"], f"{template}: the schema should document the 400"
         mark = last_seq()
-        response = walk.caller(template).get(walk.url(template), {"since": "2026-01-01"})
-        body = assert_error(response, 400, "unknown_parameter", mentions="Unknown query parameter: since.")
+        response = walk.caller(template).get(walk.url(template), {"colour": "blue"})
+        body = assert_error(response, 400, "unknown_parameter", mentions="Unknown query parameter: colour.")
         assert events_after(mark) == [], template
         declared = [param["name"] for param in operation.get("parameters", []) if param["in"] == "query"]
         for name in declared:
@@ -160,9 +183,10 @@ def test_it_answers_an_unknown_query_parameter_with_a_json_400_on_every_get(walk
 
 
 def test_it_refuses_the_log_filtered_by_a_parameter_it_does_not_know(p):
-    response = client(p.auditor).get("/api/audit/events/", {"since": "2026-01-01"})
+    response = client(p.auditor).get("/api/audit/events/", {"colour": "blue"})
     body = assert_error(response, 400, "unknown_parameter")
-    assert body["detail"] == ("Unknown query parameter: since. It takes action, page, page_size, study.")
+    assert body["detail"] == ("Unknown query parameter: colour. It takes action, actor, object_id, object_type, "
+                              "outcome, page, page_size, since, site, study, until.")
 
 
 def _malformed(param: dict[str, Any]) -> str:

@@ -85,7 +85,7 @@ def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
     if refusals:
         return _block(round_, " ".join(check.reason for check in refusals), gate)
     updates = list(round_.updates.filter(status=UpdateStatus.ACCEPTED).select_related("site"))
-    included = _apply_exclusions(updates, gate, round_)
+    included = apply_exclusions(updates, gate, round_)
     if len(included) < len(updates) and study.revocation_policy == RevocationPolicy.ABORT:
         return _block(round_, "Aborted: an update came from a site no longer eligible (revocation policy: abort).",
                       gate)
@@ -94,7 +94,7 @@ def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
     return _produce_version(study, round_, included, gate, started)
 
 
-def _apply_exclusions(updates: list[Update], gate: GateResult, round_: Round) -> list[Update]:
+def apply_exclusions(updates: list[Update], gate: GateResult, round_: Round) -> list[Update]:
     """Mark updates from sites the gate no longer allows as excluded, each with that site's reasons."""
     eligible = {verdict.site_id for verdict in gate.eligible_sites}
     included = []
@@ -126,7 +126,7 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     state = codec.read_file(absolute(base.optimizer_state_path)) if base.optimizer_state_path else {}
     pairs = [(codec.LazyTensors(absolute(update.path)), float(update.num_examples)) for update in included]
     weights, state, weighting = strategies.aggregate(study.strategy, current, pairs, state, _strategy_settings(study))
-    broken = _not_finite(weights, state)
+    broken = not_finite(weights, state)
     if broken:
         # Nothing is stored: the next round trains from the latest stored version again.
         move_round(round_, RoundStatus.FAILED, actor=SYSTEM, details={"not_finite": broken},
@@ -137,7 +137,7 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     path, digest = store(data, "versions", study.pk)
     state_path = store(codec.encode(state), "optimizer", study.pk)[0] if state else ""
     seconds = time.perf_counter() - started
-    provenance = {**_provenance(study, round_, included, gate, weighting), "aggregation_seconds": seconds,
+    provenance = {**version_provenance(study, round_, included, gate, weighting), "aggregation_seconds": seconds,
                   # The global model's L2 norm, beside the sites' update norms on the dashboard.
                   "weight_norm": math.sqrt(sum(float(t.double().pow(2).sum()) for t in weights.values()))}
     version = ModelVersion(study=study, number=base.number + 1, round=round_, path=path, sha256=digest,
@@ -146,7 +146,7 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     version.full_clean()
     version.save()
     Update.objects.filter(pk__in=[u.pk for u in included]).update(status=UpdateStatus.INCLUDED)
-    _record_version(version, round_, provenance)
+    record_version(version, round_, provenance)
     study_round_released(study=study, round_number=round_.number, noise_multiplier=study.dp_noise_multiplier)
     waited = max((timezone.now() - round_.aggregation_started_at).total_seconds() - seconds, 0.0)
     _events.aggregation_finished(round_, version, included, seconds, waited)
@@ -155,7 +155,7 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     return version
 
 
-def _record_version(version: ModelVersion, round_: Round, provenance: dict[str, Any]) -> None:
+def record_version(version: ModelVersion, round_: Round, provenance: dict[str, Any]) -> None:
     """The audit event alone reconciles with the provenance: every included site with the weight applied
     and its update's SHA-256, every site left out of this round with the reason."""
     excluded = round_.updates.filter(status=UpdateStatus.EXCLUDED).select_related("site").order_by("site__name")
@@ -169,7 +169,7 @@ def _record_version(version: ModelVersion, round_: Round, provenance: dict[str, 
                                  for u in excluded]})
 
 
-def _not_finite(weights: dict[str, Any], state: dict[str, Any]) -> list[str]:
+def not_finite(weights: dict[str, Any], state: dict[str, Any]) -> list[str]:
     """The tensors (at most three named) of the new model or its optimizer state holding NaN or infinity."""
     names = [name for name, tensor in [*weights.items(), *state.items()] if not bool(torch.isfinite(tensor).all())]
     return names[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])
@@ -186,7 +186,7 @@ def _strategy_settings(study: Study) -> dict[str, Any]:
     }
 
 
-def _provenance(study: Study, round_: Round, included: list[Update], gate: GateResult,
+def version_provenance(study: Study, round_: Round, included: list[Update], gate: GateResult,
                 weighting: "Weighting") -> dict[str, Any]:
     """Everything needed to trace the model: who contributed under which agreement, with the example count
     each declared and the weight the strategy actually applied, the gate, the code."""

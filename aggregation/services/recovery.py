@@ -47,8 +47,10 @@ def claim_aggregation(round_id: int) -> bool:
 def aggregations_redispatch(*, moment: datetime) -> list[int]:
     """Send the aggregation task again for each aggregating round that no worker has claimed and that
     was last sent before `moment - AGGREGATION_REDISPATCH_AFTER`. Returns the rounds sent."""
-    due = Q(status=RoundStatus.AGGREGATING) & (Q(aggregation_dispatched_at__isnull=True)
-                                              | Q(aggregation_dispatched_at__lte=moment - AGGREGATION_REDISPATCH_AFTER))
+    # A Flower round is aggregated by the Flower coordinator, never by our task.
+    stale = moment - AGGREGATION_REDISPATCH_AFTER
+    due = Q(status=RoundStatus.AGGREGATING, flower__isnull=True) & (Q(aggregation_dispatched_at__isnull=True)
+                                                                    | Q(aggregation_dispatched_at__lte=stale))
     sent = []
     for round_id in Round.objects.filter(due).values_list("pk", flat=True):
         with transaction.atomic():

@@ -45,6 +45,8 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
         study = lock_study(study_id)
         if study.status != StudyStatus.ACTIVE or Round.objects.filter(study=study, status__in=ROUND_LIVE).exists():
             return None
+        if study.flower_tokens.filter(revoked_at__isnull=True).exists():
+            return None  # a Flower coordinator runs this study's rounds (`aggregation.services.flower`)
         kind = _next_kind(study)
         if kind is None:
             return None
@@ -242,10 +244,12 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
     again, remove what killed writers left in the model store, and tell live dashboards when an approval
     lapsed with time."""
     moment = moment or timezone.now()
-    for round_id in Round.objects.filter(status=RoundStatus.OPEN, deadline__lte=moment).values_list("pk", flat=True):
+    # A Flower round is the Flower coordinator's to finish: no deadline or completion of ours applies.
+    ours = Round.objects.filter(status=RoundStatus.OPEN, flower__isnull=True)
+    for round_id in ours.filter(deadline__lte=moment).values_list("pk", flat=True):
         round_check_deadline(round_id=round_id, moment=moment)
     # A site that became ineligible may leave every remaining eligible site already submitted.
-    for round_id in Round.objects.filter(status=RoundStatus.OPEN, deadline__gt=moment).values_list("pk", flat=True):
+    for round_id in ours.filter(deadline__gt=moment).values_list("pk", flat=True):
         with transaction.atomic():
             round_ = lock_round(round_id)
             if round_.status == RoundStatus.OPEN:

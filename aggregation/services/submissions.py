@@ -69,6 +69,15 @@ def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     return version, data
 
 
+def _refuse_clear_update_of_secure_study(round_: Round) -> None:
+    """A study whose protocol promises secure aggregation never takes an update in the clear: refused before
+    it is decoded, and nothing is stored (the masked stages are the only way in; see docs/secure-aggregation.md)."""
+    if round_.study.secure_aggregation:
+        raise Conflict(f"Round {round_.number} belongs to a study with secure aggregation: it takes masked inputs "
+                       "only, never an update in the clear. Nothing was stored.",
+                       code="secure_aggregation_required", study=round_.study_id)
+
+
 def _round_named(kwargs: dict[str, Any]) -> dict[str, Any]:
     """A refused submission's audit event names its round: the id it was sent to and, if it exists, its number."""
     return {"round_id": kwargs.get("round_id"),
@@ -90,6 +99,7 @@ def update_submit(
         raise Conflict(f"{actor.site} already submitted an update for round {round_.number}; one per site per round.",
                        code="duplicate_update", study=round_.study_id, site=actor.site_id)
     _require_open(round_, RoundKind.TRAINING)
+    _refuse_clear_update_of_secure_study(round_)
     if round_number != round_.number:
         raise Conflict(f"This is round {round_.number}, not {round_number}.", code="stale_round", study=round_.study_id)
     if base_version != round_.base_version.number:

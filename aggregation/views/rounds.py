@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET
 
 from aggregation import selectors, services
 from aggregation.downloads import model_file_response
+from aggregation.views.flower import flower_section
 from consortium.audit.services import select_or_deny
 from consortium.web import domain_errors
 from studies import selectors as study_selectors
@@ -35,7 +36,8 @@ def rounds_page(request: HttpRequest, pk: int) -> HttpResponse:
     study = visible_study(request, pk)
     study_viewed(actor=request.user, study=study, via="page:rounds")
     return render(request, "aggregation/rounds.html", {"study": study, "overview": selectors.rounds_overview(study),
-                                                       **_disclosure(request, study)})
+                                                       **_disclosure(request, study),
+                                                       **flower_section(request.user, study)})
 
 
 @login_required

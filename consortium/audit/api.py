@@ -11,15 +11,17 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from consortium.api_base import AuditedRead, ConsortiumApi, IdField, StrictSerializer, errors
+from consortium.api_base import AuditedRead, ConsortiumApi, StrictSerializer, errors
+from consortium.audit.checkpoints import export_checkpoint
 from consortium.audit.exports import EXPORT_COLUMNS
+from consortium.audit.filters import FILTER_FIELDS, AuditFilter, parse_filter
 from consortium.audit.log import export_record
 from consortium.audit.models import AuditEvent
-from consortium.audit.selectors import audit_csv, audit_events_for
+from consortium.audit.selectors import audit_events_for
 from consortium.audit.services import api_token_obtain, select_or_deny
+from consortium.audit.streams import streamed_export
 from consortium.audit_actions import ConsortiumAction
 from consortium.request_limits import MAX_ID
-from consortium.web import csv_attachment
 
 AUDIT = ["audit"]
 
@@ -67,11 +69,27 @@ class TokenObtainApi(ConsortiumApi):
 
 
 class AuditFilterSerializer(serializers.Serializer):
-    """The audit log's filters (the export's query parameters)."""
+    """The audit log's filters (`consortium.audit.filters`, shared with the page and `manage.py audit_export`).
+    An unknown or malformed one is a 400."""
 
-    study = IdField(required=False, help_text="Only this study's events.")
-    action = serializers.CharField(required=False, allow_blank=True, default="", max_length=100,
-                                   help_text="Only actions starting with this, e.g. `studies.dpia.`.")
+    study = serializers.CharField(required=False, help_text="Only this study's events (its id).")
+    site = serializers.CharField(required=False, help_text="Only events about this site (its code).")
+    actor = serializers.CharField(required=False, help_text="Only events by this person (username).")
+    since = serializers.CharField(required=False, help_text="Events at or after this ISO 8601 time, with offset.")
+    until = serializers.CharField(required=False, help_text="Events before this ISO 8601 time, with offset.")
+    object_type = serializers.CharField(required=False, help_text="e.g. `aggregation.modelversion`.")
+    object_id = serializers.CharField(required=False, help_text="The object's id (with object_type).")
+    action = serializers.CharField(required=False, help_text="Only actions starting with this, e.g. `studies.dpia.`.")
+    outcome = serializers.ChoiceField(required=False, choices=["ok", "done", "denied"],
+                                      help_text="`ok` (or `done`) or `denied`.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        values = {name: attrs.get(name) for name in FILTER_FIELDS}
+        form, audit_filter = parse_filter(values)
+        if audit_filter is None:
+            raise serializers.ValidationError({name: [error["message"] for error in errors] for name, errors in
+                                               form.errors.get_json_data(escape_html=False).items()})
+        return {**{k: v for k, v in attrs.items() if k not in FILTER_FIELDS}, "filter": audit_filter}
 
 
 class AuditPagination(PageNumberPagination):
@@ -88,11 +106,12 @@ class AuditListQuerySerializer(AuditFilterSerializer):
                                          help_text="Events a page (default 50).")
 
 
-def _events(request: Request, query: dict[str, Any], via: str) -> tuple[Any, dict[str, Any]]:
+def _events(request: Request, query: dict[str, Any], via: str) -> tuple[Any, AuditFilter]:
     """The filtered log if the caller may read it; a refusal (403) is audited as `consortium.audit.<via>`."""
-    filters = {"study_id": query.get("study"), "action_prefix": query.get("action", "")}
-    events = select_or_deny(request.user, f"consortium.audit.{via}", lambda: audit_events_for(request.user, **filters))
-    return events, filters
+    audit_filter = query["filter"]
+    events = select_or_deny(request.user, f"consortium.audit.{via}",
+                            lambda: audit_events_for(request.user, audit_filter=audit_filter))
+    return events, audit_filter
 
 
 class AuditEventOutputSerializer(serializers.ModelSerializer):
@@ -120,26 +139,44 @@ class AuditEventListApi(ConsortiumApi):
     @extend_schema(tags=AUDIT, summary="The audit log, newest first (auditors, DPOs, consortium admins)",
                    responses={200: AuditEventOutputSerializer(many=True), **errors(400)})
     def get(self, request: Request) -> Response:
-        events, filters = _events(request, self.query, "api_view")
+        events, audit_filter = _events(request, self.query, "api_view")
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(events, request, view=self)
-        self.audit_read(study=filters["study_id"], filters=filters, events=len(page))
+        self.audit_read(study=audit_filter.study_id, filters=audit_filter.details(), events=len(page))
         return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)
 
 
 class AuditEventExportApi(ConsortiumApi):
+    """The filtered audit log, oldest first, streamed up to a checkpoint signed for this export (its number,
+    size and key in the X-Audit-Checkpoint* headers). The export is audited."""
+
     reads = AuditedRead(ConsortiumAction.AUDIT_API_EXPORTED)
     query_serializer = AuditFilterSerializer
+    export_format = "csv"
 
     @extend_schema(
         tags=AUDIT, operation_id="audit_events_export",
-        summary="The audit log as CSV, every field the hash chain covers (the export is audited)",
+        summary="The audit log as CSV, every field the hash chain covers (streamed; the export is audited)",
         responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description=(
             "CSV, one event a row, columns as in the JSON list. A cell starting with `'` had it added "
-            "(formula protection): remove it before recomputing the chain.")), **errors(400)},
+            "(formula protection): remove it before recomputing the chain.")), **errors(400, 503)},
     )
     def get(self, request: Request) -> HttpResponse:
-        events, filters = _events(request, self.query, "api_export")
-        rows = list(events.order_by("seq"))
-        self.audit_read(study=filters["study_id"], filters=filters, events=len(rows))
-        return csv_attachment(audit_csv(rows), "consortium-audit.csv")
+        events, audit_filter = _events(request, self.query, "api_export")
+        checkpoint = export_checkpoint()
+        self.audit_read(study=audit_filter.study_id, filters=audit_filter.details(), format=self.export_format,
+                        through_seq=checkpoint.tree_size, checkpoint=checkpoint.number)
+        return streamed_export(events, checkpoint, self.export_format)
+
+
+class AuditEventJsonlExportApi(AuditEventExportApi):
+    export_format = "jsonl"
+
+    @extend_schema(
+        tags=AUDIT, operation_id="audit_events_export_jsonl",
+        summary="The audit log as JSON Lines, every field the hash chain covers (streamed; the export is audited)",
+        responses={(200, "application/x-ndjson"): OpenApiResponse(OpenApiTypes.STR, description=(
+            "One event a line, as canonical JSON with the fields of the JSON list.")), **errors(400, 503)},
+    )
+    def get(self, request: Request) -> HttpResponse:
+        return super().get(request)

@@ -1,11 +1,9 @@
 """Input parsing for the consortium-wide pages, and the rule every new username follows."""
 
-from django import forms
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.exceptions import ValidationError
 
 from consortium.audit.exports import FORMULA_STARTS
-from consortium.request_limits import MAX_ID
 
 FORMULA_USERNAME = (
     "A username may not start with =, +, -, @, a tab or a carriage return: spreadsheets opening the "
@@ -33,12 +31,3 @@ class ConsortiumUserChangeForm(UserChangeForm):
             validate_username_start(username)
         return username
 
-
-class AuditFilterForm(forms.Form):
-    study = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, label="Study id")
-    action = forms.CharField(
-        required=False,
-        max_length=100,
-        label="Action starts with",
-        help_text="For example studies.participation or consortium.audit.",
-    )

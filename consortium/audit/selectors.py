@@ -6,6 +6,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
 from consortium.audit.exports import EXPORT_COLUMNS, to_cells, write_csv
+from consortium.audit.filters import AuditFilter
 from consortium.audit.log import export_record
 from consortium.audit.models import AuditEvent
 from consortium.audit.permissions import can_read_audit
@@ -13,12 +14,15 @@ from consortium.errors import Forbidden
 
 
 def audit_events_for(
-    user: AbstractBaseUser | AnonymousUser, *, study_id: int | None = None, action_prefix: str = ""
+    user: AbstractBaseUser | AnonymousUser, *, study_id: int | None = None, action_prefix: str = "",
+    audit_filter: AuditFilter | None = None,
 ) -> QuerySet[AuditEvent]:
-    """The audit log, newest first, optionally for one study or one family of actions."""
+    """The audit log, newest first, narrowed by `audit_filter` (or only by study and action prefix)."""
     if not can_read_audit(user):
         raise Forbidden("Only auditors, DPOs and consortium admins read the audit log.")
     events = AuditEvent.objects.order_by("-seq")
+    if audit_filter is not None:
+        return audit_filter.apply(events)
     if study_id is not None:
         events = events.filter(study_id=study_id)
     if action_prefix:

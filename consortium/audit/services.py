@@ -20,10 +20,13 @@ LOCKED_OUT = "Too many failed logins for this username or from this address."
 T = TypeVar("T")
 
 
-def audit_log_read(*, actor: AbstractBaseUser, via: str, filters: dict[str, Any], count: int) -> None:
-    """Record that someone read or exported the audit log ("who saw what" includes the log itself)."""
-    record(actor=actor, action=f"consortium.audit.{via}", study=filters.get("study_id"),
-           details={"filters": filters, "events": count})
+def audit_log_read(*, actor: AbstractBaseUser, via: str, filters: dict[str, Any], count: int | None) -> None:
+    """Record that someone read or exported the audit log ("who saw what" includes the log itself). A streamed
+    export records the sequence number it runs to instead of a count (`count` None)."""
+    details: dict[str, Any] = {"filters": filters}
+    if count is not None:
+        details["events"] = count
+    record(actor=actor, action=f"consortium.audit.{via}", study=filters.get("study_id"), details=details)
 
 
 def study_data_read(

@@ -1,4 +1,4 @@
-"""The audit log's page and its CSV export (both audited, a refused read too)."""
+"""The audit log's page and its CSV and JSONL exports (all audited, a refused read too)."""
 
 from typing import Any
 
@@ -8,44 +8,39 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from consortium.audit import selectors
-from consortium.audit.forms import AuditFilterForm
+from consortium.audit.checkpoints import export_checkpoint, latest_checkpoint
+from consortium.audit.details import readable_details
+from consortium.audit.filters import AuditFilter, AuditFilterForm
 from consortium.audit.log import verify_chain
 from consortium.audit.services import audit_log_read, select_or_deny
-from consortium.web import csv_attachment, domain_errors
+from consortium.audit.streams import streamed_export
+from consortium.errors import ValidationFailed
+from consortium.web import domain_errors
 
 AUDIT_PAGE_SIZE = 50
 
 
-def _filters(request: HttpRequest) -> dict[str, Any]:
-    """The audit filters from the query string; malformed ones are dropped, not guessed."""
-    form = AuditFilterForm(request.GET or None)
-    if not form.is_valid():
-        return {"form": form, "study_id": None, "action_prefix": ""}
-    return {"form": form, "study_id": form.cleaned_data["study"], "action_prefix": form.cleaned_data["action"]}
-
-
-def _events(request: HttpRequest, via: str) -> tuple[Any, dict[str, Any]]:
-    """The filtered log; a non-reader gets a 403 (the page's existence is no secret) and the attempt is audited."""
-    filters = _filters(request)
-    events = select_or_deny(request.user,
-        f"consortium.audit.{via}",
-        lambda: selectors.audit_events_for(
-            request.user, study_id=filters["study_id"], action_prefix=filters["action_prefix"]
-        ),
-    )
-    return events, filters
+def _events(request: HttpRequest, via: str) -> tuple[Any, AuditFilterForm, AuditFilter | None]:
+    """The filtered log; a non-reader gets a 403 (the page's existence is no secret) and the attempt is audited.
+    An invalid filter selects nothing (the form says why): never a silently wider list."""
+    form = AuditFilterForm({k: v for k, v in request.GET.items() if k != "page"})
+    audit_filter = form.audit_filter() if form.is_valid() else None
+    chosen = audit_filter or AuditFilter()
+    events = select_or_deny(request.user, f"consortium.audit.{via}",
+                            lambda: selectors.audit_events_for(request.user, audit_filter=chosen))
+    return (events if audit_filter is not None else events.none()), form, audit_filter
 
 
 @login_required
 @domain_errors
 def audit_log(request: HttpRequest) -> HttpResponse:
-    events, filters = _events(request, "viewed")
+    events, form, audit_filter = _events(request, "viewed")
     page = Paginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
     audit_log_read(
         actor=request.user,
         via="viewed",
         count=len(page.object_list),
-        filters={"study_id": filters["study_id"], "action_prefix": filters["action_prefix"], "page": page.number},
+        filters={**(audit_filter.details() if audit_filter else {"invalid": form.error_text()}), "page": page.number},
     )
     query = request.GET.copy()
     query.pop("page", None)
@@ -53,23 +48,25 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         request,
         "consortium/audit_log.html",
         {
-            "form": filters["form"],
+            "form": form,
             "page": page,
+            "rows": [(event, readable_details(event.details)) for event in page.object_list],
             "chain": verify_chain(),
             "query": query.urlencode(),
+            "checkpoint": latest_checkpoint(),
         },
+        status=200 if audit_filter is not None else 400,
     )
 
 
 @login_required
 @domain_errors
-def audit_export(request: HttpRequest) -> HttpResponse:
-    events, filters = _events(request, "exported")
-    events = list(events.order_by("seq"))
-    audit_log_read(
-        actor=request.user,
-        via="exported",
-        count=len(events),
-        filters={"study_id": filters["study_id"], "action_prefix": filters["action_prefix"]},
-    )
-    return csv_attachment(selectors.audit_csv(events), "consortium-audit.csv")
+def audit_export(request: HttpRequest, export_format: str = "csv") -> HttpResponse:
+    events, form, audit_filter = _events(request, "exported")
+    if audit_filter is None:
+        raise ValidationFailed(f"Invalid filter. {form.error_text()}")
+    checkpoint = export_checkpoint()
+    audit_log_read(actor=request.user, via="exported", count=None,
+                   filters={**audit_filter.details(), "format": export_format, "through_seq": checkpoint.tree_size,
+                            "checkpoint": checkpoint.number})
+    return streamed_export(events, checkpoint, export_format)

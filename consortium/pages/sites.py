@@ -14,7 +14,8 @@ from aggregation.site_activity import site_activity
 from consortium.audit.services import select_or_deny
 from consortium.web import domain_errors
 from sites.audit_actions import SiteAction
-from sites.forms import AgentTokenCreateForm
+from sites.flower_nodes import site_flower_nodes
+from sites.forms import AgentTokenCreateForm, FlowerNodeRegisterForm
 from sites.selectors import administered_site_ids, site_agent_tokens, site_get
 from sites.services import site_viewed
 from studies.views.site_participations import site_participation_rows
@@ -29,8 +30,9 @@ def site_detail(request: HttpRequest, pk: int) -> HttpResponse:
     administers = site.pk in administered_site_ids(request.user)
     context = {"site": site, "administers": administers,
                "rows": site_participation_rows(request.user, site, administers=administers)}
-    if administers:  # only its admins see the site's agent tokens, even their names
-        context |= {"agent_tokens": site_agent_tokens(request.user, site), "token_form": AgentTokenCreateForm()}
+    if administers:  # only its admins see the site's agent tokens and SuperNode keys, even their names
+        context |= {"agent_tokens": site_agent_tokens(request.user, site), "token_form": AgentTokenCreateForm(),
+                    "flower_nodes": site_flower_nodes(request.user, site), "flower_form": FlowerNodeRegisterForm()}
     activity = site_activity(request.user, site)
     shown = {row["participation"].study_id for row in context["rows"]} | (activity.study_ids if activity else set())
     site_viewed(actor=request.user, site=site, study_ids=shown)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from consortium.evidence.errors import EvidenceError
 
 from .client import AgentClient, AgentError
 from .data import DataError, load_table
 from .runner import Agent
+from .witness import Witness
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +33,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--study", type=int, action="append", default=[],
                    help="work only on this study id (repeatable; default: every study the site takes part in)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one HTTP answer (default 30)")
+    p.add_argument("--witness-file", help="where this site keeps the coordinator's audit checkpoints it has seen, and "
+                   "any alert (default: next to --data, DATA.witness.json)")
+    p.add_argument("--audit-public-key", metavar="FILE", help="the coordinator's audit key (PEM) to pin; default: "
+                   "fetched on first contact and kept in the witness file")
+    p.add_argument("--no-witness", action="store_true", help="do not check the coordinator's audit checkpoints")
     return p
 
 
@@ -46,13 +55,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, AgentError) as exc:
         print(f"Cannot start: {exc}", file=sys.stderr)
         return 1
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    try:
+        witness = None if args.no_witness else _witness(args, client, say)
+    except (OSError, AgentError, EvidenceError) as exc:
+        print(f"Cannot start: {exc}", file=sys.stderr)
+        return 1
     agent = Agent(client, table, label=args.label, val_fraction=args.val_fraction, seed=args.seed,
-                  say=lambda line: print(line, flush=True), studies=args.study)
+                  say=say, studies=args.study, witness=witness)
     try:
         return agent.run(once=args.once, poll=args.poll)
     except KeyboardInterrupt:
         print("Stopped.", flush=True)
         return 0
+
+
+def _witness(args: argparse.Namespace, client: AgentClient, say: Callable[[str], None]) -> Witness:
+    key = Path(args.audit_public_key).read_bytes() if args.audit_public_key else None
+    return Witness(client, Path(args.witness_file or f"{args.data}.witness.json"), public_key_pem=key, say=say)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from .client import (
 )
 from .data import DEFAULT_LABEL, DataError, Dataset, Table, local_statistics, split, standardize
 from .training import LocalUpdate, Protocol, check_features, evaluate, local_update
+from .witness import Witness
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 
@@ -56,8 +57,10 @@ class Agent:
     """One site's agent: one coordinator, one data table, one settled seed."""
 
     def __init__(self, client: AgentClient, table: Table, *, label: str | None = None, val_fraction: float = 0.2,
-                 seed: int = 0, say: Callable[[str], None] = print, studies: Sequence[int] = ()):
+                 seed: int = 0, say: Callable[[str], None] = print, studies: Sequence[int] = (),
+                 witness: Witness | None = None):
         self.client, self.table, self.label = client, table, label
+        self.witness = witness  # checks the coordinator's audit checkpoints at each poll
         self.studies = set(studies)  # empty: every study the site takes part in
         self.val_fraction, self.seed, self.say = val_fraction, seed, say
         self.finished: set[int] = set()  # rounds submitted, or refused for good, by this process
@@ -101,6 +104,8 @@ class Agent:
     def run_once(self) -> PassResult:
         """Process every open round not yet submitted, oldest first."""
         result = PassResult()
+        if self.witness is not None:
+            self.witness.observe()
         rounds = _fatal_on_refusal(self.client.rounds)
         todo = [r for r in rounds if not r.get("submitted") and r["round_id"] not in self.finished
                 and (not self.studies or r["study_id"] in self.studies)]
@@ -158,6 +163,11 @@ class Agent:
 
     def training_round(self, round_: Mapping[str, Any]) -> str:
         round_id = round_["round_id"]
+        if round_.get("protocol", {}).get("secure_aggregation"):
+            # The site agreed to a protocol where nobody sees its update: never send one in the clear.
+            raise AgentError("the study's protocol asks for secure aggregation, so this agent sends masked inputs "
+                             "only (sites.agent.secure); the coordinator offered a plain update round. Nothing "
+                             "was trained or sent.")
         pending = self.pending.get(round_id)
         if pending is None:
             pending, summary = self._train(round_)

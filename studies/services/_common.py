@@ -58,8 +58,11 @@ def move(study: Study, to: StudyStatus, *, actor: AbstractBaseUser, reason: str 
 def void_approvals(study: Study, *, reason: str, moment: datetime) -> list[int]:
     """Void every live approval of the study; returns the ids voided (for the audit record)."""
     live = Approval.objects.filter(study=study, decision=ApprovalDecision.APPROVED, voided_at__isnull=True)
-    ids = list(live.values_list("pk", flat=True))
-    live.update(voided_at=moment, void_reason=reason)
+    ids = []
+    for approval in live:  # saved one by one (two at most), so their history records the moment they lapsed
+        approval.voided_at, approval.void_reason = moment, reason
+        approval.save(update_fields=["voided_at", "void_reason"])
+        ids.append(approval.pk)
     return ids
 
 

@@ -34,7 +34,8 @@ def agreement_publish(*, actor: AbstractBaseUser, study: Study, text: str) -> Ag
         raise ValidationFailed(f"The text is identical to v{previous.version}; nothing to publish.", study=study)
     now = timezone.now()
     if previous:
-        AgreementVersion.objects.filter(pk=previous.pk).update(effective_until=now)
+        previous.effective_until = now  # saved, not updated in bulk: its history records when it ended
+        previous.save(update_fields=["effective_until"])
     version = AgreementVersion(study=study, version=(previous.version + 1) if previous else 1, text=text,
                                sha256=digest, effective_from=now, created_by=actor)
     version.full_clean()

@@ -1,10 +1,13 @@
 """What the study pages show, assembled from selectors, the gate and the policy. Read-only: nothing here writes."""
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.text import capfirst
 
 from sites.models import Site
@@ -64,15 +67,30 @@ class GateRow:
     code: str
 
 
-def gate_context(study: Study, participations: list[Participation]) -> dict[str, Any]:
-    """The gate evaluated now for "aggregate" (the dry run of the next round) and what lapses soon."""
-    gate: GateResult = evaluate(study, "aggregate")
+def parse_moment(text: str) -> datetime:
+    """A moment typed on a page: ISO 8601 with its offset, or a date and time (the browser's date-time field)
+    read in the consortium's time zone, which the page names. ValueError when it is neither."""
+    try:
+        parsed = parse_datetime(text.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise ValueError("Give a date and time, e.g. 2026-03-02T14:00 (or ISO 8601 with its offset).")
+    return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed
+
+
+def gate_context(study: Study, participations: list[Participation], *, at: datetime | None = None) -> dict[str, Any]:
+    """The gate evaluated now for "aggregate" (the dry run of the next round) and what lapses soon; with `at`,
+    the gate as things stood at that moment (from the governed records' history)."""
+    gate: GateResult = evaluate(study, "aggregate", at=at)
     codes = {p.site_id: p.site.code for p in participations}
     return {
         "gate": gate,
         "gate_rows": [GateRow(verdict, codes.get(verdict.site_id, "")) for verdict in gate.sites],
         "expiring": gate.expiring_within(settings.EXPIRY_WARNING_DAYS),
         "expiry_days": settings.EXPIRY_WARNING_DAYS,
+        "gate_at": at,
+        "time_zone": timezone.get_current_timezone_name(),
     }
 
 
@@ -118,7 +136,7 @@ def participation_rows(
     ]
 
 
-def study_context(user: AbstractBaseUser, study: Study) -> dict[str, Any]:
+def study_context(user: AbstractBaseUser, study: Study, *, at: datetime | None = None) -> dict[str, Any]:
     """Everything the study page shows, in a number of queries that does not grow with the sites."""
     actions = allowed_actions(user, study)
     participations = selectors.study_participations(study)
@@ -139,7 +157,7 @@ def study_context(user: AbstractBaseUser, study: Study) -> dict[str, Any]:
         "participation_rows": participation_rows(user, participations, actions=actions, current=current),
         "approvals": selectors.study_approvals(study),
         "invitable_sites": _invitable_sites(participations) if "invite_site" in actions else [],
-        **gate_context(study, participations),
+        **gate_context(study, participations, at=at),
     }
 
 

@@ -18,7 +18,7 @@ from studies.audit_actions import StudyAction
 from studies.forms import AgreementForm, DpiaForm, ProtocolForm, StudyCreateForm
 from studies.models import PROTOCOL_FIELDS, Study
 from studies.permissions import allowed_actions, dpia_actions
-from studies.views._context import diff_rows, gate_context, protocol_rows, study_context
+from studies.views._context import diff_rows, gate_context, parse_moment, protocol_rows, study_context
 
 
 def visible_study(request: HttpRequest, pk: int, attempt: str = StudyAction.STUDY_VIEW) -> Study:
@@ -53,9 +53,18 @@ def study_create(request: HttpRequest) -> HttpResponse:
 @login_required
 @domain_errors
 def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The study; with `?at=`, its gate as things stood at that moment (a malformed moment: 400, the gate now)."""
     study = visible_study(request, pk)
-    services.study_viewed(actor=request.user, study=study, via="page")
-    return render(request, "studies/detail.html", study_context(request.user, study))
+    at, error = None, ""
+    if request.GET.get("at"):
+        try:
+            at = parse_moment(request.GET["at"])
+        except ValueError as exc:
+            error = str(exc)
+    services.study_viewed(actor=request.user, study=study, via="page:gate-as-of" if at else "page")
+    context = {**study_context(request.user, study, at=at), "gate_at_error": error,
+               "gate_at_input": request.GET.get("at", "")}
+    return render(request, "studies/detail.html", context, status=400 if error else 200)
 
 
 @login_required

@@ -189,7 +189,7 @@ def test_the_command_trains_and_submits_once(server, csv_path):
 
 def test_the_agent_imports_no_django():
     code = ("import sys, sites.agent.runner, sites.agent.training, sites.agent.client, sites.agent.data, "
-            "sites.agent.demo_data, sites.agent.__main__; "
+            "sites.agent.demo_data, sites.agent.secure, sites.agent.witness, sites.agent.__main__; "
             "assert not any(m == 'django' or m.startswith('django.') for m in sys.modules), "
             "sorted(m for m in sys.modules if m.startswith('django'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -209,3 +209,16 @@ def test_a_polling_agent_waits_for_a_coordinator_that_is_not_up_yet(server, csv_
     with pytest.raises(KeyboardInterrupt):
         agent_for(server, csv_path, []).run(once=False, poll=2.0, sleep=sleep)
     assert polls == [2.0, 2.0] and len(server.requests_to("GET", "/api/agent/me/")) == 6
+
+
+def test_it_never_sends_an_update_in_the_clear_when_the_protocol_asks_for_secure_aggregation(server, csv_path):
+    script_training(server, csv_path)
+    secure = training_round(csv_path)
+    secure["protocol"] = {**secure["protocol"], "secure_aggregation": True}
+    server.on("GET", "/api/agent/rounds/", Reply(200, [secure]))
+    lines: list[str] = []
+    agent = agent_for(server, csv_path, lines)
+    assert agent.run(once=True, poll=0) == 1
+    assert "asks for secure aggregation" in lines[-1] and "Nothing was trained or sent" in lines[-1]
+    assert server.requests_to("POST", "/api/agent/rounds/17/update/") == []
+    assert server.requests_to("GET", "/api/agent/rounds/17/model/") == []

@@ -75,7 +75,7 @@ def test_it_lists_the_open_round_with_its_protocol_and_whether_the_site_submitte
         "kind": "training", "base_version": 0, "deadline": round_.deadline.isoformat(), "submitted": False,
         "protocol": {"model_kind": "logistic_regression", "hidden_units": 16, "num_features": 4,
                      "label_column": "target", "local_epochs": 1, "batch_size": 32, "learning_rate": 0.05,
-                     "proximal_mu": 0.0},
+                     "proximal_mu": 0.0, "secure_aggregation": False},
         "standardization": None,
     }
     assert upload(api, round_, update_bytes(round_), **headers(round_)).status_code == 201

@@ -13,7 +13,7 @@ from consortium.audit.models import AuditEvent
 from studies.models import Study
 from tests.aggregation.support import agent_for, governed_study, open_round, submit
 
-migration = importlib.import_module("aggregation.migrations.0006_privacy_ledger")
+migration = importlib.import_module("aggregation.migrations.0007_privacy_ledger")
 
 
 def released(study: Study, agents, number: int) -> ModelVersion:

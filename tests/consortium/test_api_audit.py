@@ -40,7 +40,7 @@ def test_it_lists_the_log_newest_first_for_its_readers_and_records_the_read(p, w
     read = AuditEvent.objects.order_by("-seq").first()
     assert (read.action, read.outcome, read.actor_user_id) == ("consortium.audit.api_viewed", AuditOutcome.OK,
                                                               getattr(p, who).pk)
-    assert read.details == {"via": "api", "filters": {"study_id": None, "action_prefix": ""}, "events": 2}
+    assert read.details == {"via": "api", "filters": {}, "events": 2}
 
 
 def test_it_filters_the_log_by_study_and_action_prefix(p):
@@ -55,7 +55,7 @@ def test_it_filters_the_log_by_study_and_action_prefix(p):
 def test_it_refuses_a_malformed_filter_with_a_clear_400(p):
     with nothing_changes():
         response = client(p.auditor).get(LIST, {"study": "sepsis"})
-    assert_error(response, 400, "validation_failed", mentions="study: A valid integer is required")
+    assert_error(response, 400, "validation_failed", mentions="study: Select a valid choice. sepsis is not one")
 
 
 def test_it_exports_the_log_as_csv_and_records_the_export(p):
@@ -65,9 +65,10 @@ def test_it_exports_the_log_as_csv_and_records_the_export(p):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
     assert "attachment" in response["Content-Disposition"]
-    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert [row["action"] for row in rows] == ["studies.study.created", "studies.agreement.published"]
     assert rows[0]["hash"] == AuditEvent.objects.get(seq=int(rows[0]["seq"])).hash
     export = AuditEvent.objects.get(seq=before + 1)
-    assert (export.action, export.actor_user_id, export.details["events"]) == (
-        "consortium.audit.api_exported", p.auditor.pk, 2)
+    assert (export.action, export.actor_user_id, export.details["through_seq"]) == (
+        "consortium.audit.api_exported", p.auditor.pk, before)
+    assert response["X-Audit-Checkpoint-Size"] == str(before)

@@ -61,8 +61,8 @@ def recompute_chain(rows: list[dict[str, str]]) -> int:
 
 def export(user, kind: str, **query: Any) -> tuple[list[str], list[dict[str, str]], str]:
     response = client(user).get(EXPORTS[kind](), query)
-    assert response.status_code == 200, response.content[:300]
-    text = response.content.decode("utf-8")
+    assert response.status_code == 200, response
+    text = b"".join(response.streaming_content).decode("utf-8")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     return list(reader.fieldnames or []), list(reader), text
 

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from consortium.audit.keys import ensure_demo_key
 from consortium.roles import Role
 from sites.models import Site
 from studies.demo import ACTIVE_TITLE, DEMO_PASSWORD, PENDING_TITLE, SITES, URL, USERS, seed
@@ -41,6 +42,9 @@ class Command(BaseCommand):
             with transaction.atomic():
                 seed(password)
             self.stdout.write(self.style.SUCCESS("Demo consortium created: 4 sites, 2 studies, every step audited."))
+        key_file = ensure_demo_key()
+        self.stdout.write(f"Audit checkpoints are signed with the demo key in {key_file} (DEBUG=1 only; production "
+                          "sets AUDIT_SIGNING_KEY or AUDIT_SIGNING_KEY_FILE).")
         self._print_credentials(password, verify=existing)
 
     def _check_empty(self) -> None:

@@ -54,8 +54,8 @@ def fill_ledgers(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("aggregation", "0005_round_aggregation_dispatched_at"),
-        ("studies", "0008_privacy_target_and_disclosure"),
+        ("aggregation", "0006_flower"),
+        ("studies", "0011_privacy_target_and_disclosure"),
         ("consortium", "0002_audit_append_only_trigger"),
     ]
 

@@ -29,6 +29,7 @@ from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, Round, SiteStatistics, Update
 from consortium.federated.metric_keys import GLOBAL_METRICS, VAL_ACCURACY, VAL_AUC, VAL_AUC_NOTE, VAL_LOSS
 from studies.choices import GateAction, GateCheck
+from studies.disclosure import FULL, Disclosure, disclose_event
 from studies.event_registry import event_sentence, event_tone
 from studies.governance import GateResult, evaluate
 from studies.models import Study, StudyEvent
@@ -146,33 +147,36 @@ class Dashboard:
     auc_gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
-def study_dashboard(study: Study, *, moment: datetime | None = None) -> Dashboard:
-    """The dashboard of a study the caller may see, in a fixed number of queries."""
+def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure: Disclosure = FULL) -> Dashboard:
+    """The dashboard of a study the caller may see, in a fixed number of queries, showing only the per-site
+    figures `disclosure` allows (`studies.disclosure`): other sites' lines, times, counts and cell details are
+    left out, and pooled figures over fewer than k sites are suppressed."""
     events = list(StudyEvent.objects.filter(study=study).order_by("-seq")[:FEED_SIZE])  # first: see module doc
     last_id = events[0].seq if events else 0
     rounds = _rounds(study)
     opened, refusals = _round_marks(study)
     gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
     now_eligible = frozenset(verdict.site_id for verdict in gate.eligible_sites)
-    views = [_round_view(r, opened, refusals, now_eligible) for r in rounds]
+    views = [_disclosed_view(_round_view(r, opened, refusals, now_eligible), disclosure) for r in rounds]
     sites = _sites(gate, rounds, opened, refusals)
+    shown = [site for site in sites if disclosure.sees_site(site.site_id)]
     figures = {
-        "global": global_metric_figure(rounds),
-        "sites": site_metric_figure(rounds, sites),
+        "global": global_metric_figure(rounds, disclosure),
+        "sites": site_metric_figure(rounds, shown, band=disclosure.full),
         "participation": participation_figure(views),
-        "elapsed": elapsed_figure(rounds, sites),
-        "norms": norms_figure(rounds, sites),
+        "elapsed": elapsed_figure(rounds, shown),
+        "norms": norms_figure(rounds, shown),
         "heatmap": heatmap_figure(views, sites),
     }
     points = {name: distinct_x(figure) for name, figure in figures.items()}
-    gaps = auc_gaps(rounds, sites)
+    gaps = auc_gaps(rounds, shown)
     state = {"study": study.pk, "last_event_id": last_id, "palette": PALETTE,
              "sites": [{"id": s.site_id, "name": s.name, "color": s.color} for s in sites],
              "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
              "cell_states": CELL_STATES, "check_labels": CHECK_LABELS, "expiry_days": settings.EXPIRY_WARNING_DAYS,
              "auc_gaps": gaps}
     return Dashboard(last_id, figures, points, _progress(views[-1] if views else None), gate_panel(gate.as_dict()),
-                     [feed_item(event) for event in events], state, gaps)
+                     [feed_item(event, disclosure) for event in events], state, gaps)
 
 
 # --- reading -------------------------------------------------------------------------------------------
@@ -227,6 +231,14 @@ def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict
         cells[update.site_id] = (("excluded", update.exclusion_reason) if update.status == UpdateStatus.EXCLUDED
                                  else ("submitted", f"{update.num_examples} examples, {_clock(update.received_at)}"))
     return RoundView(round_, eligible, cells)
+
+
+def _disclosed_view(view: RoundView, disclosure: Disclosure) -> RoundView:
+    """Other sites' cells keep their state (everyone sees who submitted) but not its details (counts, times)."""
+    if disclosure.full:
+        return view
+    cells = {site: cell if disclosure.sees_site(site) else (cell[0], "") for site, cell in view.cells.items()}
+    return RoundView(view.round, view.eligible, cells)
 
 
 def _sites(gate: GateResult, rounds: list[Round], opened: dict[int, dict[int, str]],
@@ -305,9 +317,11 @@ def _evaluated(rounds: list[Round]) -> list[tuple[int, dict[str, Any]]]:
     return sorted(versions.items())
 
 
-def global_metric_figure(rounds: list[Round]) -> dict[str, Any]:
-    """Each evaluated version's AUC, accuracy and loss on the sites' held-out splits, weighted by rows."""
-    points = [(number, ev.get("global") or {}) for number, ev in _evaluated(rounds)]
+def global_metric_figure(rounds: list[Round], disclosure: Disclosure = FULL) -> dict[str, Any]:
+    """Each evaluated version's AUC, accuracy and loss on the sites' held-out splits, weighted by rows; a version
+    evaluated by fewer sites than the viewer may see pooled is left out."""
+    points = [(number, ev.get("global") or {}) for number, ev in _evaluated(rounds)
+              if disclosure.sees_pool((ev.get("sites") or {}).keys())]
     points = [(number, g) for number, g in points if any(g.get(key) is not None for key in GLOBAL_METRICS)]
     xs = [number for number, _ in points]
     traces = [_line(GLOBAL_METRIC_LABELS[key], key, xs, [g.get(key) for _, g in points], color, "",
@@ -321,14 +335,15 @@ def global_metric_figure(rounds: list[Round]) -> dict[str, Any]:
     return _figure(traces, layout)
 
 
-def site_metric_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
-    """Each site's AUC of each evaluated version, and the band from the lowest to the highest site."""
+def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool = True) -> dict[str, Any]:
+    """Each of `sites`' AUC of each evaluated version, and (`band`) the band from the lowest to the highest site."""
     series: dict[int, list[tuple[int, float]]] = {}
     for number, evaluation in _evaluated(rounds):
         for key, metrics in (evaluation.get("sites") or {}).items():
             if metrics.get(VAL_AUC) is not None:
                 series.setdefault(int(key), []).append((number, metrics[VAL_AUC]))
-    traces = [*spread_band(series), *_site_traces(sites, series, "")]
+    series = {site.site_id: series[site.site_id] for site in sites if site.site_id in series}
+    traces = [*(spread_band(series) if band else []), *_site_traces(sites, series, "")]
     layout = _layout("Model version evaluated", "Site's AUC",
                      empty="" if series else "No site has evaluated a model version yet.")
     return _figure(traces, layout)
@@ -344,8 +359,8 @@ def auc_gaps(rounds: list[Round], sites: list[SiteRef]) -> list[dict[str, Any]]:
             if metrics.get(VAL_AUC) is None and metrics.get(VAL_AUC_NOTE):
                 gaps.setdefault((int(key), metrics[VAL_AUC_NOTE]), []).append(number)
     names = {site.site_id: site.name for site in sites}
-    rows = [{"site_id": site_id, "site": names.get(site_id, f"Site {site_id}"), "reason": reason,
-             "versions": versions} for (site_id, reason), versions in gaps.items()]
+    rows = [{"site_id": site_id, "site": names[site_id], "reason": reason,
+             "versions": versions} for (site_id, reason), versions in gaps.items() if site_id in names]
     for row in rows:
         row["text"] = gap_text(row["site"], row["versions"], row["reason"])
     return sorted(rows, key=lambda row: (row["site"].casefold(), row["reason"]))
@@ -493,6 +508,7 @@ def _check_row(check: dict[str, Any], now: datetime) -> CheckRow:
 
 # --- the event feed ------------------------------------------------------------------------------------
 
-def feed_item(event: StudyEvent) -> FeedItem:
-    return FeedItem(event.seq, event.kind, event.created_at, event_sentence(event.kind, event.payload),
-                    event_tone(event.kind, event.payload))
+def feed_item(event: StudyEvent, disclosure: Disclosure = FULL) -> FeedItem:
+    payload = disclose_event(event.kind, event.payload, disclosure)
+    return FeedItem(event.seq, event.kind, event.created_at, event_sentence(event.kind, payload),
+                    event_tone(event.kind, payload))

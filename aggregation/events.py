@@ -158,6 +158,8 @@ def _in(d: Payload) -> str:
 
 def _round_metrics(d: Payload) -> str:
     figures = d.get("global") or {}
+    if d.get("global_suppressed"):  # pooled over too few sites for this viewer (`studies.disclosure`)
+        return f"Model v{d.get('evaluated_version')} on the sites' held-out data: {d['global_suppressed']}"
     return (f"Model v{d.get('evaluated_version')} on the sites' held-out data: AUC {number(figures.get('val_auc'))}, "
             f"accuracy {number(figures.get('val_accuracy'))}.")
 
@@ -165,8 +167,10 @@ def _round_metrics(d: Payload) -> str:
 SENTENCES = {
     RoundEventKind.ROUND_OPENED: lambda d: (f"Round {d.get('round')} opened{_opened_what(d)}: "
                                             f"{d.get('eligible', 0)} sites eligible."),
-    RoundEventKind.UPDATE_RECEIVED: lambda d: (f"{d.get('site')} submitted its update to round {d.get('round')} "
-                                               f"({d.get('num_examples')} examples): {_in(d)}"),
+    RoundEventKind.UPDATE_RECEIVED: lambda d: (f"{d.get('site')} submitted its update to round {d.get('round')}"
+                                               # another site's count is withheld from a site admin: None
+                                               + (f" ({d['num_examples']} examples)" if d.get("num_examples") else "")
+                                               + f": {_in(d)}"),
     RoundEventKind.STATISTICS_RECEIVED: lambda d: f"{d.get('site')} sent its statistics for round {d.get('round')}: "
                                                   f"{_in(d)}",
     RoundEventKind.EVALUATION_RECEIVED: lambda d: (f"{d.get('site')} evaluated the final model v{d.get('version')} "

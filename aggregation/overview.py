@@ -21,6 +21,7 @@ from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Update
 from consortium.federated.metric_keys import GLOBAL_METRICS
 from studies.choices import GateCheck, StudyStatus
+from studies.disclosure import Disclosure, disclosures_for
 from studies.governance import Check, GateResult, evaluate_many
 from studies.models import Study
 from studies.selectors import study_list
@@ -129,7 +130,7 @@ def consortium_overview(user: User, *, moment: datetime | None = None) -> Overvi
     ids = [study.pk for study in studies]
     gates = evaluate_many(studies, moment=moment)
     rounds = _newest_rounds(ids)
-    metrics = _last_metrics(ids)
+    metrics = _last_metrics(ids, disclosures_for(user, studies))
     rows = []
     for study in studies:
         gate, round_ = gates[study.pk], rounds.get(study.pk)
@@ -159,9 +160,10 @@ def _current(round_: Round, eligible: int) -> CurrentRound:
     return CurrentRound(round_, submitted, eligible)
 
 
-def _last_metrics(study_ids: list[int]) -> dict[int, LastMetric]:
+def _last_metrics(study_ids: list[int], disclosures: dict[int, Disclosure]) -> dict[int, LastMetric]:
     """Each study's newest model version with a global evaluation, in one query. Sites evaluate a version
-    when they download it for the next round, so the newest version often has none yet."""
+    when they download it for the next round, so the newest version often has none yet. A mean over fewer
+    sites than the viewer may see pooled (`studies.disclosure`) is left out."""
     evaluated = (ModelVersion.objects.filter(study=OuterRef("study"), evaluation__has_key="global")
                  .order_by("-number").values("pk")[:1])
     versions = (ModelVersion.objects.filter(study__in=study_ids, pk=Subquery(evaluated))
@@ -169,7 +171,7 @@ def _last_metrics(study_ids: list[int]) -> dict[int, LastMetric]:
     found = {}
     for version in versions:
         metrics: dict[str, Any] = version.evaluation.get("global") or {}
-        if metrics:
+        if metrics and disclosures[version.study_id].sees_pool((version.evaluation.get("sites") or {}).keys()):
             found[version.study_id] = LastMetric(version.number, *(metrics.get(key) for key in GLOBAL_METRICS))
     return found
 

@@ -1,4 +1,4 @@
-"""Central differential privacy at the server: DP-FedAvg and its privacy budget. Imports no Django.
+"""Central differential privacy at the server: DP-FedAvg (its budget: `consortium.federated.accountant`). No Django.
 
 DP-FedAvg (McMahan, Ramage, Talwar, Zhang 2018, "Learning Differentially Private Recurrent Language
 Models"), fixed-size variant with every site in every round: clip each site's delta (update - global)
@@ -26,10 +26,6 @@ import torch
 from consortium.federated.norm import delta_norm
 
 Tensors = Mapping[str, torch.Tensor]
-
-# Rényi orders for the accountant: dense near 1 (large budgets) and up to 10^4 (tiny budgets).
-_ORDERS = tuple(1 + 10 ** (k / 200) for k in range(-800, 801))
-
 
 # Normal values drawn per read of the OS's entropy: 8 MiB of random bytes and a few float64 buffers.
 _NOISE_BLOCK = 1 << 20
@@ -84,27 +80,3 @@ def dp_fedavg(current: Tensors, updates: Iterable[tuple[Tensors, float]], *, cli
             total.add_(gaussian_noise(total.shape), alpha=std)
         total.add_(current[name])
     return sums
-
-
-def epsilon_spent(noise_multiplier: float, rounds: int, delta: float) -> float:
-    """(epsilon, delta)-DP spent after `rounds` rounds of the Gaussian mechanism with noise multiplier z.
-
-    Rényi DP of the Gaussian mechanism with L2 sensitivity 1 and std z is alpha / (2 z^2) at order alpha
-    (Mironov 2017, "Rényi Differential Privacy", Prop. 7); RDP composes additively over rounds, and
-    (alpha, r)-RDP implies (r + log(1/delta) / (alpha - 1), delta)-DP (Prop. 3). So
-
-        epsilon = min over alpha > 1 of  T alpha / (2 z^2) + log(1/delta) / (alpha - 1),
-
-    minimised over a grid of orders; the continuous optimum is T/(2z^2) + sqrt(2 T log(1/delta)) / z.
-    No subsampling amplification: every site takes part in every round."""
-    if not 0 < delta < 1:
-        raise ValueError("delta must be in (0, 1).")
-    if rounds < 0:
-        raise ValueError("rounds must be >= 0.")
-    if rounds == 0:
-        return 0.0
-    if noise_multiplier <= 0:
-        return math.inf
-    per_order = rounds / (2 * noise_multiplier**2)
-    log_inv_delta = math.log(1 / delta)
-    return min(per_order * alpha + log_inv_delta / (alpha - 1) for alpha in _ORDERS)

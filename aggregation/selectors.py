@@ -4,11 +4,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Count, OuterRef, Prefetch, Subquery
 from django.db.models.functions import Coalesce
 
-from aggregation import privacy
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
 from aggregation.models import (
     Evaluation,
@@ -20,10 +18,13 @@ from aggregation.models import (
     Update,
 )
 from consortium.errors import NotFound
+from consortium.federated import accountant
 from sites.models import Site
+from studies import privacy as study_privacy
 from studies.choices import PARTICIPATION_CURRENT, DpiaStatus, GateAction, RiskLevel, Strategy
 from studies.governance import evaluate
 from studies.models import Study
+from studies.privacy import finite
 
 AGENT_PROTOCOL_FIELDS = ("model_kind", "hidden_units", "num_features", "label_column", "local_epochs", "batch_size",
                          "learning_rate", "proximal_mu", "secure_aggregation")
@@ -142,7 +143,7 @@ def rounds_overview(study: Study) -> RoundsOverview:
     rows = [RoundRow(r, list(r.updates.all()), list(r.statistics.all()), getattr(r, "produced_version", None),
                      list(r.evaluations.all())) for r in rounds]
     closed = sum(1 for r in rounds if r.kind == RoundKind.TRAINING and r.status == RoundStatus.CLOSED)
-    budget = privacy_budget(study, closed)
+    budget = privacy_budget(study)
     voided = [row.version.provenance["privacy"] for row in rows
               if row.version and (row.version.provenance.get("privacy") or {}).get("void")]
     if budget is not None and voided:
@@ -151,14 +152,18 @@ def rounds_overview(study: Study) -> RoundsOverview:
     return RoundsOverview(rows, closed, study.rounds, Standardization.objects.filter(study=study).first(), budget)
 
 
-def privacy_budget(study: Study, rounds_done: int) -> dict[str, float] | None:
-    """With central DP on: the (epsilon, delta) spent so far and at the end of the round budget."""
+def privacy_budget(study: Study, *, releasing: bool = False) -> dict[str, Any] | None:
+    """With central DP on: the (epsilon, delta) spent by the released training rounds (and, `releasing`, the
+    round being released now), against the protocol's target, and at the end of the round plan."""
     if study.dp_noise_multiplier <= 0:
         return None
-    delta = settings.DP_DELTA
-    return {"delta": delta, "noise_multiplier": study.dp_noise_multiplier, "clip_norm": study.dp_clip_norm,
-            "epsilon_spent": privacy.epsilon_spent(study.dp_noise_multiplier, rounds_done, delta) if rounds_done else 0,
-            "epsilon_at_budget": privacy.epsilon_spent(study.dp_noise_multiplier, study.rounds, delta)}
+    budget = study_privacy.privacy_budget(study)
+    ledger, z, delta = study.privacy_spent(), study.dp_noise_multiplier, study.dp_delta
+    spent = accountant.epsilon_after(ledger, z, delta) if releasing else budget.epsilon_spent
+    planned = max(study.rounds - budget.rounds_released, 0)
+    at_budget = accountant.epsilon_after(ledger, z, delta, more=planned)
+    return {**budget.as_dict(), "clip_norm": study.dp_clip_norm, "epsilon_spent": finite(spent),
+            "epsilon_at_budget": finite(at_budget)}
 
 
 # The study page lists this many of the newest rounds that sites declined under their own policy.

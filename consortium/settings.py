@@ -5,6 +5,7 @@ layer, Celery on kombu's filesystem transport). DATABASE_URL and REDIS_URL
 switch to PostgreSQL and Redis; see README.md.
 """
 
+import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -238,8 +239,9 @@ SPECTACULAR_SETTINGS = {
 # Federated rounds: where tensors are stored, and the largest update a site may send.
 MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
 MAX_UPDATE_BYTES = env_int("MAX_UPDATE_BYTES", 64 * 1024 * 1024)
-# The delta of the (epsilon, delta) differential-privacy budget reported for studies with central DP.
-DP_DELTA = float(env_str("DP_DELTA", "1e-5"))
+# Delta is part of each study's protocol now (`dp_delta`, approved by a DPO); a leftover setting would mislead.
+if "DP_DELTA" in os.environ:
+    raise ImproperlyConfigured("DP_DELTA is no longer a setting: each study's protocol carries its delta (dp_delta).")
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_UPDATE_BYTES + 1024 * 1024, 2_621_440)
 
 # Warn about approvals and agreements expiring within this many days.

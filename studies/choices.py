@@ -140,11 +140,12 @@ class GateAction(models.TextChoices):
 
 class GateCheck(models.TextChoices):
     """The gate's checks (`studies.governance`), each with the name the governance panels show. The first
-    three judge the study and quorum judges the count; the last four judge each site."""
+    four judge the study and quorum judges the count; the last four judge each site."""
 
     STUDY_ACTIVE = "study_active", "Study active"
     APPROVALS = "approvals", "Approvals (PI and DPO)"
     DPIA = "dpia", "DPIA"
+    PRIVACY_BUDGET = "privacy_budget", "Privacy budget (ε)"
     QUORUM = "quorum", "Quorum"
     PARTICIPATION = "participation", "Participation"
     AGREEMENT_SIGNED = "agreement_signed", "Current DUA signed"

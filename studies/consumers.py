@@ -9,6 +9,7 @@ the missing ones from the log first.
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from studies.disclosure import FULL, Disclosure, disclose_message, disclosure_for
 from studies.events import events_after, last_seq
 from studies.hub import hub_for
 from studies.services.monitoring import event_stream_open, may_still_watch
@@ -30,6 +32,7 @@ class StudyEventsConsumer(AsyncJsonWebsocketConsumer):
 
     study_id: int
     last: int = 0
+    disclosure: Disclosure = FULL
 
     async def connect(self) -> None:
         self.study_id = int(self.scope["url_route"]["kwargs"]["study_id"])
@@ -39,6 +42,7 @@ class StudyEventsConsumer(AsyncJsonWebsocketConsumer):
         if not await database_sync_to_async(event_stream_open)(actor=user, study_id=self.study_id):
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        self.disclosure = await database_sync_to_async(_disclosure)(user, self.study_id)
         after = _after(self.scope.get("query_string", b""))
         if after is False:
             await self.close(code=CLOSE_BAD_REQUEST)
@@ -79,7 +83,10 @@ class StudyEventsConsumer(AsyncJsonWebsocketConsumer):
             if seq <= self.last:
                 return  # already sent (the broadcast and the relay may both bring it)
             if seq == self.last + 1:
-                await self.send(text_data=text)
+                if self.disclosure.full:
+                    await self.send(text_data=text)
+                else:  # this viewer sees other sites' figures only pooled (`studies.disclosure`)
+                    await self.send_json(disclose_message(json.loads(text), self.disclosure))
                 self.last = seq
             else:
                 await self._catch_up()
@@ -88,7 +95,7 @@ class StudyEventsConsumer(AsyncJsonWebsocketConsumer):
         while True:
             batch = await database_sync_to_async(events_after)(self.study_id, self.last)
             for event in batch:
-                await self.send_json(event.as_message())
+                await self.send_json(disclose_message(event.as_message(), self.disclosure))
                 self.last = event.seq
             if len(batch) < 1000:
                 return
@@ -121,6 +128,12 @@ async def may_watch(user: Any, study_id: int) -> bool:
     allowed = await database_sync_to_async(may_still_watch)(user, study_id)
     _access[key] = (now, allowed)
     return allowed
+
+
+def _disclosure(user: Any, study_id: int) -> Disclosure:
+    from studies.models import Study
+
+    return disclosure_for(user, Study.objects.get(pk=study_id))
 
 
 def _after(query_string: bytes) -> int | None | bool:

@@ -9,6 +9,7 @@ its answer. With no site it doubles as the dry run behind the study page: if a
 round started now, which sites would take part, and why not the others.
 """
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,6 +40,7 @@ from studies.models import (
     ProtocolReview,
     Study,
 )
+from studies.privacy import privacy_budget
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,7 @@ def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: 
         _status_check(study),
         _approvals_check(study, facts.agreement, facts.approvals),
         _dpia_check(facts.dpia, moment),
+        _privacy_budget_check(study),
     ]
     eligible = sum(v.eligible for v in current)
     if site_id is None or action == GateAction.AGGREGATE:
@@ -319,6 +322,28 @@ def _dpia_check(dpia: Dpia | None, moment: datetime) -> Check:
         f"{timezone.localtime(dpia.valid_until).strftime('%Y-%m-%d %H:%M %Z')}.",
         expires_at=dpia.valid_until,
     )
+
+
+def _privacy_budget_check(study: Study) -> Check:
+    """A training round runs only if epsilon after it stays within the protocol's target (the study's row only)."""
+    budget = privacy_budget(study)
+    verdict = partial(Check, GateCheck.PRIVACY_BUDGET)
+    if not budget.dp_on and not budget.enforced:
+        return verdict(True, "Central differential privacy is off; the protocol sets no budget.")
+    if not budget.enforced:
+        return verdict(False, "Differential privacy is on but the protocol sets no privacy target (ε); the PI sets "
+                              "one and a DPO approves it.")
+    spent = f"ε = {budget.epsilon_spent:.3g} of the target {budget.target:g} (δ = {budget.delta:g})"
+    if not math.isfinite(budget.epsilon_spent):
+        return verdict(False, "Privacy budget used up: training rounds were released without DP noise (or with "
+                              "noise anyone could remove), so ε is unbounded.")
+    if not budget.training_left:
+        return verdict(True, f"All {budget.rounds_planned} training rounds ran: {spent}.")
+    if budget.exhausted:
+        return verdict(False, f"Privacy budget used up: {spent} after {budget.rounds_released} training rounds; "
+                              f"one more would reach ε = {budget.epsilon_next:.3g}.")
+    return verdict(True, f"{spent} spent; after the next round ε = {budget.epsilon_next:.3g}; the budget allows "
+                         f"{budget.rounds_left} more training rounds.")
 
 
 def _site_verdict(

@@ -50,11 +50,14 @@ PROTOCOL_FIELDS = (
     "revocation_policy",
     "dp_noise_multiplier",
     "dp_clip_norm",
+    "dp_target_epsilon",
+    "dp_delta",
     "max_update_norm",
     "label_column",
     "num_features",
     "federated_statistics",
     "secure_aggregation",
+    "disclosure_min_sites",
 )
 
 
@@ -111,6 +114,21 @@ class Study(models.Model):
         default=0.0, validators=[MinValueValidator(0.0)], help_text="Gaussian noise multiplier; 0 disables DP."
     )
     dp_clip_norm = models.FloatField(default=1.0, validators=[MinValueValidator(1e-8)])
+    # The privacy target the DPO approves with the protocol: the gate lets a training round run only while
+    # epsilon after it stays within the target (`consortium.federated.accountant`, `studies.governance`).
+    dp_target_epsilon = models.FloatField(
+        "privacy target (ε)", null=True, blank=True, validators=[MinValueValidator(1e-3), MaxValueValidator(1e3)],
+        help_text="The most epsilon the study may spend over all its training rounds; required with DP noise.",
+    )
+    dp_delta = models.FloatField(
+        "privacy δ", default=1e-5, validators=[MinValueValidator(1e-12), MaxValueValidator(1e-2)],
+        help_text="The delta of the (ε, δ) guarantee; well below 1 / (examples at the largest site).",
+    )
+    # Disclosure control (`studies.disclosure`): a site admin sees other sites' figures only pooled over this many.
+    disclosure_min_sites = models.PositiveIntegerField(
+        "smallest disclosed group", default=3, validators=[MinValueValidator(2), MaxValueValidator(1000)],
+        help_text="A site admin sees figures of other sites only as aggregates over at least this many sites.",
+    )
     # Always on: without a bound one site's finite but huge values (3.4e38) make the average overflow. 1e4 is above
     # what honest local training moves a zoo model on the breast cancer data (0.6 for an epoch on standardized
     # features, ~2,000 for an MLP after 20 epochs at lr 0.1 on raw ones) and far below float32's range; a PI whose
@@ -132,6 +150,10 @@ class Study(models.Model):
         default=False, help_text="Sites mask their updates (SecAgg+): the coordinator learns only their weighted sum.",
     )
 
+    # Not protocol: what the study has spent. Training rounds whose model was released, by the DP noise multiplier
+    # they ran with ("0.0": no noise, or noise anyone could remove). Written by `studies.services.privacy` only.
+    privacy_ledger = models.JSONField(default=dict, blank=True, editable=False)
+
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -152,6 +174,25 @@ class Study(models.Model):
                                                           "(FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad) only."})
         if self.secure_aggregation:
             secure_aggregation_problems(self)
+        if self.dp_target_epsilon is not None and self.dp_noise_multiplier <= 0:
+            raise ValidationError({"dp_target_epsilon": "A privacy target needs DP noise (a noise multiplier "
+                                                        "above 0)."})
+
+    def privacy_target_error(self) -> str:
+        """Why the protocol may not be saved as it stands for lack of a privacy target (empty: it may). Checked
+        when the protocol is written, not in `clean`: an older DP study without one must still be stoppable."""
+        if self.dp_noise_multiplier > 0 and self.dp_target_epsilon is None:
+            return "Differential privacy needs a privacy target (ε) for the DPO to approve."
+        return ""
+
+    @property
+    def training_rounds_released(self) -> int:
+        """Training rounds whose model was released (every one counts against the privacy budget)."""
+        return sum(self.privacy_ledger.values())
+
+    def privacy_spent(self) -> dict[float, int]:
+        """The privacy ledger keyed by noise multiplier, as `consortium.federated.accountant` composes it."""
+        return {float(z): int(rounds) for z, rounds in self.privacy_ledger.items()}
 
     def protocol(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in PROTOCOL_FIELDS}

@@ -13,7 +13,7 @@ from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from aggregation.audit_actions import AggregationAction
-from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
+from aggregation.choices import ROUND_LIVE, RoundStatus, UpdateStatus
 from aggregation.locks import lock_round
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
@@ -29,6 +29,7 @@ from studies.choices import GateAction, GateCheck, RevocationPolicy
 from studies.events import publish_gate
 from studies.governance import GateResult, evaluate
 from studies.models import AgreementVersion, Study
+from studies.services.privacy import study_round_released
 
 if TYPE_CHECKING:
     from aggregation.strategies import Weighting
@@ -146,6 +147,7 @@ def _produce_version(study: Study, round_: Round, included: list[Update], gate: 
     version.save()
     Update.objects.filter(pk__in=[u.pk for u in included]).update(status=UpdateStatus.INCLUDED)
     record_version(version, round_, provenance)
+    study_round_released(study=study, round_number=round_.number, noise_multiplier=study.dp_noise_multiplier)
     waited = max((timezone.now() - round_.aggregation_started_at).total_seconds() - seconds, 0.0)
     _events.aggregation_finished(round_, version, included, seconds, waited)
     move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"Model v{version.number} aggregated.")
@@ -213,8 +215,7 @@ def version_provenance(study: Study, round_: Round, included: list[Update], gate
 def _privacy(study: Study) -> dict[str, Any] | None:
     """Central DP: the budget spent once this round counts (None when DP is off). Void, not a guarantee,
     when an earlier version of the study was released with predictable noise: those rounds' data is exposed."""
-    budget = privacy_budget(study, Round.objects.filter(study=study, kind=RoundKind.TRAINING,
-                                                        status=RoundStatus.CLOSED).count() + 1)
+    budget = privacy_budget(study, releasing=True)
     if budget is not None and ModelVersion.objects.filter(study=study, provenance__privacy__void=True).exists():
         budget = {**budget, "void": True, "void_reason": PREDICTABLE_EARLIER}
     return budget

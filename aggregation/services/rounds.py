@@ -27,7 +27,9 @@ from studies.choices import GateAction, GateCheck, RevocationPolicy, StudyStatus
 from studies.governance import GateResult, evaluate
 from studies.locks import lock_study
 from studies.models import Study
+from studies.privacy import privacy_budget
 from studies.services.monitoring import governance_watch
+from studies.services.privacy import study_stop_for_privacy
 
 # The model store's temporary files are swept at most this often by each scheduler process.
 SWEEP_EVERY_SECONDS = 60.0
@@ -50,6 +52,7 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
             return None
         gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
         if not gate.allowed:
+            _stop_if_budget_used_up(study, gate)
             return None
         base = None if kind == RoundKind.STATISTICS else _latest_version(study)
         last = Round.objects.filter(study=study).order_by("-number").values_list("number", flat=True).first() or 0
@@ -63,6 +66,13 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
                         "eligible_site_ids": [v.site_id for v in gate.eligible_sites]})
         _events.round_opened(round_, gate)
         return round_
+
+
+def _stop_if_budget_used_up(study: Study, gate: GateResult) -> None:
+    """No training round fits the privacy target any more: the study stops, with the gate's reason."""
+    check = next((c for c in gate.study_checks if c.name == GateCheck.PRIVACY_BUDGET), None)
+    if check is not None and not check.passed and privacy_budget(study).exhausted:
+        study_stop_for_privacy(study=study, reason=check.reason)
 
 
 def _next_kind(study: Study) -> str | None:

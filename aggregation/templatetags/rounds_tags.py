@@ -8,6 +8,7 @@ from typing import Any
 from django import template
 
 from aggregation import selectors
+from studies.disclosure import FULL, Disclosure
 from studies.models import Study
 
 register = template.Library()
@@ -22,9 +23,21 @@ SETTING_LABELS = {
 
 
 @register.inclusion_tag("aggregation/_rounds_summary.html")
-def rounds_summary(study: Study) -> dict[str, Any]:
+def rounds_summary(study: Study, disclosure: Disclosure = FULL) -> dict[str, Any]:
     """The "Federated rounds" panel of the study page: a constant two queries."""
-    return {"study": study, "summary": selectors.rounds_summary(study)}
+    return {"study": study, "summary": selectors.rounds_summary(study), "disclosure": disclosure}
+
+
+@register.filter
+def sees_site(disclosure: Disclosure | None, site_id: int) -> bool:
+    """Whether the viewer may see this site's figures (`studies.disclosure`); no policy given: the full view."""
+    return disclosure is None or disclosure.sees_site(site_id)
+
+
+@register.filter
+def sees_pool(disclosure: Disclosure | None, evaluation: dict[str, Any] | None) -> bool:
+    """Whether the viewer may see a model version's pooled evaluation (over the sites that evaluated it)."""
+    return disclosure is None or disclosure.sees_pool(((evaluation or {}).get("sites") or {}).keys())
 
 
 @register.filter

@@ -13,6 +13,7 @@ from aggregation.dashboard import study_dashboard
 from aggregation.views.rounds import visible_study
 from consortium.content_policy import allow_inline_styles
 from consortium.web import domain_errors
+from studies.disclosure import disclosure_for
 from studies.services import study_viewed
 
 
@@ -24,4 +25,5 @@ def dashboard_page(request: HttpRequest, pk: int) -> HttpResponse:
     """Charts, round progress, the governance panel and the event feed of one study, live."""
     study = visible_study(request, pk)
     study_viewed(actor=request.user, study=study, via="page:dashboard")
-    return render(request, "aggregation/dashboard.html", {"study": study, "dashboard": study_dashboard(study)})
+    dashboard = study_dashboard(study, disclosure=disclosure_for(request.user, study))
+    return render(request, "aggregation/dashboard.html", {"study": study, "dashboard": dashboard})

@@ -3,6 +3,8 @@
 Thin: find the study as the user sees it (an invisible one is a 404, and the attempt is audited),
 record the read, call a selector or service, render."""
 
+from typing import Any
+
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -15,6 +17,7 @@ from consortium.audit.services import select_or_deny
 from consortium.web import domain_errors
 from studies import selectors as study_selectors
 from studies.audit_actions import StudyAction
+from studies.disclosure import disclosure_for
 from studies.models import Study
 from studies.services import study_viewed
 
@@ -33,6 +36,7 @@ def rounds_page(request: HttpRequest, pk: int) -> HttpResponse:
     study = visible_study(request, pk)
     study_viewed(actor=request.user, study=study, via="page:rounds")
     return render(request, "aggregation/rounds.html", {"study": study, "overview": selectors.rounds_overview(study),
+                                                       **_disclosure(request, study),
                                                        **flower_section(request.user, study)})
 
 
@@ -44,7 +48,14 @@ def version_page(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     study = visible_study(request, pk)
     detail = selectors.version_detail(study, number)
     study_viewed(actor=request.user, study=study, via="page:version")
-    return render(request, "aggregation/version.html", {"study": study, "detail": detail})
+    return render(request, "aggregation/version.html", {"study": study, "detail": detail,
+                                                        **_disclosure(request, study)})
+
+
+def _disclosure(request: HttpRequest, study: Study) -> dict[str, Any]:
+    """What the page may show of each site's figures (`studies.disclosure`), and the words for what it may not."""
+    disclosure = disclosure_for(request.user, study)
+    return {"disclosure": disclosure, "suppressed": disclosure.suppressed_reason()}
 
 
 @login_required

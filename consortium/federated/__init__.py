@@ -1,2 +1,3 @@
 """The Django-free core that the coordinator and the site agent share: the wire format (safetensors codec),
-the model zoo, the federated metrics and the update norm. Imports nothing above it (no Django, no app)."""
+the model zoo, the federated metrics, the update norm, and the DP accountant (the gate's budget check).
+Imports nothing above it (no Django, no app)."""

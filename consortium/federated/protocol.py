@@ -9,7 +9,9 @@ from typing import Any
 # Protocol fields added after studies were first approved, with the value every earlier protocol implicitly had.
 # Such a field enters the hash only once it differs from that value, so adding a field to the product does not
 # void every approval given before it existed; changing it on a study does, like any protocol edit.
-LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4, "secure_aggregation": False}
+# Before the protocol carried a privacy target, delta was a setting (1e-5) and nothing was enforced.
+LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4, "secure_aggregation": False, "dp_target_epsilon": None,
+                                         "dp_delta": 1e-5, "disclosure_min_sites": 3}
 
 
 def protocol_hash(protocol: Mapping[str, Any]) -> str:

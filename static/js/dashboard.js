@@ -150,7 +150,8 @@
   /* The min–max band across the sites' lines, recomputed from the lines themselves. */
   function redrawBand() {
     const gd = charts.sites;
-    if (!gd) return;
+    // No band when the viewer sees only their own sites' lines (disclosure control: a minimum is one site's value).
+    if (!gd || traceIndex(gd, "band:max") < 0) return;
     const byX = new Map();
     gd.data.forEach((t) => {
       if (!String(t.meta || "").startsWith("site:")) return;
@@ -425,7 +426,9 @@
     },
     "update.received": (d) => {
       ensureSite(d.site_id, d.site);
-      setCell(d.round, d.site_id, "submitted", d.num_examples + " examples, " + clock(d.received_at));
+      // Another site's counts and times are withheld from a site admin (`studies.disclosure`): the state only.
+      setCell(d.round, d.site_id, "submitted",
+        d.num_examples === null || d.num_examples === undefined ? "" : d.num_examples + " examples, " + clock(d.received_at));
       setParticipation(d.round, d.submitted, d.eligible);
       progressCount(d);
       upsertSite("elapsed", d.site_id, d.round, d.elapsed_seconds, " s");

@@ -4,6 +4,7 @@ suspend (emergency stop), close. Approval and rejection live in `approvals`."""
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
@@ -31,6 +32,7 @@ def study_create(*, actor: AbstractBaseUser, title: str, agreement_text: str = "
         raise ValidationFailed(f"Unknown protocol fields: {', '.join(sorted(unknown))}.")
     study = Study(title=title, pi=actor, **protocol)
     study.full_clean()
+    _require_privacy_target(study)
     study.save()
     assign_perm(f"studies.{LEAD_STUDY}", actor, study)
     record(actor=actor, action=StudyAction.STUDY_CREATED, target=study, study=study,
@@ -60,6 +62,7 @@ def study_update_protocol(*, actor: AbstractBaseUser, study: Study, **changes: A
     for field, value in changes.items():
         setattr(study, field, value)
     study.full_clean()
+    _require_privacy_target(study)
     after = {"title": study.title, **study.protocol()}
     diff = protocol_diff(before, after)
     if not diff:
@@ -70,6 +73,12 @@ def study_update_protocol(*, actor: AbstractBaseUser, study: Study, **changes: A
     if set(diff) - {"title"}:
         send_back_for_approval(actor, study, reason="The protocol changed.")
     return study
+
+
+def _require_privacy_target(study: Study) -> None:
+    error = study.privacy_target_error()
+    if error:
+        raise ValidationError({"dp_target_epsilon": error})
 
 
 @audited_service(StudyAction.STUDY_SUBMIT)

@@ -14,9 +14,11 @@ from sites.models import Site
 from sites.selectors import administered_site_ids, site_directory
 from studies import selectors
 from studies.choices import PARTICIPATION_TRANSITIONS, ParticipationStatus
+from studies.disclosure import disclosure_for
 from studies.governance import GateResult, SiteVerdict, evaluate
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, ProtocolReview, Study
 from studies.permissions import allowed_actions, can_read_dpia
+from studies.privacy import privacy_budget
 
 # What a site admin may do to a participation, by the status it would move to (transitions are data).
 SITE_ADMIN_MOVES = {
@@ -165,6 +167,8 @@ def study_context(user: AbstractBaseUser, study: Study, *, at: datetime | None =
         "actions": actions,
         "protocol": protocol_rows(study.protocol()),
         "protocol_sha256": study.protocol_sha256(),
+        "privacy": privacy_budget(study),
+        "disclosure": disclosure_for(user, study),
         "agreement": current,
         "older_agreements": agreements[1:],
         "dpia": getattr(study, "dpia", None),

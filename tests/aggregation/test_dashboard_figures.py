@@ -179,7 +179,7 @@ def test_the_governance_panel_shows_the_revoked_site_red_with_the_reason(history
     assert not amc.eligible and rows[history.site_ids["charite"]].eligible
     assert any(REVOKED in check.reason and not check.passed for check in amc.checks)
     assert gate.allowed and [check.name for check in gate.study_checks] == ["study_active", "approvals", "dpia",
-                                                                            "quorum"]
+                                                                            "privacy_budget", "quorum"]
 
 
 def test_the_panel_reads_a_gate_evaluated_event_the_same_way(history):

@@ -41,7 +41,8 @@ def as_before_the_fix(version: ModelVersion) -> None:
 @pytest.fixture
 def versions(p):
     agents = [agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]]
-    dp = governed_study(p, title="With DP", dp_noise_multiplier=1.0, dp_clip_norm=0.5, rounds=2)
+    dp = governed_study(p, title="With DP", dp_noise_multiplier=1.0, dp_clip_norm=0.5, dp_target_epsilon=50.0,
+                        rounds=2)
     seeded = aggregated(dp, agents, 1)
     as_before_the_fix(seeded)
     later = aggregated(dp, agents, 2)  # after the fix: fresh noise, but the study's earlier release leaked

@@ -1,4 +1,4 @@
-"""Central DP: clipping bounds every site's influence, the noise has the stated scale, the budget is right."""
+"""Central DP: clipping bounds every site's influence, the noise has the stated scale."""
 
 import math
 
@@ -56,22 +56,3 @@ def test_it_draws_standard_normal_noise_from_the_os():
     # Kolmogorov-Smirnov against N(0, 1): a wrong transform is rejected at any sample size this big.
     assert scipy_stats.kstest(flat.numpy(), "norm").pvalue > 1e-6
     assert not torch.equal(privacy.gaussian_noise((64,)), privacy.gaussian_noise((64,)))
-
-
-def test_it_matches_the_closed_form_budget_for_one_round():
-    # z = 1, T = 1, delta = 1e-5: min_a a/2 + ln(1e5)/(a - 1) = 1/2 + 2 sqrt(ln(1e5)/2) = 5.29853
-    assert privacy.epsilon_spent(1.0, 1, 1e-5) == pytest.approx(5.298526, rel=1e-4)
-    z, rounds, delta = 4.0, 50, 1e-6
-    closed = rounds / (2 * z * z) + math.sqrt(2 * rounds * math.log(1 / delta)) / z
-    assert privacy.epsilon_spent(z, rounds, delta) == pytest.approx(closed, rel=1e-4)
-
-
-def test_it_grows_with_rounds_and_shrinks_with_noise():
-    by_rounds = [privacy.epsilon_spent(1.2, t, 1e-5) for t in (1, 2, 5, 20, 100)]
-    assert by_rounds == sorted(by_rounds) and len(set(by_rounds)) == 5
-    by_noise = [privacy.epsilon_spent(z, 20, 1e-5) for z in (0.5, 1.0, 2.0, 8.0)]
-    assert by_noise == sorted(by_noise, reverse=True)
-    assert privacy.epsilon_spent(0.0, 3, 1e-5) == math.inf
-    assert privacy.epsilon_spent(1.0, 0, 1e-5) == 0.0
-    with pytest.raises(ValueError):
-        privacy.epsilon_spent(1.0, 1, 0.0)

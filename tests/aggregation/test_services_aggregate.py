@@ -77,8 +77,8 @@ def test_it_aggregates_a_round_into_the_weighted_fedavg_with_its_provenance(fed)
     round_.refresh_from_db()
     assert round_.status == RoundStatus.CLOSED and round_.gate_result["allowed"] is True
     assert set(Update.objects.values_list("status", flat=True)) == {UpdateStatus.INCLUDED}
-    assert actions_after(mark) == ["aggregation.model_version.created", "aggregation.round.closed",
-                                   "aggregation.round.opened"]
+    assert actions_after(mark) == ["aggregation.model_version.created", "studies.privacy.spent",
+                                   "aggregation.round.closed", "aggregation.round.opened"]
     created = AuditEvent.objects.filter(action="aggregation.model_version.created").last()
     assert created.details["sites"] == [fed.p.site_a.pk, fed.p.site_b.pk]
     assert created.details["sha256"] == version.sha256
@@ -291,9 +291,9 @@ def test_it_evaluates_a_version_by_the_validation_weighted_mean_of_sites_that_se
 
 
 def test_it_records_the_privacy_budget_spent_in_a_dp_models_provenance(p):
-    from aggregation.privacy import epsilon_spent
+    from consortium.federated.accountant import epsilon
 
-    study = governed_study(p, dp_noise_multiplier=1.2, dp_clip_norm=0.5)
+    study = governed_study(p, dp_noise_multiplier=1.2, dp_clip_norm=0.5, dp_target_epsilon=50.0)
     agent_a, agent_b = agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
     round_ = open_round(study)
     submit(agent_a, round_, body=codec.encode(update_tensors(round_, seed=1)), num_examples=10)
@@ -303,11 +303,13 @@ def test_it_records_the_privacy_budget_spent_in_a_dp_models_provenance(p):
 
     privacy = version.provenance["privacy"]
     assert (privacy["noise_multiplier"], privacy["clip_norm"], privacy["delta"]) == (1.2, 0.5, 1e-5)
-    assert privacy["epsilon_spent"] == pytest.approx(epsilon_spent(1.2, 1, 1e-5))
+    assert privacy["epsilon_spent"] == pytest.approx(epsilon({1.2: 1}, 1e-5))
+    study.refresh_from_db()
+    assert study.privacy_ledger == {"1.2": 1}
 
 
 def _dp_round(p, **protocol):
-    study = governed_study(p, dp_noise_multiplier=1.0, dp_clip_norm=0.5, **protocol)
+    study = governed_study(p, dp_noise_multiplier=1.0, dp_clip_norm=0.5, dp_target_epsilon=50.0, **protocol)
     agent_a, agent_b = agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
     round_ = open_round(study)
     submit(agent_a, round_, body=codec.encode(update_tensors(round_, seed=1)), num_examples=10)
@@ -354,7 +356,7 @@ def test_it_weights_every_site_equally_under_dp_and_says_so(p):
 
 
 def test_it_voids_the_budget_of_a_dp_study_that_released_predictable_noise_before(p):
-    study = governed_study(p, dp_noise_multiplier=1.0, dp_clip_norm=0.5, rounds=2)
+    study = governed_study(p, dp_noise_multiplier=1.0, dp_clip_norm=0.5, dp_target_epsilon=50.0, rounds=2)
     agent_a, agent_b = agent_for(p, p.site_a)[0], agent_for(p, p.site_b)[0]
     first = open_round(study)
     submit(agent_a, first)

@@ -44,7 +44,7 @@ def test_it_passes_every_check_for_a_fully_governed_study(p):
     study = active_study(p)
     result = evaluate(study, "aggregate")
     assert result.allowed and result.failures == []
-    assert {c.name for c in result.study_checks} == {"study_active", "approvals", "dpia", "quorum"}
+    assert {c.name for c in result.study_checks} == {"study_active", "approvals", "dpia", "privacy_budget", "quorum"}
     assert {(c.name, c.site_id) for c in result.checks if c.site_id} == {
         (name, site.pk) for name in ("participation", "agreement_signed", "ethics") for site in (p.site_a, p.site_b)
     }

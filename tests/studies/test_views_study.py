@@ -89,10 +89,13 @@ def _create_data(**overrides) -> dict:
         "revocation_policy": "exclude",
         "dp_noise_multiplier": 0,
         "dp_clip_norm": 1.0,
+        "dp_target_epsilon": "",
+        "dp_delta": 1e-5,
         "max_update_norm": 100.0,
         "label_column": "readmitted",
         "num_features": 12,
         "federated_statistics": "on",
+        "disclosure_min_sites": 3,
         "agreement_text": "We agree.",
     }
     return {**data, **overrides}
@@ -303,7 +306,7 @@ def test_it_answers_404_for_an_unknown_action(p):
 
 def _protocol_data(study: Study, **changes) -> dict:
     data = {field: getattr(study, field) for field in ("title", *PROTOCOL_FIELDS)}
-    return {**data, **changes}
+    return {**{name: "" if value is None else value for name, value in data.items()}, **changes}  # None: left blank
 
 
 def test_it_lets_the_pi_edit_the_protocol_and_voids_approvals(p):

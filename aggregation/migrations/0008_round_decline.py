@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('aggregation', '0006_flower'),
+        ('aggregation', '0007_privacy_ledger'),
         ('sites', '0002_agent_token'),
     ]
 

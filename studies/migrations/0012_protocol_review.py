@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('sites', '0005_signing_authority'),
-        ('studies', '0010_backfill_governance_history'),
+        ('studies', '0011_privacy_target_and_disclosure'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -168,6 +168,10 @@ if CELERY_BROKER_URL == "filesystem://":
     CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_queue), "data_folder_out": str(_queue),
                                        "control_folder": str(DATA_DIR / "celery" / "control")}
 CELERY_TASK_IGNORE_RESULT = True
+# Results only for the tasks that declare them: the shards of a large model's aggregation, which a chord joins.
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL or f"file://{DATA_DIR / 'celery' / 'results'}")
+if CELERY_RESULT_BACKEND.startswith("file://"):
+    (DATA_DIR / "celery" / "results").mkdir(parents=True, exist_ok=True)
 # One message at a time per worker process: a worker that dies loses no queued task with it (the
 # filesystem transport deletes a message when it hands it out; `aggregation.services.recovery` sends a
 # lost aggregation again, but other studies' tasks need not wait for that).
@@ -217,6 +221,10 @@ SPECTACULAR_SETTINGS = {
 # Federated rounds: where tensors are stored, and the largest update a site may send.
 MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
 MAX_UPDATE_BYTES = env_int("MAX_UPDATE_BYTES", 64 * 1024 * 1024)
+# A model above this size (float32 bytes) is aggregated in parameter shards, at most AGGREGATION_MAX_SHARDS,
+# in parallel on the workers (`aggregation.services.sharding`).
+AGGREGATION_SHARD_BYTES = env_int("AGGREGATION_SHARD_BYTES", 64 * 1024 * 1024)
+AGGREGATION_MAX_SHARDS = env_int("AGGREGATION_MAX_SHARDS", 8)
 # The delta of the (epsilon, delta) differential-privacy budget reported for studies with central DP.
 DP_DELTA = float(env_str("DP_DELTA", "1e-5"))
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_UPDATE_BYTES + 1024 * 1024, 2_621_440)

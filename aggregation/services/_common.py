@@ -8,12 +8,12 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
-from consortium.federated import codec
 from aggregation.choices import ROUND_TRANSITIONS, RoundStatus
 from aggregation.models import ModelVersion, Round
 from aggregation.services import _events
 from consortium.audit import record
 from consortium.errors import InvalidTransition, NotFound
+from consortium.federated import codec
 from consortium.locks import locked
 from studies.locks import lock_study
 from studies.models import Participation

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from consortium.federated import codec, zoo
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events
@@ -17,6 +16,7 @@ from aggregation.services._common import lock_round, move_round, store
 from aggregation.services._events import Progress
 from aggregation.services.recovery import aggregations_redispatch, sweep_temporary_files
 from consortium.audit import SYSTEM, record
+from consortium.federated import codec, zoo
 from consortium.version import code_version
 from studies.choices import GateAction, RevocationPolicy, StudyStatus
 from studies.governance import GateResult, evaluate

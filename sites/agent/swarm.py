@@ -123,8 +123,8 @@ class SwarmAgent:
                    "X-Num-Examples": str(update.num_examples),
                    "X-Metrics": json.dumps(_json_safe(update.metrics), allow_nan=False, separators=(",", ":"))}
         started = time.perf_counter()
-        await self._request("POST", f"/api/agent/rounds/{round_['round_id']}/update/", content=codec.encode(update.state),
-                            headers=headers)
+        await self._request("POST", f"/api/agent/rounds/{round_['round_id']}/update/",
+                            content=codec.encode(update.state), headers=headers)
         self.log.submit_seconds.append(time.perf_counter() - started)
         self.log.submitted += 1
 

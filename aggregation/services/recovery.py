@@ -5,8 +5,10 @@ The claim is the lease. A worker aggregating a round first takes the round's cla
 advisory lock, never waiting: `aggregation_claim`) and holds it across the aggregation's short
 transactions and the computation between them: while it lives, the claim says "a worker is on it";
 when the worker dies, PostgreSQL ends its connection and the claim is gone at once (no heartbeat has
-to lapse). On SQLite the aggregation holds the database's write lock, which the
-scheduler's own transaction waits for, with the same meaning. What no lock can show is a task sent
+to lapse). SQLite has no such lock: there a round sent again while a worker computes it is computed
+twice, and the second commit finds the round closed (one model version either way). The shards of a
+large model's aggregation (`sharding`) refresh `aggregation_dispatched_at` as they start and finish,
+so the scheduler leaves a chord at work alone. What no lock can show is a task sent
 but not yet started, or lost with a worker that had taken it from the queue (kombu's filesystem
 transport deletes a message when it hands it out, so `acks_late` cannot bring it back): the round's
 `aggregation_dispatched_at` covers that. The scheduler's beat (`rounds_tick`, every few seconds) sends

@@ -17,7 +17,6 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
-from aggregation.models import Round
 from consortium.federated import codec
 
 ELEMENTWISE = frozenset({"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean"})
@@ -87,6 +86,8 @@ def aggregate_shard(strategy: str, current: Mapping[str, torch.Tensor], pairs: l
 
 def heartbeat(round_id: int) -> None:
     """A shard started or finished: the scheduler must not take the round for lost (see `recovery`)."""
+    from aggregation.models import Round  # here: the rest of this module runs without Django set up (bench/)
+
     Round.objects.filter(pk=round_id).update(aggregation_dispatched_at=timezone.now())
 
 

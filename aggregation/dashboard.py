@@ -15,7 +15,7 @@ their versions, updates and statistics, the round-opened and refused-update even
 
 import math
 import statistics as stats
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, UpdateStatus
 from aggregation.models import Evaluation, Round, SiteStatistics, Update
+from aggregation.site_summary import SiteSummary, summarise
 from studies.choices import EventKind, GateAction
 from studies.event_text import event_sentence, event_tone
 from studies.governance import GateResult, evaluate
@@ -142,10 +143,13 @@ class Dashboard:
     feed: list[FeedItem]
     state: dict[str, Any] = field(default_factory=dict)
     auc_gaps: list[dict[str, Any]] = field(default_factory=list)
+    summary: SiteSummary | None = None
 
 
-def study_dashboard(study: Study, *, moment: datetime | None = None) -> Dashboard:
-    """The dashboard of a study the caller may see, in a fixed number of queries."""
+def study_dashboard(study: Study, *, moment: datetime | None = None, site_filter: str = "",
+                    page: int = 1) -> Dashboard:
+    """The dashboard of a study the caller may see, in a fixed number of queries whatever its number of sites.
+    Past a dozen sites it summarises (`site_summary`): the worst sites' lines, a page of rows, a filter."""
     events = list(StudyEvent.objects.filter(study=study).order_by("-seq")[:FEED_SIZE])  # first: see module doc
     last_id = events[0].seq if events else 0
     rounds = _rounds(study)
@@ -154,13 +158,14 @@ def study_dashboard(study: Study, *, moment: datetime | None = None) -> Dashboar
     now_eligible = frozenset(verdict.site_id for verdict in gate.eligible_sites)
     views = [_round_view(r, opened, refusals, now_eligible) for r in rounds]
     sites = _sites(gate, rounds, opened, refusals)
+    summary = summarise(sites, views, now_eligible, site_filter=site_filter, page=page)
     figures = {
         "global": global_metric_figure(rounds),
-        "sites": site_metric_figure(rounds, sites),
+        "sites": site_metric_figure(rounds, summary.lines),
         "participation": participation_figure(views),
-        "elapsed": elapsed_figure(rounds, sites),
-        "norms": norms_figure(rounds, sites),
-        "heatmap": heatmap_figure(views, sites),
+        "elapsed": elapsed_figure(rounds, summary.lines),
+        "norms": norms_figure(rounds, summary.lines),
+        "heatmap": heatmap_figure(views, summary.rows),
     }
     points = {name: distinct_x(figure) for name, figure in figures.items()}
     gaps = auc_gaps(rounds, sites)
@@ -168,9 +173,14 @@ def study_dashboard(study: Study, *, moment: datetime | None = None) -> Dashboar
              "sites": [{"id": s.site_id, "name": s.name, "color": s.color} for s in sites],
              "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
              "cell_states": CELL_STATES, "check_labels": CHECK_LABELS, "expiry_days": settings.EXPIRY_WARNING_DAYS,
-             "auc_gaps": gaps}
-    return Dashboard(last_id, figures, points, _progress(views[-1] if views else None), gate_panel(gate.as_dict()),
-                     [feed_item(event) for event in events], state, gaps)
+             "auc_gaps": gaps, "summary": summary.as_state()}
+    panel = gate_panel(gate.as_dict())
+    if summary.summarised:
+        rows = {site_id: i for i, site_id in enumerate(summary.row_ids)}
+        panel = replace(panel, sites=sorted((row for row in panel.sites if row.site_id in rows),
+                                            key=lambda row: rows[row.site_id]))
+    return Dashboard(last_id, figures, points, _progress(views[-1] if views else None), panel,
+                     [feed_item(event) for event in events], state, gaps, summary)
 
 
 # --- reading -------------------------------------------------------------------------------------------

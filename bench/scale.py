@@ -128,6 +128,7 @@ def _large_model(params: int) -> dict[str, Any]:
             paths.append(str(codec.write_file(codec.encode(tensors), Path(folder))[0]))
             del tensors
         names = sorted(shapes)
+        _shard(paths, names)  # the files in the page cache for both runs alike
         started = time.perf_counter()
         whole = _shard(paths, names)
         one = time.perf_counter() - started

@@ -178,7 +178,10 @@ if CELERY_RESULT_BACKEND.startswith("file://"):
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The scheduler opens rounds for active studies and closes those past their deadline.
 CELERY_BEAT_SCHEDULE = {
-    "rounds-tick": {"task": "aggregation.tasks.rounds_tick", "schedule": float(env_int("ROUNDS_TICK_SECONDS", 5))},
+    # A tick not started within one interval is dropped: a busy worker must not work off a backlog of
+    # ticks before the aggregation queued behind them (the next tick does the same work anyway).
+    "rounds-tick": {"task": "aggregation.tasks.rounds_tick", "schedule": float(env_int("ROUNDS_TICK_SECONDS", 5)),
+                    "options": {"expires": float(env_int("ROUNDS_TICK_SECONDS", 5))}},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 15 * 60)

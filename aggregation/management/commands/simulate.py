@@ -56,7 +56,7 @@ class Command(BaseCommand):
             logs = demo.demo_dir() / "logs" / f"simulate{run.study.pk}"
             port = demo.free_port()
             processes = [demo.start_server(port, logs / "server.log"),
-                         demo.start_worker(logs / "worker.log", tick_seconds=1)]
+                         demo.start_worker(logs / "worker.log", tick_seconds=2)]
             server = f"http://127.0.0.1:{port}"
             self.stdout.write(f"Embedded server on port {port} and a worker; logs in {logs}")
         try:

@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from aggregation import selectors, services
+from aggregation.audit_actions import AggregationAction
 from aggregation.downloads import model_file_response
 from consortium.api_base import AuditedRead, ConsortiumApi, StrictSerializer, UnauditedRead, errors
 from consortium.api_errors import summarise
@@ -61,7 +62,7 @@ class AgentRoundListApi(AgentApi):
 
 
 class AgentModelDownloadApi(AgentApi):
-    reads = AuditedRead("aggregation.model.downloaded", by_service=True)  # `model_download` records it
+    reads = AuditedRead(AggregationAction.MODEL_DOWNLOADED, by_service=True)  # `model_download` records it
 
     @extend_schema(tags=AGENT, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
                                           **errors(404, 409)},
@@ -172,7 +173,7 @@ class AgentUpdateSubmitApi(AgentApi):
                       "num_examples": _header_int(request, "X-Num-Examples"), "metrics": _metrics(request)}
         except DomainError as exc:
             # Refused before the service runs: audited all the same, as the service audits its refusals.
-            record_denial(actor=request.user, action="aggregation.update.submit", reason=exc.message,
+            record_denial(actor=request.user, action=AggregationAction.UPDATE_SUBMIT, reason=exc.message,
                           site=request.user.site_id, details={"code": exc.code})
             raise
         update, created = services.update_submit(actor=request.user, round_id=round_id, idempotency_key=key, **parsed)
@@ -220,7 +221,7 @@ class AgentEvaluationSubmitApi(AgentApi):
         data = self.InputSerializer(data=request.data)
         if not data.is_valid():
             # Refused before the service runs: audited all the same, as the service audits its refusals.
-            record_denial(actor=request.user, action="aggregation.evaluation.submit", reason=summarise(data.errors),
+            record_denial(actor=request.user, action=AggregationAction.EVALUATION_SUBMIT, reason=summarise(data.errors),
                           site=request.user.site_id, details={"code": "validation_failed"})
             raise serializers.ValidationError(data.errors)
         row = services.evaluation_submit(actor=request.user, round_id=round_id,

@@ -25,13 +25,14 @@ from django.db.models import Prefetch
 from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, UpdateStatus
+from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, Round, SiteStatistics, Update
 from aggregation.site_summary import SiteSummary, summarise
-from studies.choices import EventKind, GateAction
-from studies.event_text import event_sentence, event_tone
+from consortium.federated.metric_keys import GLOBAL_METRICS, VAL_ACCURACY, VAL_AUC, VAL_AUC_NOTE, VAL_LOSS
+from studies.choices import GateAction, GateCheck
+from studies.event_registry import event_sentence, event_tone
 from studies.governance import GateResult, evaluate
 from studies.models import Study, StudyEvent
-from studies.templatetags.study_tags import CHECK_LABELS
 
 FEED_SIZE = 30
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
@@ -39,7 +40,8 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#1
 # Heatmap cell states, in the order of their colour codes (z values).
 CELL_STATES = ("missing", "refused", "excluded", "submitted")
 CELL_COLORS = ("#eef1f4", "#f0b429", "#d64545", "#2f9e5b")
-GLOBAL_METRICS = (("val_auc", "AUC"), ("val_accuracy", "Accuracy"), ("val_loss", "Loss"))
+CHECK_LABELS = dict(GateCheck.choices)
+GLOBAL_METRIC_LABELS = {VAL_AUC: "AUC", VAL_ACCURACY: "Accuracy", VAL_LOSS: "Loss"}
 GRID = "#e6e9ed"
 MAX_X_TICKS = 20
 
@@ -205,10 +207,10 @@ def _round_marks(study: Study) -> tuple[dict[int, dict[int, str]], dict[int, dic
     ({site id: the last reason}), from the event log (a refusal stores no row)."""
     opened: dict[int, dict[int, str]] = {}
     refusals: dict[int, dict[int, str]] = {}
-    kinds = (EventKind.ROUND_OPENED, EventKind.UPDATE_REFUSED)
+    kinds = (RoundEventKind.ROUND_OPENED, RoundEventKind.UPDATE_REFUSED)
     for kind, data in StudyEvent.objects.filter(study=study, kind__in=kinds).order_by("seq").values_list(
             "kind", "payload"):
-        if kind == EventKind.ROUND_OPENED:
+        if kind == RoundEventKind.ROUND_OPENED:
             opened[data.get("round_id")] = {s["site_id"]: s["site"] for s in data.get("eligible_sites") or []}
         elif data.get("round_id") is not None and data.get("site_id") is not None:
             refusals.setdefault(data["round_id"], {})[data["site_id"]] = data.get("reason") or "refused"
@@ -316,11 +318,11 @@ def _evaluated(rounds: list[Round]) -> list[tuple[int, dict[str, Any]]]:
 def global_metric_figure(rounds: list[Round]) -> dict[str, Any]:
     """Each evaluated version's AUC, accuracy and loss on the sites' held-out splits, weighted by rows."""
     points = [(number, ev.get("global") or {}) for number, ev in _evaluated(rounds)]
-    points = [(number, g) for number, g in points if any(g.get(key) is not None for key, _ in GLOBAL_METRICS)]
+    points = [(number, g) for number, g in points if any(g.get(key) is not None for key in GLOBAL_METRICS)]
     xs = [number for number, _ in points]
-    traces = [_line(label, key, xs, [g.get(key) for _, g in points], color, "",
-                    **({"yaxis": "y2", "line": {"dash": "dot"}} if key == "val_loss" else {}))
-              for (key, label), color in zip(GLOBAL_METRICS, ("#0b5cad", "#2f9e5b", "#9a6700"), strict=True)]
+    traces = [_line(GLOBAL_METRIC_LABELS[key], key, xs, [g.get(key) for _, g in points], color, "",
+                    **({"yaxis": "y2", "line": {"dash": "dot"}} if key == VAL_LOSS else {}))
+              for key, color in zip(GLOBAL_METRICS, ("#0b5cad", "#2f9e5b", "#9a6700"), strict=True)]
     layout = _layout("Model version evaluated (v0 is the initial model)", "AUC and accuracy",
                      empty="" if xs else "No model version has been evaluated yet.",
                      yaxis2={"title": {"text": "Loss"}, "overlaying": "y", "side": "right", "showgrid": False,
@@ -334,8 +336,8 @@ def site_metric_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, A
     series: dict[int, list[tuple[int, float]]] = {}
     for number, evaluation in _evaluated(rounds):
         for key, metrics in (evaluation.get("sites") or {}).items():
-            if metrics.get("val_auc") is not None:
-                series.setdefault(int(key), []).append((number, metrics["val_auc"]))
+            if metrics.get(VAL_AUC) is not None:
+                series.setdefault(int(key), []).append((number, metrics[VAL_AUC]))
     traces = [*spread_band(series), *_site_traces(sites, series, "")]
     layout = _layout("Model version evaluated", "Site's AUC",
                      empty="" if series else "No site has evaluated a model version yet.")
@@ -349,8 +351,8 @@ def auc_gaps(rounds: list[Round], sites: list[SiteRef]) -> list[dict[str, Any]]:
     gaps: dict[tuple[int, str], list[int]] = {}
     for number, evaluation in _evaluated(rounds):
         for key, metrics in (evaluation.get("sites") or {}).items():
-            if metrics.get("val_auc") is None and metrics.get("val_auc_note"):
-                gaps.setdefault((int(key), metrics["val_auc_note"]), []).append(number)
+            if metrics.get(VAL_AUC) is None and metrics.get(VAL_AUC_NOTE):
+                gaps.setdefault((int(key), metrics[VAL_AUC_NOTE]), []).append(number)
     names = {site.site_id: site.name for site in sites}
     rows = [{"site_id": site_id, "site": names.get(site_id, f"Site {site_id}"), "reason": reason,
              "versions": versions} for (site_id, reason), versions in gaps.items()]

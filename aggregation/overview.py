@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round, SiteStatistics, Update
-from studies.choices import StudyStatus
+from consortium.federated.metric_keys import GLOBAL_METRICS
+from studies.choices import GateCheck, StudyStatus
 from studies.governance import Check, GateResult, evaluate_many
 from studies.models import Study
 from studies.selectors import study_list
@@ -27,9 +28,8 @@ from studies.selectors import study_list
 User = AbstractBaseUser | AnonymousUser
 
 # The gate checks the overview warns about, with the words people use for them.
-WATCHED_CHECKS = {"dpia": "DPIA", "approvals": "Approvals", "quorum": "Quorum", "ethics": "Ethics approval",
-                  "agreement_signed": "Data use agreement"}
-METRIC_KEYS = ("val_auc", "val_accuracy", "val_loss")
+WATCHED_CHECKS = {GateCheck.DPIA: "DPIA", GateCheck.APPROVALS: "Approvals", GateCheck.QUORUM: "Quorum",
+                  GateCheck.ETHICS: "Ethics approval", GateCheck.AGREEMENT_SIGNED: "Data use agreement"}
 # What a warning does to rounds: a failing study-level check blocks them (the gate refuses the round); a
 # failing site-level check only excludes that site (the round runs without it, unless that leaves too few
 # sites, which the failing quorum check then says); a passing check that lapses soon will do one of those.
@@ -169,7 +169,7 @@ def _last_metrics(study_ids: list[int]) -> dict[int, LastMetric]:
     for version in versions:
         metrics: dict[str, Any] = version.evaluation.get("global") or {}
         if metrics:
-            found[version.study_id] = LastMetric(version.number, *(metrics.get(key) for key in METRIC_KEYS))
+            found[version.study_id] = LastMetric(version.number, *(metrics.get(key) for key in GLOBAL_METRICS))
     return found
 
 
@@ -187,7 +187,7 @@ def study_warnings(study: Study, gate: GateResult, round_: Round | None, *, days
     if study.status == StudyStatus.CLOSED:
         return []
     taking_part = {verdict.site_id for verdict in gate.sites
-                   if any(check.name == "participation" and check.passed for check in verdict.checks)}
+                   if any(check.name == GateCheck.PARTICIPATION and check.passed for check in verdict.checks)}
 
     def watched(check: Check) -> bool:
         return check.name in WATCHED_CHECKS and (check.site_id is None or check.site_id in taking_part)

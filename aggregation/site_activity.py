@@ -12,6 +12,7 @@ from datetime import datetime
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, Max, QuerySet
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.models import Update
 from consortium.models import AuditEvent, AuditOutcome
@@ -24,7 +25,7 @@ from studies.permissions import studies_for
 User = AbstractBaseUser | AnonymousUser
 
 REFUSED_SUBMISSIONS_SHOWN = 20
-SUBMIT_ACTION = "aggregation.update.submit"
+SUBMIT_ACTION = AggregationAction.UPDATE_SUBMIT
 
 
 @dataclass(frozen=True)

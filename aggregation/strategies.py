@@ -175,27 +175,41 @@ def _server_step(current: Tensors, averaged: dict[str, torch.Tensor], state: Map
     return averaged, new_state
 
 
-def fedadam(current: Tensors, updates: Iterable[Update], state: Mapping[str, torch.Tensor], *,
-            eta: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-9) -> tuple[dict, State]:
+# Flower's defaults for the server-side optimisers: the one table that `fedadam` & co. and `STRATEGIES` read.
+SERVER_OPTIMISER_DEFAULTS: dict[str, dict[str, float]] = {
+    "adam": {"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-9},
+    "yogi": {"eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
+    "adagrad": {"eta": 0.1, "beta_1": 0.0, "beta_2": 0.0, "tau": 1e-9},
+}
+
+
+def _with_defaults(rule: str, options: Mapping[str, float]) -> dict[str, float]:
+    defaults = SERVER_OPTIMISER_DEFAULTS[rule]
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"Unknown {rule} option(s) {sorted(unknown)}; expected some of {sorted(defaults)}.")
+    return {**defaults, **options}
+
+
+def fedadam(current: Tensors, updates: Iterable[Update], state: Mapping[str, torch.Tensor],
+            **options: float) -> tuple[dict, State]:
     """FedAdam: Adam on the server over the pseudo-gradient fedavg(updates) - current (Flower `FedAdam`).
+    `options` (eta, beta_1, beta_2, tau) override `SERVER_OPTIMISER_DEFAULTS`.
 
     Returns the new weights and the new optimiser state, which the caller persists per study."""
-    return _server_step(current, fedavg(updates), state, rule="adam", eta=eta, beta_1=beta_1, beta_2=beta_2,
-                        tau=tau)
+    return _server_step(current, fedavg(updates), state, rule="adam", **_with_defaults("adam", options))
 
 
-def fedyogi(current: Tensors, updates: Iterable[Update], state: Mapping[str, torch.Tensor], *,
-            eta: float = 0.01, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3) -> tuple[dict, State]:
+def fedyogi(current: Tensors, updates: Iterable[Update], state: Mapping[str, torch.Tensor],
+            **options: float) -> tuple[dict, State]:
     """FedYogi: v grows or shrinks additively by (1 - beta_2) delta^2 (Flower `FedYogi`; no bias correction)."""
-    return _server_step(current, fedavg(updates), state, rule="yogi", eta=eta, beta_1=beta_1, beta_2=beta_2,
-                        tau=tau)
+    return _server_step(current, fedavg(updates), state, rule="yogi", **_with_defaults("yogi", options))
 
 
-def fedadagrad(current: Tensors, updates: Iterable[Update], state: Mapping[str, torch.Tensor], *,
-               eta: float = 0.1, beta_1: float = 0.0, beta_2: float = 0.0, tau: float = 1e-9) -> tuple[dict, State]:
+def fedadagrad(current: Tensors, updates: Iterable[Update], state: Mapping[str, torch.Tensor],
+               **options: float) -> tuple[dict, State]:
     """FedAdagrad: v accumulates delta^2 over rounds (Flower `FedAdagrad`, which fixes beta_1 = 0)."""
-    return _server_step(current, fedavg(updates), state, rule="adagrad", eta=eta, beta_1=beta_1, beta_2=beta_2,
-                        tau=tau)
+    return _server_step(current, fedavg(updates), state, rule="adagrad", **_with_defaults("adagrad", options))
 
 
 # --- Coordinate-wise robust statistics ------------------------------------------------------------
@@ -400,7 +414,9 @@ class Aggregated(NamedTuple):
     weighting: Weighting
 
 
-def _optimiser(rule: str, defaults: dict[str, float]) -> Callable[..., Aggregated]:
+def _optimiser(rule: str) -> Callable[..., Aggregated]:
+    defaults = SERVER_OPTIMISER_DEFAULTS[rule]
+
     def run(current: Tensors, updates: list[Update], state: Mapping, settings: Mapping) -> Aggregated:
         options = {key: float(settings.get(key, value)) for key, value in defaults.items() if key != "eta"}
         eta = float(settings.get("server_learning_rate") or defaults["eta"])
@@ -458,9 +474,9 @@ StrategyFn = Callable[[Tensors, list[Update], Mapping[str, torch.Tensor], Mappin
 STRATEGIES: dict[str, StrategyFn] = {
     "fedavg": _run_fedavg,
     "fedprox": _run_fedavg,
-    "fedadam": _optimiser("adam", {"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-9}),
-    "fedyogi": _optimiser("yogi", {"eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}),
-    "fedadagrad": _optimiser("adagrad", {"eta": 0.1, "beta_1": 0.0, "beta_2": 0.0, "tau": 1e-9}),
+    "fedadam": _optimiser("adam"),
+    "fedyogi": _optimiser("yogi"),
+    "fedadagrad": _optimiser("adagrad"),
     "median": _run_median,
     "trimmed_mean": _run_trimmed,
     "krum": _run_krum(multi=False),

@@ -189,9 +189,9 @@ def _prepare(features: int) -> int:
     import torch
     from django.core.management import call_command
 
-    from consortium.federated import codec
     from aggregation.services import round_open_next, update_submit
     from aggregation.services._common import version_tensors
+    from consortium.federated import codec
     from sites.agents import AgentPrincipal
     from sites.models import Site
     from sites.services import agent_token_create

@@ -55,12 +55,12 @@ from django.test import Client, override_settings  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
 from aggregation.demo import free_port, spawn, stop  # noqa: E402
+from aggregation.events import RoundEventKind  # noqa: E402
 from consortium.audit import SYSTEM  # noqa: E402
 from consortium.layers import redis_channel_layer  # noqa: E402
 from consortium.roles import Role  # noqa: E402
 from consortium.services import user_roles_add  # noqa: E402
 from studies import services  # noqa: E402
-from studies.choices import EventKind  # noqa: E402
 from studies.events import publish  # noqa: E402
 
 GOAL_MS = 100.0
@@ -125,7 +125,7 @@ def publish_all(study_id: int, count: int, interval: float) -> tuple[dict[int, f
             stamp: list[float] = []
             with transaction.atomic():
                 transaction.on_commit(lambda box=stamp: box.append(time.time()))  # runs before the broadcast
-                event = publish(study_id, EventKind.ROUND_METRICS, metrics(index))
+                event = publish(study_id, RoundEventKind.ROUND_METRICS, metrics(index))
             commits[event.seq] = stamp[0]
             sends.append((time.time() - stamp[0]) * 1000)
     finally:

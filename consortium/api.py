@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from consortium.api_base import AuditedRead, ConsortiumApi, IdField, StrictSerializer, UnauditedRead, errors
 from consortium.audit import export_record
+from consortium.audit_actions import ConsortiumAction
 from consortium.audit_format import EXPORT_COLUMNS
 from consortium.errors import NotFound
 from consortium.models import AuditEvent
@@ -115,7 +116,7 @@ class AuditEventOutputSerializer(serializers.ModelSerializer):
 
 
 class AuditEventListApi(ConsortiumApi):
-    reads = AuditedRead("consortium.audit.api_viewed")
+    reads = AuditedRead(ConsortiumAction.AUDIT_API_VIEWED)
     query_serializer = AuditListQuerySerializer
     pagination_class = AuditPagination
 
@@ -130,7 +131,7 @@ class AuditEventListApi(ConsortiumApi):
 
 
 class AuditEventExportApi(ConsortiumApi):
-    reads = AuditedRead("consortium.audit.api_exported")
+    reads = AuditedRead(ConsortiumAction.AUDIT_API_EXPORTED)
     query_serializer = AuditFilterSerializer
 
     @extend_schema(
@@ -172,7 +173,7 @@ class ApiNotFound(ConsortiumApi):
     def _not_found(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         reason = f"No API endpoint at {request.path[:200]}."
         if request.user.is_authenticated:
-            access_denied(actor=request.user, action="consortium.api.not_found", reason=reason, code="not_found",
+            access_denied(actor=request.user, action=ConsortiumAction.API_NOT_FOUND, reason=reason, code="not_found",
                           site=getattr(request.user, "site_id", None),  # a site agent acts for its site
                           details={"method": request.method, "path": request.path[:300]})
         raise NotFound(reason)

@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from rest_framework.authtoken.models import Token
 
 from consortium.audit import ActorRef, record, record_denial
+from consortium.audit_actions import ConsortiumAction
 from consortium.errors import DomainError, ValidationFailed
 from consortium.models import AuditActorKind, AuditEvent
 from consortium.throttling import client_ip, lockout_ends
@@ -36,7 +37,7 @@ def study_data_read(
 def overview_viewed(*, actor: AbstractBaseUser, study_ids: Iterable[int], via: str = "page:overview") -> AuditEvent:
     """Record that someone read the consortium overview: one event per page view, listing every study it
     showed, so "who saw what" holds for pages that span studies (no single `study_id` fits them)."""
-    return record(actor=actor, action="consortium.overview.viewed",
+    return record(actor=actor, action=ConsortiumAction.OVERVIEW_VIEWED,
                   details={"via": via, "studies": sorted(study_ids)})
 
 
@@ -52,7 +53,7 @@ def user_roles_changed(
     old, new = sorted(set(before)), sorted(set(after))
     if old == new:
         return None
-    return record(actor=actor, action="consortium.user.roles_changed", target=user,
+    return record(actor=actor, action=ConsortiumAction.USER_ROLES_CHANGED, target=user,
                   details={"user": user.get_username(), "before": old, "after": new,
                            "added": sorted(set(new) - set(old)), "removed": sorted(set(old) - set(new)),
                            "via": via})
@@ -100,7 +101,8 @@ def login_failed(*, request: HttpRequest, username: str, via: str) -> AuditEvent
     details = {"via": via, "address": address, "failures": failures, "locked_out": locked,
                "locked_until": ends.isoformat() if ends else None}
     return record_denial(actor=ActorRef(kind=AuditActorKind.USER, label=username or "anonymous"),
-                         action="consortium.login.locked_out" if refused_unchecked else "consortium.login.failed",
+                         action=(ConsortiumAction.LOGIN_LOCKED_OUT if refused_unchecked
+                                 else ConsortiumAction.LOGIN_FAILED),
                          reason=LOCKED_OUT if locked else BAD_CREDENTIALS, details=details)
 
 
@@ -115,7 +117,7 @@ def api_token_obtain(*, request: HttpRequest, username: str, password: str) -> T
         raise ValidationFailed(BAD_CREDENTIALS)
     with transaction.atomic():
         token, created = Token.objects.get_or_create(user=user)
-        record(actor=user, action="consortium.api_token.issued" if created else "consortium.api_token.reissued",
+        record(actor=user, action=ConsortiumAction.API_TOKEN_ISSUED if created else ConsortiumAction.API_TOKEN_REISSUED,
                target=user, details={"user": user.get_username()})
     return token
 

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 
 from consortium.api_base import ConsortiumApi, ReasonInputSerializer, StrictSerializer, UnauditedRead, errors
 from consortium.services import select_or_deny
+from sites.audit_actions import SiteAction
 from sites.models import AgentToken, Site
 from sites.selectors import agent_token_get, site_agent_tokens, site_get, site_list
 from sites.services import agent_token_create, agent_token_revoke
@@ -71,14 +72,14 @@ class SiteAgentTokenListCreateApi(ConsortiumApi):
     @extend_schema(tags=AGENT_TOKENS, summary="The site's agent tokens, newest first (its admins)",
                    responses={200: AgentTokenOutputSerializer(many=True), **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
-        tokens = select_or_deny(request.user, "sites.agent_token.list",
+        tokens = select_or_deny(request.user, SiteAction.AGENT_TOKEN_LIST,
                                 lambda: site_agent_tokens(request.user, site_get(request.user, pk)), site=pk)
         return Response(AgentTokenOutputSerializer(tokens, many=True).data)
 
     @extend_schema(tags=AGENT_TOKENS, summary="Create an agent token; the response holds it, once (its admins)",
                    request=InputSerializer, responses={201: AgentTokenCreatedSerializer, **errors(400, 404)})
     def post(self, request: Request, pk: int) -> Response:
-        site = select_or_deny(request.user, "sites.agent_token.create", lambda: site_get(request.user, pk), site=pk)
+        site = select_or_deny(request.user, SiteAction.AGENT_TOKEN_CREATE, lambda: site_get(request.user, pk), site=pk)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         token, plaintext = agent_token_create(actor=request.user, site=site, **serializer.validated_data)
@@ -93,7 +94,7 @@ class AgentTokenRevokeApi(ConsortiumApi):
                    "(its site's admins)", request=ReasonInputSerializer,
                    responses={200: AgentTokenOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        token = select_or_deny(request.user, "sites.agent_token.revoke", lambda: agent_token_get(request.user, pk))
+        token = select_or_deny(request.user, SiteAction.AGENT_TOKEN_REVOKE, lambda: agent_token_get(request.user, pk))
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         token = agent_token_revoke(actor=request.user, token=token, **serializer.validated_data)

@@ -14,6 +14,7 @@ from consortium.locks import locked
 from consortium.roles import Role
 from consortium.services import user_roles_add
 from sites import tokens
+from sites.audit_actions import SiteAction
 from sites.models import AgentToken, Site
 from sites.permissions import ADMINISTER_SITE, can_administer, can_manage_sites, sites_for
 from sites.selectors import agent_token_identify
@@ -28,7 +29,7 @@ def _require_manager(actor: AbstractBaseUser) -> None:
         raise Forbidden("Only consortium admins manage sites.")
 
 
-@audited_service("sites.site.create")
+@audited_service(SiteAction.SITE_CREATE)
 def site_create(
     *,
     actor: AbstractBaseUser,
@@ -43,11 +44,11 @@ def site_create(
     site = Site(name=name, code=code, city=city, country=country, timezone=timezone)
     site.full_clean()
     site.save()
-    record(actor=actor, action="sites.site.created", target=site, site=site, details={"after": _snapshot(site)})
+    record(actor=actor, action=SiteAction.SITE_CREATED, target=site, site=site, details={"after": _snapshot(site)})
     return site
 
 
-@audited_service("sites.site.update")
+@audited_service(SiteAction.SITE_UPDATE)
 def site_update(*, actor: AbstractBaseUser, site: Site, **changes: str) -> Site:
     """Change a site's descriptive fields."""
     _require_manager(actor)
@@ -59,39 +60,39 @@ def site_update(*, actor: AbstractBaseUser, site: Site, **changes: str) -> Site:
         setattr(site, field, value)
     site.full_clean()
     site.save()
-    record(actor=actor, action="sites.site.updated", target=site, site=site,
+    record(actor=actor, action=SiteAction.SITE_UPDATED, target=site, site=site,
            details={"before": before, "after": _snapshot(site)})
     return site
 
 
-@audited_service("sites.admin.assign")
+@audited_service(SiteAction.ADMIN_ASSIGN)
 def site_admin_assign(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
     """Make `user` an admin of `site`: the Site admin role plus the object permission, together."""
     _require_manager(actor)
     if can_administer(user, site):
         raise Conflict(f"{user.get_username()} already administers {site}.", site=site)
     assign_perm(f"sites.{ADMINISTER_SITE}", user, site)
-    record(actor=actor, action="sites.admin.assigned", target=site, site=site,
+    record(actor=actor, action=SiteAction.ADMIN_ASSIGNED, target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
     # The global role comes with the appointment; a role change is recorded as such (once, the first time).
-    user_roles_add(actor=actor, user=user, roles=[Role.SITE_ADMIN.value], via="sites.admin.assign")
+    user_roles_add(actor=actor, user=user, roles=[Role.SITE_ADMIN.value], via=SiteAction.ADMIN_ASSIGN)
 
 
-@audited_service("sites.admin.remove")
+@audited_service(SiteAction.ADMIN_REMOVE)
 def site_admin_remove(*, actor: AbstractBaseUser, site: Site, user: AbstractBaseUser) -> None:
     """Withdraw `user`'s right to act for `site`; takes effect on their next request."""
     _require_manager(actor)
     if not can_administer(user, site):
         raise Conflict(f"{user.get_username()} does not administer {site}.", site=site)
     remove_perm(f"sites.{ADMINISTER_SITE}", user, site)
-    record(actor=actor, action="sites.admin.removed", target=site, site=site,
+    record(actor=actor, action=SiteAction.ADMIN_REMOVED, target=site, site=site,
            details={"user": user.get_username(), "user_id": user.pk})
 
 
 def site_viewed(*, actor: AbstractBaseUser, site: Site, study_ids: Iterable[int], via: str = "page:site") -> None:
     """Record that someone read a site's page: its participations and round activity are study data, so
     "who saw what" gets one event per page view, naming the site and listing the studies shown."""
-    record(actor=actor, action="sites.site.viewed", target=site, site=site,
+    record(actor=actor, action=SiteAction.SITE_VIEWED, target=site, site=site,
            details={"via": via, "studies": sorted(set(study_ids))})
 
 
@@ -120,7 +121,7 @@ def _unused_prefix() -> str:
     raise RuntimeError("Could not find an unused agent token prefix.")
 
 
-@audited_service("sites.agent_token.create")
+@audited_service(SiteAction.AGENT_TOKEN_CREATE)
 def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str) -> tuple[AgentToken, str]:
     """Issue an agent credential for `site`. Returns the token and its plaintext, which exists only in
     this return value: the database keeps the SHA-256 of the secret, and the audit event the prefix."""
@@ -137,12 +138,12 @@ def agent_token_create(*, actor: AbstractBaseUser, site: Site, name: str) -> tup
     token = AgentToken(site=site, name=name, prefix=prefix, key_hash=tokens.hash_secret(secret), created_by=actor)
     token.full_clean()
     token.save()
-    record(actor=actor, action="sites.agent_token.created", target=token, site=site,
+    record(actor=actor, action=SiteAction.AGENT_TOKEN_CREATED, target=token, site=site,
            details={"name": token.name, "prefix": token.prefix})
     return token, tokens.assemble(prefix, secret)
 
 
-@audited_service("sites.agent_token.revoke")
+@audited_service(SiteAction.AGENT_TOKEN_REVOKE)
 def agent_token_revoke(*, actor: AbstractBaseUser, token: AgentToken, reason: str) -> AgentToken:
     """Revoke a token for good; the agent's next request is refused with the reason. Another site's
     token is a NotFound, as if it did not exist."""
@@ -158,7 +159,7 @@ def agent_token_revoke(*, actor: AbstractBaseUser, token: AgentToken, reason: st
     found.revoked_at, found.revoked_by, found.revoke_reason = timezone.now(), actor, reason.strip()
     found.full_clean()
     found.save()
-    record(actor=actor, action="sites.agent_token.revoked", target=found, site=found.site,
+    record(actor=actor, action=SiteAction.AGENT_TOKEN_REVOKED, target=found, site=found.site,
            details={"name": found.name, "prefix": found.prefix, "reason": found.revoke_reason})
     return found
 

@@ -28,6 +28,7 @@ from consortium.api_base import (
 from consortium.services import select_or_deny
 from sites.selectors import site_get
 from studies import services
+from studies.audit_actions import StudyAction
 from studies.choices import GateAction, RiskLevel
 from studies.governance import evaluate
 from studies.models import (
@@ -172,7 +173,7 @@ class DpiaOutputSerializer(serializers.ModelSerializer):
 
 
 class StudyListCreateApi(ConsortiumApi):
-    reads = AuditedRead("studies.study.listed")
+    reads = AuditedRead(StudyAction.STUDY_LISTED)
 
     class InputSerializer(StrictMixin, serializers.ModelSerializer):
         agreement_text = serializers.CharField(required=False, allow_blank=True, default="",
@@ -200,7 +201,7 @@ class StudyListCreateApi(ConsortiumApi):
 
 
 class StudyDetailApi(ConsortiumApi):
-    reads = AuditedRead("studies.study.viewed")
+    reads = AuditedRead(StudyAction.STUDY_VIEWED)
 
     class InputSerializer(StrictMixin, serializers.ModelSerializer):
         class Meta:
@@ -211,14 +212,14 @@ class StudyDetailApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="A study, its protocol and approvals (the read is audited)",
                    responses={200: StudyDetailOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.study.view")
+        study = _study(request, pk, StudyAction.STUDY_VIEW)
         self.audit_read(study=study, target=study)
         return Response(_study_detail(request, study))
 
     @extend_schema(tags=STUDIES, summary="Change the title or protocol (PI); a protocol change voids approvals",
                    request=InputSerializer, responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def patch(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.study.update")
+        study = _study(request, pk, StudyAction.STUDY_UPDATE)
         serializer = self.InputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         study = services.study_update_protocol(actor=request.user, study=study, **serializer.validated_data)
@@ -229,7 +230,7 @@ class StudySubmitApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Submit a draft for approval (PI)", request=None,
                    responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.study.submit")
+        study = _study(request, pk, StudyAction.STUDY_SUBMIT)
         return Response(_study_detail(request, services.study_submit(actor=request.user, study=study)))
 
 
@@ -243,7 +244,7 @@ class StudyApproveApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Give the PI's or a DPO's approval (four eyes)", request=InputSerializer,
                    responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.study.approve")
+        study = _study(request, pk, StudyAction.STUDY_APPROVE)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.study_approve(actor=request.user, study=study, **serializer.validated_data)
@@ -254,7 +255,7 @@ class StudyRejectApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Reject the study with a reason (a DPO who is not its PI)",
                    request=ReasonInputSerializer, responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.study.reject")
+        study = _study(request, pk, StudyAction.STUDY_REJECT)
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.study_reject(actor=request.user, study=study, **serializer.validated_data)
@@ -265,7 +266,7 @@ class StudyActivateApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Activate an approved study (PI)", request=None,
                    responses={200: StudyDetailOutputSerializer, **errors(404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.study.activate")
+        study = _study(request, pk, StudyAction.STUDY_ACTIVATE)
         return Response(_study_detail(request, services.study_activate(actor=request.user, study=study)))
 
 
@@ -280,7 +281,7 @@ class StudySuspendApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Emergency stop (PI or DPO); resuming needs both approvals again",
                    request=InputSerializer, responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.study.suspend")
+        study = _study(request, pk, StudyAction.STUDY_SUSPEND)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         study = services.study_suspend(actor=request.user, study=study, **serializer.validated_data)
@@ -291,7 +292,7 @@ class StudyCloseApi(ConsortiumApi):
     @extend_schema(tags=STUDIES, summary="Close the study for good (PI)", request=ReasonInputSerializer,
                    responses={200: StudyDetailOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.study.close")
+        study = _study(request, pk, StudyAction.STUDY_CLOSE)
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         study = services.study_close(actor=request.user, study=study, **serializer.validated_data)
@@ -308,7 +309,7 @@ class GateQuerySerializer(serializers.Serializer):
 
 
 class StudyGateApi(ConsortiumApi):
-    reads = AuditedRead("studies.gate.viewed")
+    reads = AuditedRead(StudyAction.GATE_VIEWED)
     query_serializer = GateQuerySerializer
 
     class OutputSerializer(serializers.Serializer):
@@ -328,7 +329,7 @@ class StudyGateApi(ConsortiumApi):
         responses={200: OutputSerializer, **errors(400, 404)},
     )
     def get(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.gate.view")
+        study = _study(request, pk, StudyAction.GATE_VIEW)
         action, site = self.query["action"], self.query.get("site")
         result = evaluate(study, action, site=site)
         self.audit_read(study=study, site=site, target=study, action=action)
@@ -339,7 +340,7 @@ class StudyGateApi(ConsortiumApi):
 
 
 class AgreementListPublishApi(ConsortiumApi):
-    reads = AuditedRead("studies.agreement.listed")
+    reads = AuditedRead(StudyAction.AGREEMENT_LISTED)
 
     class InputSerializer(StrictSerializer):
         text = serializers.CharField(help_text="The full agreement text; any change is a new version.")
@@ -350,14 +351,14 @@ class AgreementListPublishApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="The study's agreement versions, newest first, with signatures",
                    responses={200: AgreementOutputSerializer(many=True), **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.agreement.list")
+        study = _study(request, pk, StudyAction.AGREEMENT_LIST)
         self.audit_read(study=study, target=study)
         return Response(AgreementOutputSerializer(study_agreements(study), many=True).data)
 
     @extend_schema(tags=GOVERNANCE, summary="Publish a new agreement version (PI); voids earlier approvals",
                    request=InputSerializer, responses={201: AgreementOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.agreement.publish")
+        study = _study(request, pk, StudyAction.AGREEMENT_PUBLISH)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         version = services.agreement_publish(actor=request.user, study=study, **serializer.validated_data)
@@ -375,10 +376,10 @@ class AgreementSignApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Sign the current agreement version for this site (its admin)",
                    request=InputSerializer, responses={201: SignatureOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        participation = _participation(request, pk, "studies.agreement.sign")
+        participation = _participation(request, pk, StudyAction.AGREEMENT_SIGN)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        agreement = select_or_deny(request.user, "studies.agreement.sign",
+        agreement = select_or_deny(request.user, StudyAction.AGREEMENT_SIGN,
             lambda: agreement_version_get(participation.study, serializer.validated_data["version"]),
             site=participation.site,
         )
@@ -390,7 +391,7 @@ class AgreementSignApi(ConsortiumApi):
 
 
 class DpiaDetailApi(ConsortiumApi):
-    reads = AuditedRead("studies.dpia.viewed")
+    reads = AuditedRead(StudyAction.DPIA_VIEWED)
 
     class InputSerializer(StrictSerializer):
         summary = serializers.CharField(allow_blank=True)
@@ -402,15 +403,15 @@ class DpiaDetailApi(ConsortiumApi):
 
     @extend_schema(tags=GOVERNANCE, summary="The study's DPIA", responses={200: DpiaOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.dpia.view")
-        dpia = select_or_deny(request.user, "studies.dpia.view", lambda: study_dpia(request.user, study))
+        study = _study(request, pk, StudyAction.DPIA_VIEW)
+        dpia = select_or_deny(request.user, StudyAction.DPIA_VIEW, lambda: study_dpia(request.user, study))
         self.audit_read(study=study, target=dpia)
         return Response(DpiaOutputSerializer(dpia).data)
 
     @extend_schema(tags=GOVERNANCE, summary="Create or edit the DPIA while it is a draft (DPO)",
                    request=InputSerializer, responses={200: DpiaOutputSerializer, **errors(400, 404, 409)})
     def put(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.dpia.save")
+        study = _study(request, pk, StudyAction.DPIA_SAVE)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         dpia = services.dpia_save(actor=request.user, study=study, **serializer.validated_data)
@@ -421,7 +422,7 @@ class DpiaSubmitApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Put the draft DPIA under review (DPO)", request=None,
                    responses={200: DpiaOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.dpia.submit")
+        study = _study(request, pk, StudyAction.DPIA_SUBMIT)
         return Response(DpiaOutputSerializer(services.dpia_submit(actor=request.user, study=study)).data)
 
 
@@ -435,7 +436,7 @@ class DpiaApproveApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Approve the DPIA under review (DPO)", request=InputSerializer,
                    responses={200: DpiaOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.dpia.approve")
+        study = _study(request, pk, StudyAction.DPIA_APPROVE)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         dpia = services.dpia_approve(actor=request.user, study=study, **serializer.validated_data)
@@ -446,7 +447,7 @@ class DpiaRejectApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Reject the DPIA under review with a reason (DPO)",
                    request=ReasonInputSerializer, responses={200: DpiaOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.dpia.reject")
+        study = _study(request, pk, StudyAction.DPIA_REJECT)
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         dpia = services.dpia_reject(actor=request.user, study=study, **serializer.validated_data)
@@ -457,7 +458,7 @@ class DpiaReviseApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Return the DPIA to draft with a reason (DPO)",
                    request=ReasonInputSerializer, responses={200: DpiaOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.dpia.revise")
+        study = _study(request, pk, StudyAction.DPIA_REVISE)
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         dpia = services.dpia_revise(actor=request.user, study=study, **serializer.validated_data)
@@ -490,7 +491,7 @@ class EthicsRecordApi(ConsortiumApi):
     @extend_schema(tags=GOVERNANCE, summary="Record the site's ethics (IRB) approval (its admin)",
                    request=InputSerializer, responses={201: OutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        participation = _participation(request, pk, "studies.ethics.record")
+        participation = _participation(request, pk, StudyAction.ETHICS_RECORD)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         approval = services.ethics_record(actor=request.user, participation=participation,
@@ -502,7 +503,7 @@ class EthicsRecordApi(ConsortiumApi):
 
 
 class ParticipationListInviteApi(ConsortiumApi):
-    reads = AuditedRead("studies.participation.listed")
+    reads = AuditedRead(StudyAction.PARTICIPATION_LISTED)
 
     class InputSerializer(StrictSerializer):
         site = IdField(help_text="Id of the site to invite.")
@@ -513,7 +514,7 @@ class ParticipationListInviteApi(ConsortiumApi):
     @extend_schema(tags=PARTICIPATION, summary="The study's participations the caller may see",
                    responses={200: ParticipationOutputSerializer(many=True), **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.participation.list")
+        study = _study(request, pk, StudyAction.PARTICIPATION_LIST)
         participations = list(study_participations_for(request.user, study))
         self.audit_read(study=study, target=study, sites=sorted(row.site_id for row in participations))
         return Response(ParticipationOutputSerializer(participations, many=True).data)
@@ -521,23 +522,23 @@ class ParticipationListInviteApi(ConsortiumApi):
     @extend_schema(tags=PARTICIPATION, summary="Invite a site to the study (PI)", request=InputSerializer,
                    responses={201: ParticipationOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        study = _study(request, pk, "studies.participation.invite")
+        study = _study(request, pk, StudyAction.PARTICIPATION_INVITE)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         site_id = serializer.validated_data["site"]
-        site = select_or_deny(request.user, "studies.participation.invite", lambda: site_get(request.user, site_id),
+        site = select_or_deny(request.user, StudyAction.PARTICIPATION_INVITE, lambda: site_get(request.user, site_id),
                               study=study)
         participation = services.participation_invite(actor=request.user, study=study, site=site)
         return Response(ParticipationOutputSerializer(participation).data, status=status.HTTP_201_CREATED)
 
 
 class ParticipationDetailApi(ConsortiumApi):
-    reads = AuditedRead("studies.participation.viewed")
+    reads = AuditedRead(StudyAction.PARTICIPATION_VIEWED)
 
     @extend_schema(tags=PARTICIPATION, summary="One participation (its site's admins, the PI and overseers)",
                    responses={200: ParticipationOutputSerializer, **errors(404)})
     def get(self, request: Request, pk: int) -> Response:
-        participation = _participation(request, pk, "studies.participation.view")
+        participation = _participation(request, pk, StudyAction.PARTICIPATION_VIEW)
         self.audit_read(study=participation.study_id, site=participation.site_id, target=participation)
         return Response(ParticipationOutputSerializer(participation).data)
 
@@ -557,7 +558,7 @@ class ParticipationGrantApi(ConsortiumApi):
                    request=OptionalReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        return _participation_step(request, pk, "studies.participation.grant", services.participation_grant,
+        return _participation_step(request, pk, StudyAction.PARTICIPATION_GRANT, services.participation_grant,
                                    OptionalReasonInputSerializer)
 
 
@@ -566,7 +567,7 @@ class ParticipationSuspendApi(ConsortiumApi):
                    request=ReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        return _participation_step(request, pk, "studies.participation.suspend", services.participation_suspend,
+        return _participation_step(request, pk, StudyAction.PARTICIPATION_SUSPEND, services.participation_suspend,
                                    ReasonInputSerializer)
 
 
@@ -575,7 +576,7 @@ class ParticipationResumeApi(ConsortiumApi):
                    request=OptionalReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        return _participation_step(request, pk, "studies.participation.resume", services.participation_resume,
+        return _participation_step(request, pk, StudyAction.PARTICIPATION_RESUME, services.participation_resume,
                                    OptionalReasonInputSerializer)
 
 
@@ -584,7 +585,7 @@ class ParticipationRevokeApi(ConsortiumApi):
                    request=ReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        return _participation_step(request, pk, "studies.participation.revoke", services.participation_revoke,
+        return _participation_step(request, pk, StudyAction.PARTICIPATION_REVOKE, services.participation_revoke,
                                    ReasonInputSerializer)
 
 
@@ -593,5 +594,5 @@ class ParticipationWithdrawApi(ConsortiumApi):
                    request=ReasonInputSerializer,
                    responses={200: ParticipationOutputSerializer, **errors(400, 404, 409)})
     def post(self, request: Request, pk: int) -> Response:
-        return _participation_step(request, pk, "studies.participation.withdraw", services.participation_withdraw,
+        return _participation_step(request, pk, StudyAction.PARTICIPATION_WITHDRAW, services.participation_withdraw,
                                    ReasonInputSerializer)

@@ -131,22 +131,24 @@ class GateAction(models.TextChoices):
     AGGREGATE = "aggregate", "Aggregate a round"
 
 
-class EventKind(models.TextChoices):
-    """What a study's live event log carries (see `studies.events`); the dashboard reacts to each."""
+class GateCheck(models.TextChoices):
+    """The gate's checks (`studies.governance`), each with the name the governance panels show. The first
+    three judge the study and quorum judges the count; the last three judge each site."""
 
-    ROUND_OPENED = "round.opened", "Round opened"
-    UPDATE_RECEIVED = "update.received", "Update received"
-    UPDATE_REFUSED = "update.refused", "Update refused"
-    UPDATE_EXCLUDED = "update.excluded", "Update excluded"
-    STATISTICS_RECEIVED = "statistics.received", "Statistics received"
-    EVALUATION_RECEIVED = "evaluation.received", "Evaluation received"
+    STUDY_ACTIVE = "study_active", "Study active"
+    APPROVALS = "approvals", "Approvals (PI and DPO)"
+    DPIA = "dpia", "DPIA"
+    QUORUM = "quorum", "Quorum"
+    PARTICIPATION = "participation", "Participation"
+    AGREEMENT_SIGNED = "agreement_signed", "Current DUA signed"
+    ETHICS = "ethics", "Ethics approval"
+
+
+class EventKind(models.TextChoices):
+    """Studies' own kinds of live event (`studies.governance_events`). A study's log also carries the kinds
+    other apps register (`studies.event_registry`): aggregation's rounds and updates (`aggregation.events`)."""
+
     GATE_EVALUATED = "gate.evaluated", "Gate evaluated"
-    AGGREGATION_STARTED = "aggregation.started", "Aggregation started"
-    AGGREGATION_FINISHED = "aggregation.finished", "Aggregation finished"
-    ROUND_METRICS = "round.metrics", "Round metrics"
-    ROUND_CLOSED = "round.closed", "Round closed"
-    ROUND_BLOCKED = "round.blocked", "Round blocked"
-    ROUND_FAILED = "round.failed", "Round failed"
     PARTICIPATION_CHANGED = "participation.changed", "Participation changed"
     STUDY_CHANGED = "study.changed", "Study changed"
     APPROVAL_CHANGED = "approval.changed", "Approval changed"

@@ -10,6 +10,7 @@ round started now, which sites would take part, and why not the others.
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.utils import timezone
@@ -20,6 +21,7 @@ from studies.choices import (
     ApprovalRole,
     DpiaStatus,
     GateAction,
+    GateCheck,
     ParticipationStatus,
     StudyStatus,
 )
@@ -39,7 +41,7 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
+            "name": str(self.name),
             "passed": self.passed,
             "reason": self.reason,
             "site_id": self.site_id,
@@ -232,36 +234,37 @@ def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: 
 
 def _status_check(study: Study) -> Check:
     if study.status == StudyStatus.ACTIVE:
-        return Check("study_active", True, "The study is approved and active.")
+        return Check(GateCheck.STUDY_ACTIVE, True, "The study is approved and active.")
     reason = f"The study is {study.get_status_display().lower()}, not active."
     if study.status == StudyStatus.SUSPENDED and study.status_reason:
         reason += f" Suspended: {study.status_reason}"
-    return Check("study_active", False, reason)
+    return Check(GateCheck.STUDY_ACTIVE, False, reason)
 
 
 def _approvals_check(study: Study, agreement: AgreementVersion | None, live: dict[str, Approval]) -> Check:
     if agreement is None:
-        return Check("approvals", False, "The study has no data use agreement yet.")
+        return Check(GateCheck.APPROVALS, False, "The study has no data use agreement yet.")
     current_hash = study.protocol_sha256()
     missing = [
         role.label for role in ApprovalRole
         if role not in live or live[role].protocol_sha256 != current_hash or live[role].agreement_id != agreement.pk
     ]
     if missing:
-        return Check("approvals", False, f"Missing a current approval from: {', '.join(missing)}.")
-    return Check("approvals", True, f"Approved by the PI and a DPO for this protocol and DUA v{agreement.version}.")
+        return Check(GateCheck.APPROVALS, False, f"Missing a current approval from: {', '.join(missing)}.")
+    return Check(GateCheck.APPROVALS, True,
+                 f"Approved by the PI and a DPO for this protocol and DUA v{agreement.version}.")
 
 
 def _dpia_check(dpia: Dpia | None, moment: datetime) -> Check:
     if dpia is None:
-        return Check("dpia", False, "No DPIA has been recorded.")
+        return Check(GateCheck.DPIA, False, "No DPIA has been recorded.")
     if dpia.status != DpiaStatus.APPROVED:
-        return Check("dpia", False, f"The DPIA is {dpia.get_status_display().lower()}, not approved.")
+        return Check(GateCheck.DPIA, False, f"The DPIA is {dpia.get_status_display().lower()}, not approved.")
     if dpia.valid_until is None or dpia.valid_until <= moment:
         when = timezone.localtime(dpia.valid_until).strftime("%Y-%m-%d %H:%M %Z") if dpia.valid_until else "never set"
-        return Check("dpia", False, f"The DPIA expired ({when}).", expires_at=dpia.valid_until)
+        return Check(GateCheck.DPIA, False, f"The DPIA expired ({when}).", expires_at=dpia.valid_until)
     return Check(
-        "dpia",
+        GateCheck.DPIA,
         True,
         f"DPIA approved ({dpia.get_risk_level_display().lower()} risk) until "
         f"{timezone.localtime(dpia.valid_until).strftime('%Y-%m-%d %H:%M %Z')}.",
@@ -283,7 +286,7 @@ def _site_verdict(
     if not granted and participation.reason:
         reason += f" {participation.reason}"
     checks = [
-        Check("participation", granted, reason, **here),
+        Check(GateCheck.PARTICIPATION, granted, reason, **here),
         _agreement_check(agreement, site.pk in signed, moment, site, here),
         _ethics_check(ethics, moment, site, here),
     ]
@@ -302,39 +305,41 @@ def _agreement_check(agreement: AgreementVersion | None, signed: bool, moment: d
     The DUA is the contract each site signs, so its period is judged here, per site, like the site's
     ethics approval: once the version ends no site is covered, every site fails with the reason, and
     the quorum fails with them. (The approvals check stays about what the PI and a DPO approved.)"""
+    verdict = partial(Check, GateCheck.AGREEMENT_SIGNED, **here)
     if agreement is None:
-        return Check("agreement_signed", False, "There is no data use agreement to sign.", **here)
+        return verdict(False, "There is no data use agreement to sign.")
     name, since, until = f"DUA v{agreement.version}", agreement.effective_from, agreement.effective_until
     if moment < since:
-        return Check("agreement_signed", False, f"The current {name} takes effect {_local(since, site)}.", **here)
+        return verdict(False, f"The current {name} takes effect {_local(since, site)}.")
     if until is not None and until <= moment:
-        return Check("agreement_signed", False, f"The current {name} ended {_local(until, site)}; a new version must "
-                     "be published and signed.", expires_at=until, **here)
+        return verdict(False, f"The current {name} ended {_local(until, site)}; a new version must be published and "
+                       "signed.", expires_at=until)
     if not signed:
-        return Check("agreement_signed", False, f"Has not signed the current {name}.", **here)
+        return verdict(False, f"Has not signed the current {name}.")
     ends = f", in force until {_local(until, site)}" if until else ""
-    return Check("agreement_signed", True, f"Signed the current {name}{ends}.", expires_at=until, **here)
+    return verdict(True, f"Signed the current {name}{ends}.", expires_at=until)
 
 
 def _ethics_check(ethics: EthicsApproval | None, moment: datetime, site: Site, here: dict[str, Any]) -> Check:
+    verdict = partial(Check, GateCheck.ETHICS, **here)
     if ethics is None:
-        return Check("ethics", False, "No ethics approval recorded.", **here)
+        return verdict(False, "No ethics approval recorded.")
 
     def local(value: datetime) -> str:
         return _local(value, site)
 
     if moment < ethics.valid_from:
-        return Check("ethics", False, f"Ethics approval {ethics.reference} starts {local(ethics.valid_from)}.", **here)
+        return verdict(False, f"Ethics approval {ethics.reference} starts {local(ethics.valid_from)}.")
     if ethics.valid_until <= moment:
-        return Check("ethics", False, f"Ethics approval {ethics.reference} expired {local(ethics.valid_until)}.",
-                     expires_at=ethics.valid_until, **here)
-    return Check("ethics", True, f"Ethics approval {ethics.reference} valid until {local(ethics.valid_until)}.",
-                 expires_at=ethics.valid_until, **here)
+        return verdict(False, f"Ethics approval {ethics.reference} expired {local(ethics.valid_until)}.",
+                       expires_at=ethics.valid_until)
+    return verdict(True, f"Ethics approval {ethics.reference} valid until {local(ethics.valid_until)}.",
+                   expires_at=ethics.valid_until)
 
 
 def _uninvited_verdict(site_id: int) -> SiteVerdict:
     name = Site.objects.filter(pk=site_id).values_list("name", flat=True).first() or f"site {site_id}"
-    check = Check("participation", False, "The site is not taking part in this study.", site_id, name)
+    check = Check(GateCheck.PARTICIPATION, False, "The site is not taking part in this study.", site_id, name)
     return SiteVerdict(site_id, name, (check,))
 
 
@@ -342,7 +347,7 @@ def _quorum_check(study: Study, eligible: int, invited: int) -> Check:
     passed = eligible >= study.quorum
     verdict = "meets" if passed else "is below"
     return Check(
-        "quorum",
+        GateCheck.QUORUM,
         passed,
         f"{eligible} of {invited} sites eligible, which {verdict} the quorum of {study.quorum}.",
     )

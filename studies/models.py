@@ -13,12 +13,12 @@ from django.db.models import Q
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from sites.models import Site
+from studies import event_registry
 from studies.choices import (
     PARTICIPATION_CURRENT,
     ApprovalDecision,
     ApprovalRole,
     DpiaStatus,
-    EventKind,
     ModelKind,
     ParticipationStatus,
     RevocationPolicy,
@@ -332,7 +332,7 @@ class StudyEvent(models.Model):
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="events")
     seq = models.PositiveBigIntegerField()
-    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    kind = models.CharField(max_length=32, choices=event_registry.choices)  # the kinds the apps register
     payload = models.JSONField(default=dict)
     created_at = models.DateTimeField()
 
@@ -345,8 +345,7 @@ class StudyEvent(models.Model):
 
     def as_message(self) -> dict[str, Any]:
         """The JSON the websocket sends (and the page embeds) for this event."""
-        from studies.event_text import event_sentence, event_tone  # wording only; kept out of the models' imports
-
         return {"type": "event", "id": self.seq, "kind": self.kind, "at": self.created_at.isoformat(),
-                "text": event_sentence(self.kind, self.payload), "tone": event_tone(self.kind, self.payload),
+                "text": event_registry.event_sentence(self.kind, self.payload),
+                "tone": event_registry.event_tone(self.kind, self.payload),
                 "data": self.payload}

@@ -8,6 +8,7 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
+from aggregation.audit_actions import ROUND_MOVES
 from aggregation.choices import ROUND_TRANSITIONS, RoundStatus
 from aggregation.models import ModelVersion, Round
 from aggregation.services import _events
@@ -91,7 +92,7 @@ def move_round(round_: Round, to: RoundStatus, *, actor: Any, reason: str = "", 
         round_.aggregation_started_at = round_.aggregation_dispatched_at = timezone.now()
     round_.full_clean()
     round_.save()
-    record(actor=actor, action=f"aggregation.round.{to}", target=round_, study=round_.study_id,
+    record(actor=actor, action=ROUND_MOVES[to], target=round_, study=round_.study_id,
            details={"round": round_.number, "kind": round_.kind, "before": before, "after": to, "reason": reason,
                     **(details or {})})
     _events.round_moved(round_, reason, details or {})

@@ -1,21 +1,21 @@
 """What the round services tell a study's live dashboard, in the transaction that made the change.
-Payloads carry sites, times, counts, metrics and norms: never weights, never a site's statistics."""
+Payloads carry sites, times, counts, metrics and norms: never weights, never a site's statistics. Each
+payload's shape is declared with its kind in `aggregation.events`."""
 
 from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from aggregation import events
+from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, ModelVersion, Round, Update
 from consortium.audit import denial_reason
 from consortium.errors import DomainError, NotFound
+from consortium.federated.metric_keys import EVALUATION_METRICS, UPDATE_METRICS
 from sites.models import Site
-from studies.choices import EventKind
 from studies.events import publish, publish_gate
 from studies.governance import GateResult
-
-LOCAL_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_auc", "val_examples", "training_seconds")
-EVALUATION_METRICS = ("val_loss", "val_accuracy", "val_auc", "val_examples")
 
 
 @dataclass(frozen=True)
@@ -30,40 +30,40 @@ class Progress:
     def complete(self) -> bool:
         return bool(self.eligible) and self.eligible <= self.submitted
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> events.Progress:
         return {"submitted": len(self.submitted & self.eligible), "eligible": len(self.eligible)}
 
 
-def _round(round_: Round) -> dict[str, Any]:
+def _round(round_: Round) -> events.RoundRef:
     return {"round_id": round_.pk, "round": round_.number, "kind": round_.kind}
 
 
 def round_opened(round_: Round, gate: GateResult) -> None:
     eligible = [{"site_id": v.site_id, "site": v.site_name} for v in gate.eligible_sites]
-    publish(round_.study_id, EventKind.ROUND_OPENED,
+    publish(round_.study_id, RoundEventKind.ROUND_OPENED,
             {**_round(round_), "base_version": round_.base_version.number if round_.base_version else None,
              "opened_at": round_.opened_at.isoformat(), "deadline": round_.deadline.isoformat(),
              "eligible_sites": eligible, "submitted": 0, "eligible": len(eligible)})
-    publish_gate(round_.study, trigger=EventKind.ROUND_OPENED, gate=gate)
+    publish_gate(round_.study, trigger=RoundEventKind.ROUND_OPENED, gate=gate)
 
 
 def update_received(update: Update, round_: Round, progress: Progress) -> None:
     elapsed = (update.received_at - update.downloaded_at).total_seconds() if update.downloaded_at else None
-    publish(round_.study_id, EventKind.UPDATE_RECEIVED,
+    publish(round_.study_id, RoundEventKind.UPDATE_RECEIVED,
             {**_round(round_), "site_id": update.site_id, "site": update.site.name,
              "received_at": update.received_at.isoformat(), "elapsed_seconds": elapsed,
              "num_examples": update.num_examples, "weight_norm": update.weight_norm, "delta_norm": update.delta_norm,
-             "metrics": {key: update.metrics.get(key) for key in LOCAL_METRICS}, **progress.as_dict()})
+             "metrics": {key: update.metrics.get(key) for key in UPDATE_METRICS}, **progress.as_dict()})
 
 
 def statistics_received(round_: Round, site: Site, count: int, progress: Progress) -> None:
-    publish(round_.study_id, EventKind.STATISTICS_RECEIVED,
+    publish(round_.study_id, RoundEventKind.STATISTICS_RECEIVED,
             {**_round(round_), "site_id": site.pk, "site": site.name, "count": count, **progress.as_dict()})
 
 
 def evaluation_received(evaluation: Evaluation, round_: Round, progress: Progress) -> None:
     """A site's metrics of the final model arrived (never its score histogram)."""
-    publish(round_.study_id, EventKind.EVALUATION_RECEIVED,
+    publish(round_.study_id, RoundEventKind.EVALUATION_RECEIVED,
             {**_round(round_), "site_id": evaluation.site_id, "site": evaluation.site.name,
              "version": round_.base_version.number, "received_at": evaluation.received_at.isoformat(),
              "metrics": {key: evaluation.metrics.get(key) for key in EVALUATION_METRICS}, **progress.as_dict()})
@@ -81,34 +81,34 @@ def update_refused(exc: DomainError | ValidationError, kwargs: dict[str, Any]) -
         return
     actor = kwargs.get("actor")
     round_ = Round.objects.filter(pk=kwargs.get("round_id")).values("pk", "number").first()
-    publish(exc.study, EventKind.UPDATE_REFUSED,
+    publish(exc.study, RoundEventKind.UPDATE_REFUSED,
             {"round_id": round_ and round_["pk"], "round": round_ and round_["number"],
              "site_id": getattr(actor, "site_id", None), "site": str(getattr(actor, "site", "")),
              "reason": denial_reason(exc), "code": getattr(exc, "code", "validation_failed")})
 
 
 def update_excluded(update: Update, round_: Round, reason: str) -> None:
-    publish(round_.study_id, EventKind.UPDATE_EXCLUDED,
+    publish(round_.study_id, RoundEventKind.UPDATE_EXCLUDED,
             {**_round(round_), "site_id": update.site_id, "site": update.site.name, "reason": reason})
 
 
 def statistics_excluded(round_: Round, site: Site, reason: str) -> None:
     """A site's statistics left out of the pooled figures at close: the same live event as an excluded update."""
-    publish(round_.study_id, EventKind.UPDATE_EXCLUDED,
+    publish(round_.study_id, RoundEventKind.UPDATE_EXCLUDED,
             {**_round(round_), "site_id": site.pk, "site": site.name, "reason": reason})
 
 
 def round_moved(round_: Round, reason: str, details: dict[str, Any]) -> None:
     """Aggregation started, or the round closed, was blocked or failed."""
-    kind = {"aggregating": EventKind.AGGREGATION_STARTED, "closed": EventKind.ROUND_CLOSED,
-            "blocked": EventKind.ROUND_BLOCKED, "failed": EventKind.ROUND_FAILED}.get(round_.status)
+    kind = {"aggregating": RoundEventKind.AGGREGATION_STARTED, "closed": RoundEventKind.ROUND_CLOSED,
+            "blocked": RoundEventKind.ROUND_BLOCKED, "failed": RoundEventKind.ROUND_FAILED}.get(round_.status)
     if kind is None:
         return
     payload = {**_round(round_), "status": round_.status, "reason": reason}
-    if kind == EventKind.ROUND_BLOCKED and "gate" in details:
+    if kind == RoundEventKind.ROUND_BLOCKED and "gate" in details:
         payload["gate"] = details["gate"]
     publish(round_.study_id, kind, payload)
-    if kind in (EventKind.ROUND_BLOCKED, EventKind.ROUND_FAILED) and round_.base_version is not None:
+    if kind in (RoundEventKind.ROUND_BLOCKED, RoundEventKind.ROUND_FAILED) and round_.base_version is not None:
         # No new model, but the sites did evaluate the one they trained from: the chart gains its point.
         _round_metrics(round_, None, None, [])
 
@@ -117,7 +117,7 @@ def aggregation_finished(round_: Round, version: ModelVersion, included: list[Up
                          wait_seconds: float | None) -> None:
     """The new version, how long aggregating took, and the round's metrics: the sites' evaluation of
     the model they trained from (the global metric), their local metrics and the weight norms."""
-    publish(round_.study_id, EventKind.AGGREGATION_FINISHED,
+    publish(round_.study_id, RoundEventKind.AGGREGATION_FINISHED,
             {**_round(round_), "version": version.number, "duration_seconds": seconds, "wait_seconds": wait_seconds,
              "sites": [u.site_id for u in included], "strategy": round_.study.strategy})
     _round_metrics(round_, version.number, version.provenance.get("weight_norm"), included)
@@ -125,11 +125,11 @@ def aggregation_finished(round_: Round, version: ModelVersion, included: list[Up
 
 def _round_metrics(round_: Round, version: int | None, global_norm: float | None, included: list[Update]) -> None:
     base = round_.base_version
-    publish(round_.study_id, EventKind.ROUND_METRICS,
+    publish(round_.study_id, RoundEventKind.ROUND_METRICS,
             {**_round(round_), "version": version, "evaluated_version": base.number,
              "global": base.evaluation.get("global") or {}, "evaluated_by_site": base.evaluation.get("sites") or {},
              "global_weight_norm": global_norm,
              "sites": {str(u.site_id): {"site": u.site.name, "num_examples": u.num_examples,
                                         "weight_norm": u.weight_norm, "delta_norm": u.delta_norm,
-                                        **{key: u.metrics.get(key) for key in LOCAL_METRICS}}
+                                        **{key: u.metrics.get(key) for key in UPDATE_METRICS}}
                        for u in included}})

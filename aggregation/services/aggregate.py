@@ -14,6 +14,7 @@ import torch
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
@@ -24,7 +25,7 @@ from aggregation.services.rounds import round_open_next
 from consortium.audit import SYSTEM, bounded_reason, record
 from consortium.federated import codec
 from consortium.version import code_version
-from studies.choices import GateAction, RevocationPolicy
+from studies.choices import GateAction, GateCheck, RevocationPolicy
 from studies.events import publish_gate
 from studies.governance import GateResult, evaluate
 from studies.models import AgreementVersion, Study
@@ -146,7 +147,7 @@ def _gate(round_: Round, moment: datetime) -> GateResult:
 def _eligible(round_: Round, gate: GateResult) -> list[Update] | None:
     """The updates the gate lets into the round now (others excluded, recorded); None when the round blocks."""
     study = round_.study
-    refusals = [check for check in gate.study_checks if not check.passed and check.name != "quorum"]
+    refusals = [check for check in gate.study_checks if not check.passed and check.name != GateCheck.QUORUM]
     if refusals:
         return _block(round_, " ".join(check.reason for check in refusals), gate)
     updates = list(round_.updates.filter(status=UpdateStatus.ACCEPTED).select_related("site"))
@@ -292,7 +293,7 @@ def _apply_exclusions(updates: list[Update], gate: GateResult, round_: Round) ->
         reasons = " ".join(c.reason for c in verdict.failures) if verdict else "The site no longer takes part."
         update.status, update.exclusion_reason = UpdateStatus.EXCLUDED, reasons
         update.save(update_fields=["status", "exclusion_reason"])
-        record(actor=SYSTEM, action="aggregation.update.excluded", target=update, study=round_.study_id,
+        record(actor=SYSTEM, action=AggregationAction.UPDATE_EXCLUDED, target=update, study=round_.study_id,
                site=update.site_id, details={"round": round_.number, "reason": reasons})
         _events.update_excluded(update, round_, reasons)
     return included
@@ -328,7 +329,7 @@ def _record_version(version: ModelVersion, round_: Round, provenance: dict[str, 
     excluded = round_.updates.filter(status=UpdateStatus.EXCLUDED).select_related("site").order_by("site__name")
     included = [{key: c[key] for key in ("site_id", "site", "num_examples", "weight", "update_sha256")}
                 for c in provenance["contributors"]]
-    record(actor=SYSTEM, action="aggregation.model_version.created", target=version, study=version.study_id,
+    record(actor=SYSTEM, action=AggregationAction.MODEL_VERSION_CREATED, target=version, study=version.study_id,
            details={"version": version.number, "round": round_.number, "sha256": version.sha256,
                     "sites": [c["site_id"] for c in included], "strategy": provenance["strategy"]["name"],
                     "included": included, "weighting": provenance["weighting"],

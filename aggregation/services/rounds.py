@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events
@@ -17,8 +18,9 @@ from aggregation.services._events import Progress
 from aggregation.services.recovery import aggregations_redispatch, sweep_temporary_files
 from consortium.audit import SYSTEM, record
 from consortium.federated import codec, zoo
+from consortium.federated.metric_keys import VAL_AUC, VAL_EXAMPLES
 from consortium.version import code_version
-from studies.choices import GateAction, RevocationPolicy, StudyStatus
+from studies.choices import GateAction, GateCheck, RevocationPolicy, StudyStatus
 from studies.governance import GateResult, evaluate
 from studies.locks import lock_study
 from studies.models import Study
@@ -50,7 +52,7 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
                        deadline=moment + timedelta(minutes=study.round_deadline_minutes))
         round_.full_clean()
         round_.save()
-        record(actor=SYSTEM, action="aggregation.round.opened", target=round_, study=study,
+        record(actor=SYSTEM, action=AggregationAction.ROUND_OPENED, target=round_, study=study,
                details={"round": round_.number, "kind": round_.kind, "base_version": base.number if base else None,
                         "deadline": round_.deadline.isoformat(),
                         "eligible_site_ids": [v.site_id for v in gate.eligible_sites]})
@@ -86,7 +88,7 @@ def _latest_version(study: Study) -> ModelVersion:
                                        "num_features": study.num_features, "code_version": code_version()})
     version.full_clean()
     version.save()
-    record(actor=SYSTEM, action="aggregation.model_version.created", target=version, study=study,
+    record(actor=SYSTEM, action=AggregationAction.MODEL_VERSION_CREATED, target=version, study=study,
            details={"version": 0, "sha256": digest, "initial": True})
     return version
 
@@ -152,7 +154,7 @@ def statistics_close(round_: Round, *, moment: datetime | None = None) -> Standa
     gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
     round_.gate_result = gate.as_dict()
     round_.save(update_fields=["gate_result"])
-    refusals = [check for check in gate.study_checks if not check.passed and check.name != "quorum"]
+    refusals = [check for check in gate.study_checks if not check.passed and check.name != GateCheck.QUORUM]
     if refusals:
         return _block(round_, " ".join(check.reason for check in refusals), gate)
     rows = list(SiteStatistics.objects.filter(round=round_).select_related("site").order_by("site__name"))
@@ -184,7 +186,7 @@ def _exclude_statistics(rows: list[SiteStatistics], gate: GateResult, round_: Ro
         reasons = " ".join(c.reason for c in verdict.failures) if verdict else "The site no longer takes part."
         row.exclusion_reason = reasons
         row.save(update_fields=["exclusion_reason"])
-        record(actor=SYSTEM, action="aggregation.statistics.excluded", target=round_, study=round_.study_id,
+        record(actor=SYSTEM, action=AggregationAction.STATISTICS_EXCLUDED, target=round_, study=round_.study_id,
                site=row.site_id, details={"round": round_.number, "reason": reasons})
         _events.statistics_excluded(round_, row.site, reasons)
     return pooled
@@ -220,7 +222,7 @@ def evaluation_close(round_: Round, *, reason: str) -> None:
     move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"{reason} Model v{round_.base_version.number} "
                                                                f"evaluated by {sites} sites.",
                details={"version": round_.base_version.number, "sites": sites,
-                        "val_auc": evaluation.get("val_auc"), "val_examples": evaluation.get("val_examples")})
+                        VAL_AUC: evaluation.get(VAL_AUC), VAL_EXAMPLES: evaluation.get(VAL_EXAMPLES)})
     _events.evaluation_finished(round_)
 
 

@@ -10,6 +10,7 @@ import torch
 from django.conf import settings
 from django.utils import timezone
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
@@ -26,15 +27,22 @@ from consortium.audit import audited_service, record
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
 from consortium.federated import codec, norm
 from consortium.federated import metrics as federated_metrics
+from consortium.federated.metric_keys import (
+    BASE,
+    EVALUATION_METRICS,
+    SCORE_HISTOGRAM,
+    UPDATE_METRICS,
+    VAL_ACCURACY,
+    VAL_AUC,
+    VAL_AUC_METHOD,
+    VAL_AUC_NOTE,
+    VAL_EXAMPLES,
+    VAL_LOSS,
+)
 from consortium.locks import locked
 from consortium.models import AuditEvent
 from studies.choices import GateAction
 from studies.governance import evaluate
-
-METRIC_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_auc", "val_examples", "training_seconds")
-# A site's evaluation of a model on its validation split (the `base` of an update, or an evaluation round's).
-EVALUATION_KEYS = ("val_loss", "val_accuracy", "val_auc", "val_examples")
-HISTOGRAM_KEY = "score_histogram"
 
 
 def _require_gate(round_: Round, site_id: int, action: str) -> None:
@@ -54,7 +62,7 @@ def _require_open(round_: Round, *kinds: str) -> None:
                        "submissions.", code="stale_round", study=round_.study_id)
 
 
-@audited_service("aggregation.model.download")
+@audited_service(AggregationAction.MODEL_DOWNLOAD)
 def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     """The round's base model for a site the gate allows to download it now; audited as a model download."""
     round_ = lock_round_for_site(round_id, actor.site_id, lock=False)
@@ -62,7 +70,7 @@ def model_download(*, actor: Any, round_id: int) -> tuple[ModelVersion, bytes]:
     _require_gate(round_, actor.site_id, GateAction.DOWNLOAD_MODEL)
     version = round_.base_version
     data = verified_bytes(version)
-    record(actor=actor, action="aggregation.model.downloaded", target=version, study=round_.study_id,
+    record(actor=actor, action=AggregationAction.MODEL_DOWNLOADED, target=version, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "version": version.number, "sha256": version.sha256})
     return version, data
 
@@ -73,7 +81,7 @@ def _round_named(kwargs: dict[str, Any]) -> dict[str, Any]:
             "round": Round.objects.filter(pk=kwargs.get("round_id")).values_list("number", flat=True).first()}
 
 
-@audited_service("aggregation.update.submit", on_denial=_events.update_refused, denial_details=_round_named)
+@audited_service(AggregationAction.UPDATE_SUBMIT, on_denial=_events.update_refused, denial_details=_round_named)
 def update_submit(
     *, actor: Any, round_id: int, body: bytes, round_number: int, base_version: int, num_examples: int,
     metrics: dict[str, Any], idempotency_key: str,
@@ -109,8 +117,8 @@ def update_submit(
     update.full_clean()
     update.save()
     # Before `record`: a row lock comes before the audit chain's lock (`consortium.locks`).
-    _record_base_evaluation(round_.base_version, actor.site_id, metrics.get("base"), histogram)
-    record(actor=actor, action="aggregation.update.accepted", target=update, study=round_.study_id,
+    _record_base_evaluation(round_.base_version, actor.site_id, metrics.get(BASE), histogram)
+    record(actor=actor, action=AggregationAction.UPDATE_ACCEPTED, target=update, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "sha256": digest, "num_examples": num_examples,
                                         "metrics": metrics, "weight_norm": weight_norm, "delta_norm": delta_norm})
     progress = round_progress(round_)
@@ -123,7 +131,7 @@ def update_submit(
 
 def _downloaded_at(round_: Round, site_id: int) -> datetime | None:
     """When the site first downloaded the round's model (its audited download): the start of its elapsed time."""
-    return (AuditEvent.objects.filter(action="aggregation.model.downloaded", study_id=round_.study_id,
+    return (AuditEvent.objects.filter(action=AggregationAction.MODEL_DOWNLOADED, study_id=round_.study_id,
                                       site_id=site_id, details__round=round_.number)
             .order_by("seq").values_list("created_at", flat=True).first())
 
@@ -131,7 +139,7 @@ def _downloaded_at(round_: Round, site_id: int) -> datetime | None:
 def _check_numbers(num_examples: int, metrics: dict[str, Any], round_: Round) -> None:
     if num_examples < 1:
         raise ValidationFailed("X-Num-Examples must be a positive integer.", code="num_examples", study=round_.study_id)
-    values = [metrics.get(key) for key in METRIC_KEYS] + [v for v in (metrics.get("base") or {}).values()]
+    values = [metrics.get(key) for key in UPDATE_METRICS] + [v for v in (metrics.get(BASE) or {}).values()]
     for value in values:
         if value is not None and (not isinstance(value, int | float) or not math.isfinite(value)):
             raise ValidationFailed("Metrics must be finite numbers.", code="metrics", study=round_.study_id)
@@ -176,10 +184,10 @@ def _norms(tensors: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> t
 def _split_base_evaluation(metrics: dict[str, Any], round_: Round) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The update's `base` evaluation checked, and its score histogram taken out: the histogram is kept only in
     the model version's evaluation, never in the update's row, the audit log or a live event."""
-    if metrics.get("base") is None:
+    if metrics.get(BASE) is None:
         return metrics, None
-    base, histogram = _checked_evaluation(metrics["base"], round_, required=False)
-    return {**metrics, "base": base}, histogram
+    base, histogram = _checked_evaluation(metrics[BASE], round_, required=False)
+    return {**metrics, BASE: base}, histogram
 
 
 def _checked_evaluation(evaluation: Any, round_: Round, *, required: bool) -> tuple[dict[str, Any], Any]:
@@ -191,22 +199,22 @@ def _checked_evaluation(evaluation: Any, round_: Round, *, required: bool) -> tu
 
     if not isinstance(evaluation, dict):
         raise refuse("The model's evaluation must be a JSON object.")
-    unknown = sorted(set(evaluation) - {*EVALUATION_KEYS, HISTOGRAM_KEY})
+    unknown = sorted(set(evaluation) - {*EVALUATION_METRICS, SCORE_HISTOGRAM})
     if unknown:
         raise refuse(f"Unknown evaluation metrics: {', '.join(unknown)}.")
-    metrics = {key: evaluation.get(key) for key in EVALUATION_KEYS}
+    metrics = {key: evaluation.get(key) for key in EVALUATION_METRICS}
     for value in metrics.values():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                   or not math.isfinite(value)):
             raise refuse("Metrics must be finite numbers.")
-    examples = metrics["val_examples"]
+    examples = metrics[VAL_EXAMPLES]
     if (examples is None and required) or (examples is not None and (examples < (1 if required else 0)
                                                                       or examples != int(examples))):
         raise refuse("val_examples must be the number of validation rows" + (" (at least 1)." if required else "."))
-    if not all(metrics[key] is None or 0 <= metrics[key] <= 1 for key in ("val_accuracy", "val_auc")) or (
-            metrics["val_loss"] is not None and metrics["val_loss"] < 0):
+    if not all(metrics[key] is None or 0 <= metrics[key] <= 1 for key in (VAL_ACCURACY, VAL_AUC)) or (
+            metrics[VAL_LOSS] is not None and metrics[VAL_LOSS] < 0):
         raise refuse("Accuracy and AUC must lie between 0 and 1, and the loss must not be negative.")
-    histogram = evaluation.get(HISTOGRAM_KEY)
+    histogram = evaluation.get(SCORE_HISTOGRAM)
     if histogram is not None:
         problem = federated_metrics.histogram_problem(histogram, examples)
         if problem:
@@ -223,13 +231,13 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
     computed from the sum of the sites' score histograms (a federated ROC curve): the AUC over every site's
     validation rows, without pooling any, and defined even when some sites hold one class only. The histograms
     stay in the version's evaluation: no page and no event shows them."""
-    if not base or not base.get("val_examples"):
+    if not base or not base.get(VAL_EXAMPLES):
         return
     version = locked(ModelVersion.objects.filter(pk=version.pk)).get()
     key = str(site_id)
-    entry = {name: base.get(name) for name in EVALUATION_KEYS}
-    if entry["val_auc"] is None:
-        entry["val_auc_note"] = federated_metrics.auc_missing_reason(histogram)
+    entry = {name: base.get(name) for name in EVALUATION_METRICS}
+    if entry[VAL_AUC] is None:
+        entry[VAL_AUC_NOTE] = federated_metrics.auc_missing_reason(histogram)
     sites = {**version.evaluation.get("sites", {}), key: entry}
     histograms = {k: v for k, v in version.evaluation.get("score_histograms", {}).items() if k != key}
     if histogram is not None:
@@ -241,25 +249,25 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
 
 def _global_evaluation(sites: dict[str, dict[str, Any]], histograms: dict[str, dict[str, list[int]]]
                        ) -> dict[str, Any]:
-    total = sum(entry["val_examples"] for entry in sites.values())
+    total = sum(entry[VAL_EXAMPLES] for entry in sites.values())
     figures: dict[str, Any] = {
-        key: sum(e[key] * e["val_examples"] for e in sites.values()) / total
-        for key in ("val_loss", "val_accuracy") if all(e.get(key) is not None for e in sites.values())}
+        key: sum(e[key] * e[VAL_EXAMPLES] for e in sites.values()) / total
+        for key in (VAL_LOSS, VAL_ACCURACY) if all(e.get(key) is not None for e in sites.values())}
     if set(histograms) == set(sites):
         auc = federated_metrics.auc_from_histogram(federated_metrics.summed(histograms.values()))
         method, note = "federated_roc", "only one class in every site's validation split"
-    elif all(e.get("val_auc") is not None for e in sites.values()):
+    elif all(e.get(VAL_AUC) is not None for e in sites.values()):
         # Agents that send no score histogram: the mean of the sites' AUCs, weighted by validation rows.
-        auc = sum(e["val_auc"] * e["val_examples"] for e in sites.values()) / total
+        auc = sum(e[VAL_AUC] * e[VAL_EXAMPLES] for e in sites.values()) / total
         method, note = "site_mean", ""
     else:
         auc, method, note = None, "", "a site without a score histogram could not compute its AUC"
-    figures["val_examples"] = total
-    figures.update({"val_auc": auc, "val_auc_method": method} if auc is not None else {"val_auc_note": note})
+    figures[VAL_EXAMPLES] = total
+    figures.update({VAL_AUC: auc, VAL_AUC_METHOD: method} if auc is not None else {VAL_AUC_NOTE: note})
     return figures
 
 
-@audited_service("aggregation.statistics.submit", on_denial=_events.update_refused, denial_details=_round_named)
+@audited_service(AggregationAction.STATISTICS_SUBMIT, on_denial=_events.update_refused, denial_details=_round_named)
 def statistics_submit(
     *, actor: Any, round_id: int, features: list[str], count: int, sums: list[float], sums_of_squares: list[float]
 ) -> SiteStatistics:
@@ -276,7 +284,7 @@ def statistics_submit(
     row.full_clean()
     row.save()
     # The figures themselves stay out of the audit details: no site's statistics are shown to others.
-    record(actor=actor, action="aggregation.statistics.accepted", target=round_, study=round_.study_id,
+    record(actor=actor, action=AggregationAction.STATISTICS_ACCEPTED, target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "count": count, "features": len(features)})
     progress = round_progress(round_)
     _events.statistics_received(round_, actor.site, count, progress)
@@ -299,7 +307,7 @@ def _check_statistics(round_: Round, features: list[str], count: int, sums: list
                                code="feature_mismatch", study=round_.study_id)
 
 
-@audited_service("aggregation.evaluation.submit", on_denial=_events.update_refused, denial_details=_round_named)
+@audited_service(AggregationAction.EVALUATION_SUBMIT, on_denial=_events.update_refused, denial_details=_round_named)
 def evaluation_submit(*, actor: Any, round_id: int, round_number: int, base_version: int,
                       metrics: dict[str, Any]) -> Evaluation:
     """A site's evaluation of the study's final model in an evaluation round: loss, accuracy, AUC, validation rows
@@ -324,9 +332,9 @@ def evaluation_submit(*, actor: Any, round_id: int, round_number: int, base_vers
     # Before `record`: a row lock comes before the audit chain's lock (`consortium.locks`).
     _record_base_evaluation(round_.base_version, actor.site_id, entry, histogram)
     # The histogram stays out of the audit details, as out of every page: only the version's evaluation holds it.
-    record(actor=actor, action="aggregation.evaluation.accepted", target=round_, study=round_.study_id,
+    record(actor=actor, action=AggregationAction.EVALUATION_ACCEPTED, target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "version": round_.base_version.number,
-                                        "metrics": entry, "score_histogram": histogram is not None})
+                                        "metrics": entry, SCORE_HISTOGRAM: histogram is not None})
     progress = round_progress(round_)
     _events.evaluation_received(row, round_, progress)
     round_complete_if_ready(round_, progress=progress)

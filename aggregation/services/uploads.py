@@ -10,6 +10,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.urls import Resolver404, resolve
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.models import Round
 from consortium.audit import record_denial
 from consortium.models import AuditEvent
@@ -18,9 +19,9 @@ from sites.agents import AgentPrincipal
 from sites.selectors import agent_token_identify
 
 # The submission each upload endpoint stands for, so a refusal sits beside the service's own refusals.
-UPLOAD_ACTIONS = {"api-agent-update": "aggregation.update.submit",
-                  "api-agent-statistics": "aggregation.statistics.submit"}
-OTHER_UPLOAD = "aggregation.upload.submit"
+UPLOAD_ACTIONS = {"api-agent-update": AggregationAction.UPDATE_SUBMIT,
+                  "api-agent-statistics": AggregationAction.STATISTICS_SUBMIT}
+OTHER_UPLOAD = AggregationAction.UPLOAD_SUBMIT
 
 
 def _sender(authorization: str) -> tuple[AgentPrincipal | AnonymousUser, dict[str, str]]:

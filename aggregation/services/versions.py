@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from aggregation.audit_actions import AggregationAction
 from aggregation.models import ModelVersion
 from aggregation.services._common import verified_bytes
 from consortium.audit import audited_service, record
@@ -10,7 +11,7 @@ from studies.models import Study
 from studies.selectors import study_get
 
 
-@audited_service("aggregation.model.download")
+@audited_service(AggregationAction.MODEL_DOWNLOAD)
 def model_version_download(*, actor: Any, study: Study | int, number: int) -> tuple[ModelVersion, bytes]:
     """Version `number` of the study as safetensors bytes, for someone who may see the study.
 
@@ -21,7 +22,7 @@ def model_version_download(*, actor: Any, study: Study | int, number: int) -> tu
     if version is None:
         raise NotFound("No such model version.", study=visible.pk)
     data = verified_bytes(version)
-    record(actor=actor, action="aggregation.model.downloaded", target=version, study=visible,
+    record(actor=actor, action=AggregationAction.MODEL_DOWNLOADED, target=version, study=visible,
            details={"via": "page", "version": version.number, "sha256": version.sha256,
                     "round": version.round.number if version.round_id else None})
     return version, data

@@ -13,13 +13,14 @@ from aggregation.downloads import model_file_response
 from consortium.services import select_or_deny
 from consortium.web import domain_errors
 from studies import selectors as study_selectors
+from studies.audit_actions import StudyAction
 from studies.models import Study
 from studies.services import study_viewed
 
 
 def visible_study(request: HttpRequest, pk: int) -> Study:
     """The study as the user sees it; an invisible one is NotFound, audited as a refused study view."""
-    return select_or_deny(request.user, "studies.study.view", lambda: study_selectors.study_get(request.user, pk),
+    return select_or_deny(request.user, StudyAction.STUDY_VIEW, lambda: study_selectors.study_get(request.user, pk),
                           study=pk)
 
 

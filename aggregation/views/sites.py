@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET
 from aggregation.site_activity import site_activity
 from consortium.services import select_or_deny
 from consortium.web import domain_errors
+from sites.audit_actions import SiteAction
 from sites.selectors import site_get
 from sites.services import site_viewed
 from studies.views.sites import site_page_context
@@ -24,7 +25,7 @@ from studies.views.sites import site_page_context
 @domain_errors
 def site_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The site's participations, its round activity (for those who may see it) and its agent tokens."""
-    site = select_or_deny(request.user, "sites.site.view", lambda: site_get(request.user, pk), site=pk)
+    site = select_or_deny(request.user, SiteAction.SITE_VIEW, lambda: site_get(request.user, pk), site=pk)
     context = site_page_context(request.user, site)
     activity = site_activity(request.user, site)
     shown = {row["participation"].study_id for row in context["rows"]} | (activity.study_ids if activity else set())

@@ -28,6 +28,8 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
+from consortium.federated.metric_keys import VAL_ACCURACY, VAL_AUC, VAL_EXAMPLES, VAL_LOSS
+
 from .data import DataError, Dataset, pooled, split, standardize
 from .training import Protocol, State, train
 from .training import evaluate as evaluate_on
@@ -149,8 +151,8 @@ def evaluate(state: Mapping[str, torch.Tensor], rows: Dataset, protocol: Mapping
     protocol = protocol if isinstance(protocol, Protocol) else Protocol.from_json(protocol)
     rows = standardize(rows, standardization) if standardization else rows
     metrics = evaluate_on(protocol, state, rows)
-    return {"loss": metrics["val_loss"], "accuracy": metrics["val_accuracy"], "auc": metrics["val_auc"],
-            "examples": metrics["val_examples"]}
+    return {"loss": metrics[VAL_LOSS], "accuracy": metrics[VAL_ACCURACY], "auc": metrics[VAL_AUC],
+            "examples": metrics[VAL_EXAMPLES]}
 
 
 def protocol_of(state: Mapping[str, torch.Tensor]) -> Protocol:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consortium.federated import codec
+from consortium.federated.metric_keys import BASE, TRAINING_SECONDS, VAL_ACCURACY, VAL_AUC, VAL_EXAMPLES
 
 from .client import (
     AgentClient,
@@ -176,13 +177,13 @@ class Agent:
         _, val_set = self._prepared(protocol, round_.get("standardization"))
         model, state = self._download(round_, protocol)
         metrics = evaluate(protocol, state, val_set, histogram=True)
-        if not metrics["val_examples"]:
+        if not metrics[VAL_EXAMPLES]:
             raise DataError("There are no validation rows to evaluate the model on (raise --val-fraction).")
         answer = self.client.submit_evaluation(round_["round_id"], round_number=int(round_["number"]),
                                                base_version=model.version, metrics=_json_safe(metrics))
         outcome = "already sent earlier" if answer.get("status") == "already_submitted" else "sent the metrics"
-        return (f"evaluated model v{model.version} (sha ok) on {metrics['val_examples']} validation rows: AUC "
-                f"{_fmt(metrics['val_auc'])}, accuracy {_fmt(metrics['val_accuracy'])}; {outcome} (no rows, "
+        return (f"evaluated model v{model.version} (sha ok) on {metrics[VAL_EXAMPLES]} validation rows: AUC "
+                f"{_fmt(metrics[VAL_AUC])}, accuracy {_fmt(metrics[VAL_ACCURACY])}; {outcome} (no rows, "
                 "no weights)")
 
     def _download(self, round_: Mapping[str, Any], protocol: Protocol) -> tuple[Any, dict[str, Any]]:
@@ -251,6 +252,6 @@ def _describe(protocol: Protocol, model: Any, update: LocalUpdate) -> str:
     m = update.metrics
     epochs = f"{protocol.local_epochs} epoch{'s' if protocol.local_epochs != 1 else ''}"
     prox = f" with FedProx mu {protocol.proximal_mu:g}" if protocol.proximal_mu > 0 else ""
-    return (f"downloaded model v{model.version} (sha ok), base val AUC {_fmt(m['base']['val_auc'])}, "
-            f"trained {epochs}{prox} on {update.num_examples} rows in {m['training_seconds']:.3f} s, "
-            f"val AUC {_fmt(m['val_auc'])}, val accuracy {_fmt(m['val_accuracy'])}")
+    return (f"downloaded model v{model.version} (sha ok), base val AUC {_fmt(m[BASE][VAL_AUC])}, "
+            f"trained {epochs}{prox} on {update.num_examples} rows in {m[TRAINING_SECONDS]:.3f} s, "
+            f"val AUC {_fmt(m[VAL_AUC])}, val accuracy {_fmt(m[VAL_ACCURACY])}")

@@ -18,6 +18,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from consortium.federated.metric_keys import (
+    BASE,
+    SCORE_HISTOGRAM,
+    TRAIN_LOSS,
+    TRAINING_SECONDS,
+    VAL_ACCURACY,
+    VAL_AUC,
+    VAL_EXAMPLES,
+    VAL_LOSS,
+)
 from consortium.federated.metrics import score_histogram
 from consortium.federated.zoo import build_model, initial_state
 
@@ -92,7 +102,7 @@ def evaluate(protocol: Protocol, state: Mapping[str, torch.Tensor], dataset: Dat
     coordinator computes the AUC over every site's validation rows without pooling them (a site with one
     class has no AUC of its own, but its counts still count)."""
     if len(dataset) == 0:
-        return {"val_loss": None, "val_accuracy": None, "val_auc": None, "val_examples": 0}
+        return {VAL_LOSS: None, VAL_ACCURACY: None, VAL_AUC: None, VAL_EXAMPLES: 0}
     model = model_from_state(protocol, state).eval()
     x, y = _tensors(dataset)
     with torch.no_grad(), _threads_for(model):
@@ -101,9 +111,9 @@ def evaluate(protocol: Protocol, state: Mapping[str, torch.Tensor], dataset: Dat
     scores = torch.sigmoid(logits).numpy()
     accuracy = float(((scores >= 0.5) == (dataset.y >= 0.5)).mean())
     auc = float(roc_auc_score(dataset.y, scores)) if 0 < dataset.positives < len(dataset) else None
-    metrics = {"val_loss": loss, "val_accuracy": accuracy, "val_auc": auc, "val_examples": len(dataset)}
+    metrics = {VAL_LOSS: loss, VAL_ACCURACY: accuracy, VAL_AUC: auc, VAL_EXAMPLES: len(dataset)}
     if histogram:
-        metrics["score_histogram"] = score_histogram(scores, dataset.y)
+        metrics[SCORE_HISTOGRAM] = score_histogram(scores, dataset.y)
     return metrics
 
 
@@ -162,8 +172,7 @@ def local_update(protocol: Protocol, global_state: Mapping[str, torch.Tensor], t
     """One round at this site: evaluate the global model, train from it, evaluate the result, time the training."""
     base = evaluate(protocol, global_state, val_set, histogram=True)
     state, train_loss, seconds = train(protocol, global_state, train_set, seed=seed)
-    metrics = {"train_loss": train_loss, **evaluate(protocol, state, val_set), "training_seconds": seconds,
-               "base": base}
+    metrics = {TRAIN_LOSS: train_loss, **evaluate(protocol, state, val_set), TRAINING_SECONDS: seconds, BASE: base}
     return LocalUpdate(state=state, num_examples=len(train_set), metrics=metrics)
 
 

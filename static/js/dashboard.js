@@ -26,6 +26,8 @@
   const SILENT_LIMIT_MS = 50000; // no message (not even a pong) for this long: the socket is dead
   const STATUS_LABELS = {open: "Open", aggregating: "Aggregating", closed: "Closed", blocked: "Blocked by the gate",
     failed: "Failed"};
+  // The global chart's lines: consortium/federated/metric_keys.py GLOBAL_METRICS (a test keeps them equal).
+  const GLOBAL_METRICS = ["val_auc", "val_accuracy", "val_loss"];
   const CONNECTION_LABELS = {connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…",
     offline: "Offline"};
 
@@ -475,8 +477,8 @@
     "round.failed": roundMoved,
     "round.metrics": (d) => {
       const g = d.global || {};
-      if (["val_auc", "val_accuracy", "val_loss"].some((k) => g[k] !== null && g[k] !== undefined)) {
-        ["val_auc", "val_accuracy", "val_loss"].forEach((k) => upsert("global", k, d.evaluated_version, g[k], () => ({})));
+      if (GLOBAL_METRICS.some((k) => g[k] !== null && g[k] !== undefined)) {
+        GLOBAL_METRICS.forEach((k) => upsert("global", k, d.evaluated_version, g[k], () => ({})));
       }
       const bySite = d.evaluated_by_site || {};
       Object.keys(bySite).forEach((id) => {

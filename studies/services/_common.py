@@ -11,6 +11,7 @@ from consortium.errors import Forbidden, InvalidTransition, NotFound
 from consortium.locks import locked
 from sites.models import Site
 from sites.permissions import can_administer
+from studies.audit_actions import StudyAction
 from studies.choices import STUDY_TRANSITIONS, ApprovalDecision, EventKind, StudyStatus
 from studies.events import announce_governance
 from studies.models import AgreementVersion, Approval, Participation, Study
@@ -87,6 +88,6 @@ def send_back_for_approval(actor: AbstractBaseUser, study: Study, *, reason: str
     before = study.status
     if study.status != StudyStatus.SUBMITTED:
         move(study, StudyStatus.SUBMITTED, actor=actor, reason=reason)
-    record(actor=actor, action="studies.study.approvals_voided", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_APPROVALS_VOIDED, target=study, study=study,
            details={"reason": reason, "voided_approval_ids": voided, "before": before, "after": study.status})
     announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status, "reason": reason})

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, InvalidTransition, ValidationFailed
+from studies.audit_actions import StudyAction
 from studies.choices import STUDY_EDITABLE, EventKind
 from studies.events import announce_governance
 from studies.models import AgreementSignature, AgreementVersion, Participation, Study, sha256_text
@@ -17,7 +18,7 @@ from studies.services._common import (
 )
 
 
-@audited_service("studies.agreement.publish")
+@audited_service(StudyAction.AGREEMENT_PUBLISH)
 def agreement_publish(*, actor: AbstractBaseUser, study: Study, text: str) -> AgreementVersion:
     """Publish the agreement text as a new version. Earlier signatures do not cover it, and
     approvals given for the earlier version are voided."""
@@ -38,7 +39,7 @@ def agreement_publish(*, actor: AbstractBaseUser, study: Study, text: str) -> Ag
                                sha256=digest, effective_from=now, created_by=actor)
     version.full_clean()
     version.save()
-    record(actor=actor, action="studies.agreement.published", target=version, study=study,
+    record(actor=actor, action=StudyAction.AGREEMENT_PUBLISHED, target=version, study=study,
            details={"version": version.version, "sha256": digest,
                     "supersedes": previous.version if previous else None})
     announce_governance(study, EventKind.GOVERNANCE_CHANGED,
@@ -48,7 +49,7 @@ def agreement_publish(*, actor: AbstractBaseUser, study: Study, text: str) -> Ag
     return version
 
 
-@audited_service("studies.agreement.sign")
+@audited_service(StudyAction.AGREEMENT_SIGN)
 def agreement_sign(*, actor: AbstractBaseUser, agreement: AgreementVersion, participation: Participation
                    ) -> AgreementSignature:
     """A site admin signs the study's current agreement version on behalf of their site."""
@@ -71,7 +72,7 @@ def agreement_sign(*, actor: AbstractBaseUser, agreement: AgreementVersion, part
                                    agreement_sha256=current.sha256)
     signature.full_clean()
     signature.save()
-    record(actor=actor, action="studies.agreement.signed", target=signature, study=study, site=site,
+    record(actor=actor, action=StudyAction.AGREEMENT_SIGNED, target=signature, study=study, site=site,
            details={"version": current.version, "sha256": current.sha256})
     announce_governance(study, EventKind.GOVERNANCE_CHANGED, {"what": "agreement", "change": "signed",
                                                               "version": current.version, "site_id": site.pk,

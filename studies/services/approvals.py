@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, Forbidden, InvalidTransition, ValidationFailed
+from studies.audit_actions import StudyAction
 from studies.choices import STUDY_REVIEWABLE, ApprovalDecision, ApprovalRole, EventKind, StudyStatus
 from studies.events import announce_governance
 from studies.models import Approval, Study
@@ -31,7 +32,7 @@ def _require_reviewable(study: Study, doing: str) -> None:
         )
 
 
-@audited_service("studies.study.approve")
+@audited_service(StudyAction.STUDY_APPROVE)
 def study_approve(*, actor: AbstractBaseUser, study: Study, comment: str = "") -> Approval:
     """Give the PI's or a DPO's approval. With both in, the study is approved (or resumed, if suspended)."""
     study = lock_study(actor, study)
@@ -53,7 +54,7 @@ def study_approve(*, actor: AbstractBaseUser, study: Study, comment: str = "") -
     )
     approval.full_clean()
     approval.save()
-    record(actor=actor, action="studies.study.approval_given", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_APPROVAL_GIVEN, target=study, study=study,
            details={"role": role, "protocol_sha256": approval.protocol_sha256, "agreement_version": agreement.version,
                     "agreement_sha256": agreement.sha256, "comment": approval.comment})
     announce_governance(study, EventKind.APPROVAL_CHANGED, {"role": role, "decision": "approved",
@@ -68,12 +69,12 @@ def _complete(actor: AbstractBaseUser, study: Study) -> None:
     target = StudyStatus.ACTIVE if resuming else StudyStatus.APPROVED
     reason = "Resumed: approved again by the PI and a DPO." if resuming else "Approved by the PI and a DPO."
     before = move(study, target, actor=actor, reason=reason)
-    record(actor=actor, action="studies.study.resumed" if resuming else "studies.study.approved", target=study,
+    record(actor=actor, action=StudyAction.STUDY_RESUMED if resuming else StudyAction.STUDY_APPROVED, target=study,
            study=study, details={"before": before, "after": study.status})
     announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status, "reason": reason})
 
 
-@audited_service("studies.study.reject")
+@audited_service(StudyAction.STUDY_REJECT)
 def study_reject(*, actor: AbstractBaseUser, study: Study, reason: str) -> Approval:
     """A DPO (not the study's PI) rejects it with a reason: a submitted study returns to draft,
     a suspended one stays suspended. Approvals given so far are voided."""
@@ -98,7 +99,7 @@ def study_reject(*, actor: AbstractBaseUser, study: Study, reason: str) -> Appro
     before = study.status
     if study.status == StudyStatus.SUBMITTED:
         move(study, StudyStatus.DRAFT, actor=actor, reason=f"Rejected: {reason.strip()}")
-    record(actor=actor, action="studies.study.rejected", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_REJECTED, target=study, study=study,
            details={"before": before, "after": study.status, "reason": reason.strip(), "voided_approval_ids": voided})
     announce_governance(study, EventKind.APPROVAL_CHANGED, {"role": ApprovalRole.DPO, "decision": "rejected",
                                                             "by": actor.get_username(), "status": study.status,

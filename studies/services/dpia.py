@@ -8,6 +8,7 @@ from django.utils import timezone
 from consortium.audit import audited_service, record
 from consortium.errors import Forbidden, InvalidTransition, ValidationFailed
 from consortium.locks import locked
+from studies.audit_actions import DPIA_STEPS, StudyAction
 from studies.choices import DPIA_TRANSITIONS, DpiaStatus, EventKind, RiskLevel
 from studies.events import announce_governance
 from studies.models import Dpia, Study
@@ -43,7 +44,7 @@ def _move(actor: AbstractBaseUser, dpia: Dpia, to: DpiaStatus, comment: str, eve
         dpia.decided_by, dpia.decided_at = actor, timezone.now()
     dpia.full_clean()
     dpia.save()
-    record(actor=actor, action=f"studies.dpia.{event}", target=dpia, study=dpia.study,
+    record(actor=actor, action=DPIA_STEPS[event], target=dpia, study=dpia.study,
            details={"before": before, "after": _snapshot(dpia), "comment": dpia.comment})
     announce_governance(dpia.study, EventKind.GOVERNANCE_CHANGED,
                         {"what": "dpia", "change": event, "status": dpia.status,
@@ -51,7 +52,7 @@ def _move(actor: AbstractBaseUser, dpia: Dpia, to: DpiaStatus, comment: str, eve
     return dpia
 
 
-@audited_service("studies.dpia.save")
+@audited_service(StudyAction.DPIA_SAVE)
 def dpia_save(*, actor: AbstractBaseUser, study: Study, summary: str, risk_level: str,
               valid_until: datetime | None) -> Dpia:
     """Create or edit the DPIA while it is a draft."""
@@ -68,7 +69,7 @@ def dpia_save(*, actor: AbstractBaseUser, study: Study, summary: str, risk_level
     dpia.summary, dpia.risk_level, dpia.valid_until = summary.strip(), risk_level, valid_until
     dpia.full_clean()
     dpia.save()
-    record(actor=actor, action="studies.dpia.saved", target=dpia, study=study,
+    record(actor=actor, action=StudyAction.DPIA_SAVED, target=dpia, study=study,
            details={"before": before, "after": _snapshot(dpia)})
     return dpia
 
@@ -89,7 +90,7 @@ def _require_second_dpo(actor: AbstractBaseUser, dpia: Dpia, doing: str) -> None
                         study=dpia.study, target=dpia)
 
 
-@audited_service("studies.dpia.submit")
+@audited_service(StudyAction.DPIA_SUBMIT)
 def dpia_submit(*, actor: AbstractBaseUser, study: Study) -> Dpia:
     """Put the draft under review; from then on only a DPO other than `actor` may approve or reject it."""
     dpia = _existing(actor, study)
@@ -98,7 +99,7 @@ def dpia_submit(*, actor: AbstractBaseUser, study: Study) -> Dpia:
     return _move(actor, dpia, DpiaStatus.UNDER_REVIEW, "", "submitted")
 
 
-@audited_service("studies.dpia.approve")
+@audited_service(StudyAction.DPIA_APPROVE)
 def dpia_approve(*, actor: AbstractBaseUser, study: Study, comment: str = "") -> Dpia:
     """Approve the DPIA under review; it then passes the gate until `valid_until`. Only a DPO other
     than the one who submitted it may approve it."""
@@ -110,7 +111,7 @@ def dpia_approve(*, actor: AbstractBaseUser, study: Study, comment: str = "") ->
     return _move(actor, dpia, DpiaStatus.APPROVED, comment, "approved")
 
 
-@audited_service("studies.dpia.reject")
+@audited_service(StudyAction.DPIA_REJECT)
 def dpia_reject(*, actor: AbstractBaseUser, study: Study, reason: str) -> Dpia:
     """Reject the DPIA under review with a reason. Like an approval, a rejection is the reviewer's verdict,
     so its submitter may not give it; they withdraw their own submission with `dpia_revise`."""
@@ -122,7 +123,7 @@ def dpia_reject(*, actor: AbstractBaseUser, study: Study, reason: str) -> Dpia:
     return _move(actor, dpia, DpiaStatus.REJECTED, reason, "rejected")
 
 
-@audited_service("studies.dpia.revise")
+@audited_service(StudyAction.DPIA_REVISE)
 def dpia_revise(*, actor: AbstractBaseUser, study: Study, reason: str) -> Dpia:
     """Return the DPIA to draft (e.g. to renew it); an approved one stops passing the gate at once."""
     dpia = _existing(actor, study)

@@ -7,13 +7,14 @@ from django.utils import timezone
 
 from consortium.audit import audited_service, record
 from consortium.errors import InvalidTransition, ValidationFailed
+from studies.audit_actions import StudyAction
 from studies.choices import EventKind
 from studies.events import announce_governance
 from studies.models import EthicsApproval, Participation
 from studies.services._common import lock_study, require_site_admin
 
 
-@audited_service("studies.ethics.record")
+@audited_service(StudyAction.ETHICS_RECORD)
 def ethics_record(
     *, actor: AbstractBaseUser, participation: Participation, reference: str, valid_from: datetime,
     valid_until: datetime,
@@ -37,7 +38,7 @@ def ethics_record(
                               valid_until=valid_until, recorded_by=actor, recorded_at=now)
     approval.full_clean()
     approval.save()
-    record(actor=actor, action="studies.ethics.recorded", target=approval, study=study, site=site,
+    record(actor=actor, action=StudyAction.ETHICS_RECORDED, target=approval, study=study, site=site,
            details={"reference": approval.reference, "valid_from": valid_from.isoformat(),
                     "valid_until": valid_until.isoformat()})
     announce_governance(study, EventKind.GOVERNANCE_CHANGED,

@@ -9,6 +9,7 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from consortium.audit import record, record_denial
+from studies.audit_actions import StudyAction
 from studies.choices import EventKind, GateAction, StudyStatus
 from studies.events import publish, publish_gate
 from studies.governance import GateResult, evaluate_many
@@ -24,12 +25,12 @@ def event_stream_open(*, actor: Any, study_id: int) -> bool:
     study = studies_for(actor).filter(pk=study_id).first()
     if study is None:
         known = Study.objects.filter(pk=study_id).exists()
-        record_denial(actor=actor, action="studies.events.subscribe", study=study_id if known else None,
+        record_denial(actor=actor, action=StudyAction.EVENTS_SUBSCRIBE, study=study_id if known else None,
                       reason="Only the study's PI, its sites' admins, DPOs, auditors and consortium admins may "
                              "watch it.", details={"study_id": study_id})
         return False
     with transaction.atomic():
-        record(actor=actor, action="studies.study.viewed", target=study, study=study, details={"via": "websocket"})
+        record(actor=actor, action=StudyAction.STUDY_VIEWED, target=study, study=study, details={"via": "websocket"})
     return True
 
 
@@ -76,7 +77,7 @@ def _announce_if_changed(study: Study, gate: GateResult, last: dict[str, Any] | 
               and check.expires_at <= moment]
     if lapsed:
         publish(study, EventKind.GOVERNANCE_EXPIRED, {"checks": lapsed})
-        record(actor=None, action="studies.governance.expired", target=study, study=study,
+        record(actor=None, action=StudyAction.GOVERNANCE_EXPIRED, target=study, study=study,
                details={"checks": [f"{c['name']}:{c['site'] or 'study'}" for c in lapsed]})
     publish_gate(study, trigger="scheduled check", gate=gate)
     return True

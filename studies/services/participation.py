@@ -7,6 +7,7 @@ from django.utils import timezone
 from consortium.audit import audited_service, record
 from consortium.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from sites.models import Site
+from studies.audit_actions import PARTICIPATION_STEPS, StudyAction
 from studies.choices import (
     PARTICIPATION_CURRENT,
     PARTICIPATION_TRANSITIONS,
@@ -19,7 +20,7 @@ from studies.models import Participation, Study
 from studies.services._common import lock_participation, lock_study, require_lead, require_site_admin
 
 
-@audited_service("studies.participation.invite")
+@audited_service(StudyAction.PARTICIPATION_INVITE)
 def participation_invite(*, actor: AbstractBaseUser, study: Study, site: Site) -> Participation:
     """The PI invites a site. A site that revoked or was withdrawn can be invited again (a new row)."""
     study = lock_study(actor, study)
@@ -35,7 +36,7 @@ def participation_invite(*, actor: AbstractBaseUser, study: Study, site: Site) -
     participation = Participation(study=study, site=site, invited_by=actor, invited_at=timezone.now())
     participation.full_clean()
     participation.save()
-    record(actor=actor, action="studies.participation.invited", target=participation, study=study, site=site,
+    record(actor=actor, action=StudyAction.PARTICIPATION_INVITED, target=participation, study=study, site=site,
            details={"after": participation.status})
     announce_governance(study, EventKind.PARTICIPATION_CHANGED,
                         {"site_id": site.pk, "site": site.name, "before": None, "after": participation.status,
@@ -63,7 +64,7 @@ def _move(actor: AbstractBaseUser, participation: Participation, to: Participati
     participation.reason = reason.strip()
     participation.full_clean()
     participation.save()
-    record(actor=actor, action=f"studies.participation.{event}", target=participation,
+    record(actor=actor, action=PARTICIPATION_STEPS[event], target=participation,
            study=participation.study, site=participation.site,
            details={"before": before, "after": to, "reason": participation.reason})
     announce_governance(participation.study, EventKind.PARTICIPATION_CHANGED,
@@ -78,21 +79,21 @@ def _as_site_admin(actor: AbstractBaseUser, participation: Participation, doing:
     return found
 
 
-@audited_service("studies.participation.grant")
+@audited_service(StudyAction.PARTICIPATION_GRANT)
 def participation_grant(*, actor: AbstractBaseUser, participation: Participation, reason: str = "") -> Participation:
     """The site's admin accepts the invitation: the site may contribute once the gate's other checks pass."""
     found = _as_site_admin(actor, participation, "grant its participation")
     return _move(actor, found, ParticipationStatus.GRANTED, reason, needs_reason=False, event="granted")
 
 
-@audited_service("studies.participation.suspend")
+@audited_service(StudyAction.PARTICIPATION_SUSPEND)
 def participation_suspend(*, actor: AbstractBaseUser, participation: Participation, reason: str) -> Participation:
     """Pause the site's participation; it can be resumed."""
     found = _as_site_admin(actor, participation, "suspend its participation")
     return _move(actor, found, ParticipationStatus.SUSPENDED, reason, needs_reason=True, event="suspended")
 
 
-@audited_service("studies.participation.resume")
+@audited_service(StudyAction.PARTICIPATION_RESUME)
 def participation_resume(*, actor: AbstractBaseUser, participation: Participation, reason: str = "") -> Participation:
     found = _as_site_admin(actor, participation, "resume its participation")
     if found.status != ParticipationStatus.SUSPENDED:
@@ -101,14 +102,14 @@ def participation_resume(*, actor: AbstractBaseUser, participation: Participatio
     return _move(actor, found, ParticipationStatus.GRANTED, reason, needs_reason=False, event="resumed")
 
 
-@audited_service("studies.participation.revoke")
+@audited_service(StudyAction.PARTICIPATION_REVOKE)
 def participation_revoke(*, actor: AbstractBaseUser, participation: Participation, reason: str) -> Participation:
     """The site withdraws its consent, at once and for good (a new invitation is needed to return)."""
     found = _as_site_admin(actor, participation, "revoke its participation")
     return _move(actor, found, ParticipationStatus.REVOKED, reason, needs_reason=True, event="revoked")
 
 
-@audited_service("studies.participation.withdraw")
+@audited_service(StudyAction.PARTICIPATION_WITHDRAW)
 def participation_withdraw(*, actor: AbstractBaseUser, participation: Participation, reason: str) -> Participation:
     """The PI removes a site from the study."""
     found = lock_participation(actor, participation)

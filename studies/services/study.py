@@ -10,6 +10,7 @@ from guardian.shortcuts import assign_perm
 from consortium.audit import audited_service, record
 from consortium.errors import Forbidden, InvalidTransition, ValidationFailed
 from consortium.roles import Role, has_role
+from studies.audit_actions import StudyAction
 from studies.choices import STUDY_EDITABLE, EventKind, StudyStatus
 from studies.events import announce_governance
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Study, sha256_text
@@ -20,7 +21,7 @@ from studies.services._common import lock_study, move, require_lead, send_back_f
 EDITABLE_FIELDS = ("title", *PROTOCOL_FIELDS)
 
 
-@audited_service("studies.study.create")
+@audited_service(StudyAction.STUDY_CREATE)
 def study_create(*, actor: AbstractBaseUser, title: str, agreement_text: str = "", **protocol: Any) -> Study:
     """A PI drafts a study; they become its lead. With `agreement_text`, DUA v1 is attached at once."""
     if not has_role(actor, Role.PI):
@@ -32,19 +33,19 @@ def study_create(*, actor: AbstractBaseUser, title: str, agreement_text: str = "
     study.full_clean()
     study.save()
     assign_perm(f"studies.{LEAD_STUDY}", actor, study)
-    record(actor=actor, action="studies.study.created", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_CREATED, target=study, study=study,
            details={"protocol": study.protocol(), "protocol_sha256": study.protocol_sha256()})
     if agreement_text.strip():
         version = AgreementVersion(study=study, version=1, text=agreement_text, sha256=sha256_text(agreement_text),
                                    effective_from=timezone.now(), created_by=actor)
         version.full_clean()
         version.save()
-        record(actor=actor, action="studies.agreement.published", target=version, study=study,
+        record(actor=actor, action=StudyAction.AGREEMENT_PUBLISHED, target=version, study=study,
                details={"version": 1, "sha256": version.sha256})
     return study
 
 
-@audited_service("studies.study.update")
+@audited_service(StudyAction.STUDY_UPDATE)
 def study_update_protocol(*, actor: AbstractBaseUser, study: Study, **changes: Any) -> Study:
     """The PI changes the title or protocol. A protocol change after submission voids every approval
     and sends the study back for approval; the audit event keeps the difference."""
@@ -64,14 +65,14 @@ def study_update_protocol(*, actor: AbstractBaseUser, study: Study, **changes: A
     if not diff:
         return study
     study.save()
-    record(actor=actor, action="studies.study.protocol_changed", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_PROTOCOL_CHANGED, target=study, study=study,
            details={"changes": diff, "protocol_sha256": study.protocol_sha256()})
     if set(diff) - {"title"}:
         send_back_for_approval(actor, study, reason="The protocol changed.")
     return study
 
 
-@audited_service("studies.study.submit")
+@audited_service(StudyAction.STUDY_SUBMIT)
 def study_submit(*, actor: AbstractBaseUser, study: Study) -> Study:
     """The PI submits a draft for approval by the PI and a DPO (four eyes)."""
     study = lock_study(actor, study)
@@ -79,13 +80,13 @@ def study_submit(*, actor: AbstractBaseUser, study: Study) -> Study:
     if not study.agreement_versions.exists():
         raise ValidationFailed("Attach a data use agreement before submitting the study.", study=study)
     before = move(study, StudyStatus.SUBMITTED, actor=actor)
-    record(actor=actor, action="studies.study.submitted", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_SUBMITTED, target=study, study=study,
            details={"before": before, "after": study.status, "protocol_sha256": study.protocol_sha256()})
     announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status})
     return study
 
 
-@audited_service("studies.study.activate")
+@audited_service(StudyAction.STUDY_ACTIVATE)
 def study_activate(*, actor: AbstractBaseUser, study: Study) -> Study:
     """The PI starts an approved study; from now on the gate may let rounds run."""
     study = lock_study(actor, study)
@@ -95,13 +96,13 @@ def study_activate(*, actor: AbstractBaseUser, study: Study) -> Study:
         raise InvalidTransition("A study that is suspended cannot become active by the PI alone: resuming it "
                                 "needs the PI's and a DPO's approval again.", study=study)
     before = move(study, StudyStatus.ACTIVE, actor=actor)
-    record(actor=actor, action="studies.study.activated", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_ACTIVATED, target=study, study=study,
            details={"before": before, "after": study.status})
     announce_governance(study, EventKind.STUDY_CHANGED, {"before": before, "after": study.status})
     return study
 
 
-@audited_service("studies.study.suspend")
+@audited_service(StudyAction.STUDY_SUSPEND)
 def study_suspend(*, actor: AbstractBaseUser, study: Study, justification: str) -> Study:
     """Emergency stop by the PI or a DPO, effective at once. Resuming needs both approvals again."""
     study = lock_study(actor, study)
@@ -111,7 +112,7 @@ def study_suspend(*, actor: AbstractBaseUser, study: Study, justification: str) 
         raise ValidationFailed("Give a justification for suspending the study.", study=study)
     before = move(study, StudyStatus.SUSPENDED, actor=actor, reason=justification.strip())
     voided = void_approvals(study, reason="The study was suspended.", moment=timezone.now())
-    record(actor=actor, action="studies.study.suspended", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_SUSPENDED, target=study, study=study,
            details={"before": before, "after": study.status, "justification": justification.strip(),
                     "voided_approval_ids": voided})
     announce_governance(study, EventKind.STUDY_CHANGED,
@@ -119,7 +120,7 @@ def study_suspend(*, actor: AbstractBaseUser, study: Study, justification: str) 
     return study
 
 
-@audited_service("studies.study.close")
+@audited_service(StudyAction.STUDY_CLOSE)
 def study_close(*, actor: AbstractBaseUser, study: Study, reason: str) -> Study:
     """The PI ends the study for good."""
     study = lock_study(actor, study)
@@ -127,7 +128,7 @@ def study_close(*, actor: AbstractBaseUser, study: Study, reason: str) -> Study:
     if not reason.strip():
         raise ValidationFailed("Say why the study is being closed.", study=study)
     before = move(study, StudyStatus.CLOSED, actor=actor, reason=reason.strip())
-    record(actor=actor, action="studies.study.closed", target=study, study=study,
+    record(actor=actor, action=StudyAction.STUDY_CLOSED, target=study, study=study,
            details={"before": before, "after": study.status, "reason": reason.strip()})
     announce_governance(study, EventKind.STUDY_CHANGED,
                         {"before": before, "after": study.status, "reason": reason.strip()})
@@ -136,4 +137,4 @@ def study_close(*, actor: AbstractBaseUser, study: Study, reason: str) -> Study:
 
 def study_viewed(*, actor: AbstractBaseUser, study: Study, via: str) -> None:
     """Record that someone read the study's data (page, API, export): auditors answer "who saw what"."""
-    record(actor=actor, action="studies.study.viewed", target=study, study=study, details={"via": via})
+    record(actor=actor, action=StudyAction.STUDY_VIEWED, target=study, study=study, details={"via": via})

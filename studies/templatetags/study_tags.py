@@ -2,23 +2,15 @@
 
 from django import template
 
-register = template.Library()
+from studies.choices import GateCheck
 
-CHECK_LABELS = {
-    "study_active": "Study active",
-    "approvals": "Approvals (PI and DPO)",
-    "dpia": "DPIA",
-    "quorum": "Quorum",
-    "participation": "Participation",
-    "agreement_signed": "Current DUA signed",
-    "ethics": "Ethics approval",
-}
+register = template.Library()
 
 
 @register.filter
 def check_label(name: str) -> str:
     """The human name of a gate check."""
-    return CHECK_LABELS.get(name, name.replace("_", " ").capitalize())
+    return GateCheck(name).label if name in GateCheck.values else name.replace("_", " ").capitalize()
 
 
 @register.filter

@@ -19,6 +19,7 @@ from consortium.errors import DomainError, NotFound
 from consortium.services import select_or_deny
 from consortium.web import domain_errors, error_response, form_errors_text, safe_next
 from studies import forms, selectors, services
+from studies.audit_actions import StudyAction
 from studies.choices import StudyStatus
 from studies.models import Participation
 from studies.views.pages import visible_study
@@ -43,41 +44,43 @@ def _approved(approval: Any) -> str:
 
 STUDY_ACTIONS: dict[str, Action] = {
     "submit": Action(
-        "studies.study.submit",
+        StudyAction.STUDY_SUBMIT,
         services.study_submit,
         forms.NoInputForm,
         "Submitted: the study awaits the PI's and a DPO's approval.",
     ),
-    "approve": Action("studies.study.approve", services.study_approve, forms.CommentForm, _approved),
+    "approve": Action(StudyAction.STUDY_APPROVE, services.study_approve, forms.CommentForm, _approved),
     "reject": Action(
-        "studies.study.reject", services.study_reject, forms.ReasonForm, "Rejected with your reason; the PI sees it."
+        StudyAction.STUDY_REJECT, services.study_reject, forms.ReasonForm, "Rejected with your reason; the PI sees it."
     ),
     "activate": Action(
-        "studies.study.activate",
+        StudyAction.STUDY_ACTIVATE,
         services.study_activate,
         forms.NoInputForm,
         "Activated: rounds may run for eligible sites.",
     ),
     "suspend": Action(
-        "studies.study.suspend",
+        StudyAction.STUDY_SUSPEND,
         services.study_suspend,
         forms.JustificationForm,
         "Suspended at once. Resuming needs the PI's and a DPO's approval again.",
     ),
-    "close": Action("studies.study.close", services.study_close, forms.ReasonForm, "Closed for good."),
+    "close": Action(StudyAction.STUDY_CLOSE, services.study_close, forms.ReasonForm, "Closed for good."),
     "invite": Action(
-        "studies.participation.invite",
+        StudyAction.PARTICIPATION_INVITE,
         services.participation_invite,
         forms.InviteForm,
         lambda p: f"Invited {p.site}. Its admin now sees the invitation.",
     ),
-    "dpia-submit": Action("studies.dpia.submit", services.dpia_submit, forms.NoInputForm, "The DPIA is under review."),
-    "dpia-approve": Action("studies.dpia.approve", services.dpia_approve, forms.CommentForm, "DPIA approved."),
+    "dpia-submit": Action(
+        StudyAction.DPIA_SUBMIT, services.dpia_submit, forms.NoInputForm, "The DPIA is under review."
+    ),
+    "dpia-approve": Action(StudyAction.DPIA_APPROVE, services.dpia_approve, forms.CommentForm, "DPIA approved."),
     "dpia-reject": Action(
-        "studies.dpia.reject", services.dpia_reject, forms.ReasonForm, "DPIA rejected with your reason."
+        StudyAction.DPIA_REJECT, services.dpia_reject, forms.ReasonForm, "DPIA rejected with your reason."
     ),
     "dpia-revise": Action(
-        "studies.dpia.revise",
+        StudyAction.DPIA_REVISE,
         services.dpia_revise,
         forms.ReasonForm,
         "The DPIA is a draft again; it no longer passes the gate until approved.",
@@ -86,36 +89,39 @@ STUDY_ACTIONS: dict[str, Action] = {
 
 PARTICIPATION_ACTIONS: dict[str, Action] = {
     "grant": Action(
-        "studies.participation.grant", services.participation_grant, forms.OptionalReasonForm, "Participation granted."
+        StudyAction.PARTICIPATION_GRANT,
+        services.participation_grant,
+        forms.OptionalReasonForm,
+        "Participation granted.",
     ),
     "suspend": Action(
-        "studies.participation.suspend", services.participation_suspend, forms.ReasonForm, "Participation suspended."
+        StudyAction.PARTICIPATION_SUSPEND, services.participation_suspend, forms.ReasonForm, "Participation suspended."
     ),
     "resume": Action(
-        "studies.participation.resume",
+        StudyAction.PARTICIPATION_RESUME,
         services.participation_resume,
         forms.OptionalReasonForm,
         "Participation resumed.",
     ),
     "revoke": Action(
-        "studies.participation.revoke",
+        StudyAction.PARTICIPATION_REVOKE,
         services.participation_revoke,
         forms.ReasonForm,
         "Participation revoked: from now on the gate refuses this site for every action.",
     ),
     "withdraw": Action(
-        "studies.participation.withdraw",
+        StudyAction.PARTICIPATION_WITHDRAW,
         services.participation_withdraw,
         forms.ReasonForm,
         "Site withdrawn from the study.",
     ),
     "sign": Action(
-        "studies.agreement.sign",
+        StudyAction.AGREEMENT_SIGN,
         services.agreement_sign,
         forms.SignForm,
         lambda s: f"{s.site} signed DUA v{s.agreement.version} ({s.agreement_sha256[:12]}…).",
     ),
-    "ethics": Action("studies.ethics.record", services.ethics_record, forms.EthicsForm, "Ethics approval recorded."),
+    "ethics": Action(StudyAction.ETHICS_RECORD, services.ethics_record, forms.EthicsForm, "Ethics approval recorded."),
 }
 
 

@@ -14,19 +14,20 @@ from consortium.roles import Role, has_role
 from consortium.services import select_or_deny
 from consortium.web import call_or_form_error, domain_errors, forbidden
 from studies import selectors, services
+from studies.audit_actions import StudyAction
 from studies.forms import AgreementForm, DpiaForm, ProtocolForm, StudyCreateForm
 from studies.models import PROTOCOL_FIELDS, Study
 from studies.permissions import allowed_actions, dpia_actions
 from studies.views._context import diff_rows, gate_context, protocol_rows, study_context
 
 
-def visible_study(request: HttpRequest, pk: int, attempt: str = "studies.study.view") -> Study:
+def visible_study(request: HttpRequest, pk: int, attempt: str = StudyAction.STUDY_VIEW) -> Study:
     """The study as the user sees it; an invisible one is a 404 and the attempt is audited as `attempt`."""
     return select_or_deny(request.user, attempt, lambda: selectors.study_get(request.user, pk), study=pk)
 
 
 def _attempt(request: HttpRequest, writing: str) -> str:
-    return writing if request.method == "POST" else "studies.study.view"
+    return writing if request.method == "POST" else StudyAction.STUDY_VIEW
 
 
 @login_required
@@ -88,7 +89,7 @@ def study_approval(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @domain_errors
 def study_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    study = visible_study(request, pk, _attempt(request, "studies.study.update"))
+    study = visible_study(request, pk, _attempt(request, StudyAction.STUDY_UPDATE))
     if request.method != "POST" and "edit_protocol" not in allowed_actions(request.user, study):
         return forbidden(
             request, "Only the study's principal investigator may change its protocol, and not once it is closed."
@@ -115,7 +116,7 @@ def _edit_outcome(before: str, after: str) -> str:
 @login_required
 @domain_errors
 def agreement_publish(request: HttpRequest, pk: int) -> HttpResponse:
-    study = visible_study(request, pk, _attempt(request, "studies.agreement.publish"))
+    study = visible_study(request, pk, _attempt(request, StudyAction.AGREEMENT_PUBLISH))
     if request.method != "POST" and "publish_agreement" not in allowed_actions(request.user, study):
         return forbidden(request, "Only the study's principal investigator may publish its data use agreement.")
     agreements = selectors.study_agreements(study)
@@ -143,11 +144,11 @@ def agreement_publish(request: HttpRequest, pk: int) -> HttpResponse:
 def dpia_page(request: HttpRequest, pk: int) -> HttpResponse:
     """The DPIA for everyone who may read it (`selectors.study_dpia`, as the API); its form and buttons only
     for the steps `dpia_actions` opens to the user."""
-    study = visible_study(request, pk, _attempt(request, "studies.dpia.save"))
+    study = visible_study(request, pk, _attempt(request, StudyAction.DPIA_SAVE))
     if request.method == "POST":
         dpia = getattr(study, "dpia", None)  # saving is the service's to allow or refuse
     else:
-        dpia = select_or_deny(request.user, "studies.dpia.view",
+        dpia = select_or_deny(request.user, StudyAction.DPIA_VIEW,
                               lambda: selectors.study_dpia(request.user, study, drafted=False), study=study)
     actions = dpia_actions(request.user, study, dpia)
     initial = (

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 from consortium.errors import NotFound
 from consortium.services import select_or_deny
 from consortium.web import domain_errors, form_errors_text
+from sites.audit_actions import SiteAction
 from sites.forms import AgentTokenCreateForm, AgentTokenRevokeForm
 from sites.models import AgentToken, Site
 from sites.selectors import administered_site_ids, agent_token_get, site_agent_tokens, site_get, sites_administered
@@ -60,7 +61,7 @@ def site_page_context(user: AbstractBaseUser, site: Site) -> dict[str, Any]:
 @domain_errors
 def site_agent_token_create(request: HttpRequest, pk: int) -> HttpResponse:
     """Create a token and show it once, on this response only (never stored, never redirected with)."""
-    site = select_or_deny(request.user, "sites.agent_token.create", lambda: site_get(request.user, pk), site=pk)
+    site = select_or_deny(request.user, SiteAction.AGENT_TOKEN_CREATE, lambda: site_get(request.user, pk), site=pk)
     form = AgentTokenCreateForm(request.POST)
     if not form.is_valid():
         messages.error(request, form_errors_text(form))
@@ -83,7 +84,7 @@ def _token_of_site(request: HttpRequest, pk: int, token_pk: int) -> AgentToken:
 @require_POST
 @domain_errors
 def site_agent_token_revoke(request: HttpRequest, pk: int, token_pk: int) -> HttpResponse:
-    token = select_or_deny(request.user, "sites.agent_token.revoke", lambda: _token_of_site(request, pk, token_pk),
+    token = select_or_deny(request.user, SiteAction.AGENT_TOKEN_REVOKE, lambda: _token_of_site(request, pk, token_pk),
                            site=pk)
     form = AgentTokenRevokeForm(request.POST)
     form.is_valid()  # a bare text field: always parses; the service refuses a blank reason (audited)

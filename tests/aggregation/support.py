@@ -15,16 +15,16 @@ import pytest
 import torch
 from django.conf import settings as django_settings
 
-from consortium.federated import codec
-from consortium.federated.metrics import score_histogram
+from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization, Update
 from aggregation.services import evaluation_submit, round_open_next, update_submit
 from aggregation.services._common import version_tensors
 from consortium.errors import DomainError, NotFound
+from consortium.federated import codec
+from consortium.federated.metrics import score_histogram
 from sites.agents import AgentPrincipal
 from sites.models import Site
 from sites.services import agent_token_create, site_admin_assign
-from studies.choices import EventKind
 from studies.models import Participation, Study
 from tests.base import Personas, active_study
 from tests.support import Refusal, refused
@@ -164,7 +164,7 @@ def rejected(error: type[DomainError], match: str, *, code: str, status: int,
     # A refused submission is shown on the study's dashboard; a 404 names no study to show it on.
     submission = action in ("aggregation.update.submit", "aggregation.statistics.submit",
                             "aggregation.evaluation.submit")
-    published = (EventKind.UPDATE_REFUSED,) if submission and not issubclass(error, NotFound) else ()
+    published = (RoundEventKind.UPDATE_REFUSED,) if submission and not issubclass(error, NotFound) else ()
     with refused(error, match, action=action, published=published,
                  context=frozenset({"round_id", "round"}) if submission else frozenset()) as outcome:
         yield outcome

@@ -7,9 +7,9 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from consortium.federated import codec
 from aggregation.choices import RoundStatus
 from aggregation.models import Round, Update
+from consortium.federated import codec
 from consortium.models import AuditOutcome
 from sites.services import agent_token_revoke
 from tests.aggregation.support import (  # noqa: F401  (fixtures)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from aggregation.dashboard import CELL_STATES, gate_panel, study_dashboard
+from aggregation.events import RoundEventKind
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import model_download, round_aggregate
 from consortium.errors import Conflict
@@ -16,7 +17,7 @@ from sites.agents import AgentPrincipal
 from sites.models import Site
 from studies import services as study_services
 from studies.choices import EventKind
-from studies.event_text import event_sentence
+from studies.event_registry import event_sentence
 from studies.models import Participation, Study, StudyEvent
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     GOOD_METRICS,
@@ -194,15 +195,15 @@ def test_the_dashboard_starts_from_the_newest_event_and_feeds_the_last_ones_newe
     assert dashboard.last_event_id == newest.seq
     assert [item.id for item in dashboard.feed] == sorted((item.id for item in dashboard.feed), reverse=True)
     assert dashboard.feed[0].id == newest.seq and len(dashboard.feed) == 30
-    blocked = next(item for item in dashboard.feed if item.kind == EventKind.ROUND_BLOCKED)
+    blocked = next(item for item in dashboard.feed if item.kind == RoundEventKind.ROUND_BLOCKED)
     assert blocked.text == "Round 2 blocked: Only 1 eligible updates; the quorum is 2." and blocked.tone == "bad"
 
 
 @pytest.mark.parametrize(("kind", "data", "sentence"), [
-    (EventKind.UPDATE_RECEIVED, {"round": 4, "site": "Amsterdam UMC", "num_examples": 30, "submitted": 1,
+    (RoundEventKind.UPDATE_RECEIVED, {"round": 4, "site": "Amsterdam UMC", "num_examples": 30, "submitted": 1,
                                  "eligible": 3}, "Amsterdam UMC submitted its update to round 4 (30 examples): "
                                                  "1 of 3 eligible sites in."),
-    (EventKind.ROUND_METRICS, {"evaluated_version": 2, "global": {"val_auc": 0.81234, "val_accuracy": 0.7}},
+    (RoundEventKind.ROUND_METRICS, {"evaluated_version": 2, "global": {"val_auc": 0.81234, "val_accuracy": 0.7}},
      "Model v2 on the sites' held-out data: AUC 0.812, accuracy 0.700."),
     (EventKind.PARTICIPATION_CHANGED, {"site": "Karolinska", "before": "granted", "after": "revoked",
                                        "reason": "No consent.", "by": "site_b_admin"},

@@ -3,6 +3,7 @@ draw (times, counts, metrics, norms) and never a weight."""
 
 import pytest
 
+from aggregation.events import RoundEventKind
 from aggregation.models import ModelVersion, Update
 from aggregation.services import model_download, round_aggregate
 from consortium.errors import Conflict
@@ -44,10 +45,11 @@ def test_a_round_publishes_each_step_in_order_with_the_figures_the_charts_need(f
     events = published(fed.study, mark)
     assert [e.seq for e in events] == list(range(mark + 1, mark + 1 + len(events)))  # no gaps
     assert [e.kind for e in events] == [
-        EventKind.ROUND_OPENED, EventKind.GATE_EVALUATED,
-        EventKind.UPDATE_RECEIVED, EventKind.UPDATE_RECEIVED, EventKind.AGGREGATION_STARTED,
-        EventKind.GATE_EVALUATED, EventKind.AGGREGATION_FINISHED, EventKind.ROUND_METRICS, EventKind.ROUND_CLOSED,
-        EventKind.ROUND_OPENED, EventKind.GATE_EVALUATED,
+        RoundEventKind.ROUND_OPENED, EventKind.GATE_EVALUATED,
+        RoundEventKind.UPDATE_RECEIVED, RoundEventKind.UPDATE_RECEIVED, RoundEventKind.AGGREGATION_STARTED,
+        EventKind.GATE_EVALUATED, RoundEventKind.AGGREGATION_FINISHED, RoundEventKind.ROUND_METRICS,
+        RoundEventKind.ROUND_CLOSED,
+        RoundEventKind.ROUND_OPENED, EventKind.GATE_EVALUATED,
     ]
     opened, _, received_a, received_b = events[:4]
     assert opened.payload["round"] == 1 and opened.payload["eligible"] == 2
@@ -88,7 +90,7 @@ def test_a_refused_update_is_published_with_its_reason(fed):
     with pytest.raises(Conflict):
         submit(fed.agent_a, round_, key="another-key")
     [event] = published(fed.study, mark)
-    assert event.kind == EventKind.UPDATE_REFUSED
+    assert event.kind == RoundEventKind.UPDATE_REFUSED
     assert event.payload["site_id"] == fed.p.site_a.pk and event.payload["round"] == round_.number
     assert event.payload["code"] == "duplicate_update" and "one per site per round" in event.payload["reason"]
 
@@ -104,7 +106,7 @@ def test_an_excluded_update_is_published_with_the_sites_reasons(p):
                                         reason="Consent withdrawn.")
     mark = head(study)
     round_aggregate(round_id=round_.pk)
-    excluded = [e for e in published(study, mark) if e.kind == EventKind.UPDATE_EXCLUDED]
+    excluded = [e for e in published(study, mark) if e.kind == RoundEventKind.UPDATE_EXCLUDED]
     assert [(e.payload["site_id"], e.payload["reason"]) for e in excluded] == [
         (site_c.pk, "Participation is revoked. Consent withdrawn.")]
 
@@ -118,10 +120,10 @@ def test_a_blocked_round_is_published_with_its_reason_and_the_gate(fed):
     mark = head(fed.study)
     round_aggregate(round_id=round_.pk)
     after = published(fed.study, mark)
-    [blocked] = [e for e in after if e.kind == EventKind.ROUND_BLOCKED]
+    [blocked] = [e for e in after if e.kind == RoundEventKind.ROUND_BLOCKED]
     assert blocked.payload["reason"] == "Only 1 eligible updates; the quorum is 2."
     assert blocked.payload["gate"]["allowed"] is False
     # No new model, yet the sites' evaluation of the one they trained from still reaches the chart.
-    [metrics] = [e for e in after if e.kind == EventKind.ROUND_METRICS]
+    [metrics] = [e for e in after if e.kind == RoundEventKind.ROUND_METRICS]
     assert metrics.payload["version"] is None and metrics.payload["evaluated_version"] == 0
     assert metrics.payload["global"]["val_auc"] == pytest.approx((0.70 * 20 + 0.90 * 10) / 30)

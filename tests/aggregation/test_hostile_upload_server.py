@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load
 
-from consortium.federated import codec
 from aggregation.demo import free_port, spawn, stop
+from consortium.federated import codec
 from tests.aggregation.hostile import join, split, zero_size_tensors
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,11 +8,11 @@ import json
 import pytest
 from django.db.models import Max
 
-from consortium.federated import codec
+from aggregation.events import RoundEventKind
 from aggregation.models import Round
 from consortium.audit import MAX_REASON_CHARS
+from consortium.federated import codec
 from consortium.models import AuditOutcome
-from studies.choices import EventKind
 from studies.models import StudyEvent
 from tests.aggregation.hostile import corpus, join, split, zero_size_tensors
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
@@ -44,7 +44,7 @@ def assert_refused_storing_nothing(response, label: str, before: dict) -> dict:
     assert aggregation_rows() == before["rows"], f"{label}: a refused upload changed rounds, updates or versions"
     assert stored_files("") == before["files"], f"{label}: a refused upload left a file in the model store"
     kinds = list(StudyEvent.objects.filter(pk__gt=before["event"]).values_list("kind", flat=True))
-    assert kinds in ([], [EventKind.UPDATE_REFUSED]), (label, kinds)
+    assert kinds in ([], [RoundEventKind.UPDATE_REFUSED]), (label, kinds)
     for payload in StudyEvent.objects.filter(pk__gt=before["event"]).values_list("payload", flat=True):
         assert len(json.dumps(payload)) <= 2 * MAX_REASON_CHARS, label
     events = events_after(before["seq"])
@@ -164,6 +164,6 @@ def test_it_reads_only_ascii_digits_as_an_integer_header(fed):
 def test_it_bounds_any_reason_a_live_event_carries(fed):
     from studies.events import publish
 
-    event = publish(fed.study, EventKind.ROUND_FAILED, {"round": 1, "reason": "x" * 50_000})
+    event = publish(fed.study, RoundEventKind.ROUND_FAILED, {"round": 1, "reason": "x" * 50_000})
     assert len(event.payload["reason"]) == MAX_REASON_CHARS and event.payload["reason"].endswith("…")
     assert event.payload["round"] == 1

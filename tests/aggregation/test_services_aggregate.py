@@ -7,11 +7,11 @@ import pytest
 import torch
 from django.db import IntegrityError, transaction
 
-from consortium.federated import codec
 from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate
 from aggregation.services._common import absolute, version_tensors
+from consortium.federated import codec
 from consortium.models import AuditEvent
 from consortium.version import code_version
 from studies import services as study_services

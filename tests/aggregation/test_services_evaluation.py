@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from aggregation.choices import RoundKind, RoundStatus
-from consortium.federated.metrics import auc_from_histogram, summed
+from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, ModelVersion, Round, Update
 from aggregation.services import (
     model_download,
@@ -18,9 +18,9 @@ from aggregation.services import (
     rounds_tick,
 )
 from consortium.errors import Conflict, GateRefused, NotFound, ValidationFailed
+from consortium.federated.metrics import auc_from_histogram, summed
 from consortium.models import AuditEvent
 from studies import services as study_services
-from studies.choices import EventKind
 from studies.models import StudyEvent
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     GOOD_EVALUATION,
@@ -103,7 +103,7 @@ def test_it_keeps_the_histograms_out_of_the_update_the_audit_log_and_the_live_ev
     everything = [*AuditEvent.objects.values_list("details", flat=True),
                   *StudyEvent.objects.values_list("payload", flat=True)]
     assert not any("score_histogram" in str(item) or "positives" in str(item) for item in everything)
-    metrics = StudyEvent.objects.filter(kind=EventKind.ROUND_METRICS).order_by("-seq").first().payload
+    metrics = StudyEvent.objects.filter(kind=RoundEventKind.ROUND_METRICS).order_by("-seq").first().payload
     assert metrics["evaluated_version"] == 1 and metrics["global"]["val_auc"] == pytest.approx(26 / 28)
     note = metrics["evaluated_by_site"][str(fed.p.site_a.pk)]["val_auc_note"]
     assert note == "only one class in the validation split"
@@ -134,7 +134,7 @@ def test_it_opens_an_evaluation_of_the_final_model_once_the_last_training_round_
     assert (final.kind, final.status, final.base_version) == (RoundKind.EVALUATION, RoundStatus.OPEN, v1)
     opened = AuditEvent.objects.filter(action="aggregation.round.opened").order_by("-seq").first()
     assert opened.details["kind"] == "evaluation" and opened.details["base_version"] == 1
-    event = StudyEvent.objects.filter(kind=EventKind.ROUND_OPENED).order_by("-seq").first()
+    event = StudyEvent.objects.filter(kind=RoundEventKind.ROUND_OPENED).order_by("-seq").first()
     assert event.payload["kind"] == "evaluation" and event.payload["eligible"] == 2
     assert event.as_message()["text"] == ("Round 2 opened to evaluate the final model v1 (no training): "
                                           "2 sites eligible.")
@@ -153,7 +153,7 @@ def test_it_lets_a_site_download_the_final_model_and_send_its_evaluation(fed):
     v1.refresh_from_db()
     assert v1.evaluation["sites"][str(fed.p.site_a.pk)]["val_auc"] == 0.875
     assert v1.evaluation["score_histograms"] == {str(fed.p.site_a.pk): BOTH["score_histogram"]}
-    received = StudyEvent.objects.filter(kind=EventKind.EVALUATION_RECEIVED).get().payload
+    received = StudyEvent.objects.filter(kind=RoundEventKind.EVALUATION_RECEIVED).get().payload
     assert (received["site_id"], received["version"], received["submitted"], received["eligible"]) == (
         fed.p.site_a.pk, 1, 1, 2)
     assert "score_histogram" not in str(received)
@@ -172,7 +172,7 @@ def test_it_closes_the_evaluation_round_once_every_eligible_site_answered_and_ru
     assert actions_after(mark) == ["aggregation.evaluation.accepted", "aggregation.round.closed"]
     v1.refresh_from_db()
     assert v1.evaluation["global"]["val_auc"] == pytest.approx(26 / 28)
-    metrics = StudyEvent.objects.filter(kind=EventKind.ROUND_METRICS).order_by("-seq").first().payload
+    metrics = StudyEvent.objects.filter(kind=RoundEventKind.ROUND_METRICS).order_by("-seq").first().payload
     assert (metrics["round"], metrics["version"], metrics["evaluated_version"]) == (2, None, 1)
     assert metrics["global"]["val_auc"] == pytest.approx(26 / 28) and metrics["global"]["val_examples"] == 11
     assert round_open_next(study_id=fed.study.pk) is None

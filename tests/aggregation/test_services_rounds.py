@@ -5,11 +5,11 @@ from datetime import timedelta
 import torch
 from django.utils import timezone
 
-from consortium.federated import codec, zoo
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate, round_check_deadline, round_open_next, rounds_tick
 from aggregation.services._common import version_tensors
+from consortium.federated import codec, zoo
 from consortium.models import AuditEvent
 from studies import services as study_services
 from studies.choices import StudyStatus

@@ -6,12 +6,12 @@ import pytest
 from django.db.models import Max
 
 from aggregation.choices import RoundKind, RoundStatus
+from aggregation.events import RoundEventKind
 from aggregation.models import Round, SiteStatistics, Standardization
 from aggregation.services import statistics_submit
 from consortium.errors import Conflict, ValidationFailed
 from consortium.models import AuditEvent
 from studies import services as study_services
-from studies.choices import EventKind
 from studies.models import StudyEvent
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     agent_for,
@@ -152,7 +152,7 @@ def test_it_leaves_out_the_statistics_of_a_site_revoked_after_sending_them(p):
     closed = AuditEvent.objects.get(action="aggregation.round.closed")
     assert closed.details["site_ids"] == [p.site_a.pk, p.site_b.pk] and closed.details["excluded_site_ids"] == [
         site_c.pk]
-    live = StudyEvent.objects.filter(pk__gt=events_mark, kind=EventKind.UPDATE_EXCLUDED).get()
+    live = StudyEvent.objects.filter(pk__gt=events_mark, kind=RoundEventKind.UPDATE_EXCLUDED).get()
     assert live.payload["site_id"] == site_c.pk and live.payload["kind"] == "statistics"
     assert live.payload["reason"] == left_out.exclusion_reason
     assert Round.objects.get(pk=round_.pk).gate_result["eligible_site_ids"] == [p.site_a.pk, p.site_b.pk]

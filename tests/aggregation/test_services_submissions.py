@@ -10,11 +10,11 @@ import pytest
 import torch
 from django.utils import timezone
 
-from consortium.federated import codec
 from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Round, Update
 from aggregation.services import model_download, round_aggregate, round_check_deadline, statistics_submit
 from consortium.errors import Conflict, GateRefused, NotFound, PayloadTooLarge, ValidationFailed
+from consortium.federated import codec
 from consortium.models import AuditEvent, AuditOutcome
 from studies import services as study_services
 from studies.models import EthicsApproval

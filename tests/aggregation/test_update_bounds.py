@@ -6,13 +6,13 @@ import pytest
 import torch
 from django.db.models import Max
 
-from consortium.federated import codec
 from aggregation.choices import RoundStatus, UpdateStatus
+from aggregation.events import RoundEventKind
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate, round_open_next
 from consortium.errors import ValidationFailed
+from consortium.federated import codec
 from consortium.models import AuditEvent
-from studies.choices import EventKind
 from studies.models import StudyEvent, protocol_hash
 from tests.aggregation.support import (  # noqa: F401  (fixtures)
     agent_for,
@@ -86,7 +86,7 @@ def test_it_fails_a_round_whose_aggregate_is_not_finite_storing_nothing_and_reop
     failed = AuditEvent.objects.get(action="aggregation.round.failed")
     assert failed.details["reason"] == second.status_reason and failed.details["not_finite"]
     kinds = list(StudyEvent.objects.filter(pk__gt=events).values_list("kind", flat=True))
-    assert EventKind.ROUND_FAILED in kinds and EventKind.AGGREGATION_FINISHED not in kinds
+    assert RoundEventKind.ROUND_FAILED in kinds and RoundEventKind.AGGREGATION_FINISHED not in kinds
     third = round_open_next(study_id=study.pk)
     assert third.number == 3 and third.base_version == v1, "a failed round must not rewind the model"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
+from aggregation.events import RoundEventKind
 from consortium.layers import redis_channel_layer
 from studies import events
 from studies.choices import EventKind
@@ -30,6 +31,7 @@ django.setup()
 from django.utils.dateparse import parse_datetime
 from studies.events import broadcast
 from studies.models import StudyEvent
+from aggregation.events import RoundEventKind
 row = json.loads(sys.argv[1])
 broadcast(StudyEvent(study_id=row["study_id"], seq=row["seq"], kind=row["kind"], payload=row["payload"],
                      created_at=parse_datetime(row["created_at"])))
@@ -72,7 +74,8 @@ def test_an_event_broadcast_by_another_process_reaches_this_processs_viewers(p, 
         original = events.broadcast
         events.broadcast = lambda event: None  # this process only commits; the other one broadcasts
         try:
-            event = await sync_to_async(events.publish)(study, EventKind.ROUND_METRICS, {"global": {"val_auc": 0.9}})
+            event = await sync_to_async(events.publish)(study, RoundEventKind.ROUND_METRICS,
+                                                        {"global": {"val_auc": 0.9}})
         finally:
             events.broadcast = original
         await sync_to_async(broadcast_from_another_process)(event)

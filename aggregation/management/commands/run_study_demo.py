@@ -26,6 +26,7 @@ from aggregation.models import ModelVersion, Round
 from aggregation.selectors import AGENT_PROTOCOL_FIELDS, latest_version
 from aggregation.services._common import version_tensors
 from consortium.errors import DomainError
+from consortium.federated.metric_keys import VAL_AUC, VAL_EXAMPLES
 from sites.agent import data as agent_data
 from sites.agent import demo_data
 from studies.choices import ModelKind, Strategy
@@ -146,8 +147,8 @@ class Command(BaseCommand):
         return {"study_id": study.pk, "rounds": study.rounds, "strategy": study.strategy, "seed": seed,
                 "federated_auc": federated, "central_auc": central, "site_aucs": site_aucs,
                 "mean_site_auc": sum(site_aucs.values()) / len(site_aucs), "test_examples": len(data.test),
-                "final_version": final.number, "final_validation_auc": validation.get("val_auc"),
-                "final_validation_examples": validation.get("val_examples")}
+                "final_version": final.number, "final_validation_auc": validation.get(VAL_AUC),
+                "final_validation_examples": validation.get(VAL_EXAMPLES)}
 
     def _report(self, figures: dict[str, Any]) -> None:
         self.stdout.write(f"\nROC AUC on the held-out test split ({figures['test_examples']} rows no site trained on):")
@@ -192,7 +193,7 @@ def _alone(rows: agent_data.Dataset, protocol: dict[str, Any], epochs: int, test
 def _evaluation(study: Study, number: int) -> str:
     """The validation AUC across the sites of model version `number` (from their score histograms)."""
     version = ModelVersion.objects.filter(study=study, number=number).first()
-    auc = (version.evaluation.get("global") or {}).get("val_auc") if version else None
+    auc = (version.evaluation.get("global") or {}).get(VAL_AUC) if version else None
     return f"; model v{number}: validation AUC across the sites {auc:.3f}" if auc is not None else ""
 
 

@@ -1,0 +1,77 @@
+"""The audit log's action names of studies (`consortium.audit.record(action=...)`), each typed once.
+
+Values never change: the hash-chained log, its exports and the auditors' filters hold them. An attempt is
+named by its verb (`...submit`), what it recorded by its outcome (`...submitted`)."""
+
+
+class StudyAction:
+    AGREEMENT_LIST = "studies.agreement.list"
+    AGREEMENT_LISTED = "studies.agreement.listed"
+    AGREEMENT_PUBLISH = "studies.agreement.publish"
+    AGREEMENT_PUBLISHED = "studies.agreement.published"
+    AGREEMENT_SIGN = "studies.agreement.sign"
+    AGREEMENT_SIGNED = "studies.agreement.signed"
+    DPIA_APPROVE = "studies.dpia.approve"
+    DPIA_APPROVED = "studies.dpia.approved"
+    DPIA_REJECT = "studies.dpia.reject"
+    DPIA_REJECTED = "studies.dpia.rejected"
+    DPIA_REVISE = "studies.dpia.revise"
+    DPIA_REVISED = "studies.dpia.revised"
+    DPIA_SAVE = "studies.dpia.save"
+    DPIA_SAVED = "studies.dpia.saved"
+    DPIA_SUBMIT = "studies.dpia.submit"
+    DPIA_SUBMITTED = "studies.dpia.submitted"
+    DPIA_VIEW = "studies.dpia.view"
+    DPIA_VIEWED = "studies.dpia.viewed"
+    ETHICS_RECORD = "studies.ethics.record"
+    ETHICS_RECORDED = "studies.ethics.recorded"
+    EVENTS_SUBSCRIBE = "studies.events.subscribe"
+    GATE_VIEW = "studies.gate.view"
+    GATE_VIEWED = "studies.gate.viewed"
+    GOVERNANCE_EXPIRED = "studies.governance.expired"
+    PARTICIPATION_GRANT = "studies.participation.grant"
+    PARTICIPATION_GRANTED = "studies.participation.granted"
+    PARTICIPATION_INVITE = "studies.participation.invite"
+    PARTICIPATION_INVITED = "studies.participation.invited"
+    PARTICIPATION_LIST = "studies.participation.list"
+    PARTICIPATION_LISTED = "studies.participation.listed"
+    PARTICIPATION_RESUME = "studies.participation.resume"
+    PARTICIPATION_RESUMED = "studies.participation.resumed"
+    PARTICIPATION_REVOKE = "studies.participation.revoke"
+    PARTICIPATION_REVOKED = "studies.participation.revoked"
+    PARTICIPATION_SUSPEND = "studies.participation.suspend"
+    PARTICIPATION_SUSPENDED = "studies.participation.suspended"
+    PARTICIPATION_VIEW = "studies.participation.view"
+    PARTICIPATION_VIEWED = "studies.participation.viewed"
+    PARTICIPATION_WITHDRAW = "studies.participation.withdraw"
+    PARTICIPATION_WITHDRAWN = "studies.participation.withdrawn"
+    STUDY_ACTIVATE = "studies.study.activate"
+    STUDY_ACTIVATED = "studies.study.activated"
+    STUDY_APPROVAL_GIVEN = "studies.study.approval_given"
+    STUDY_APPROVALS_VOIDED = "studies.study.approvals_voided"
+    STUDY_APPROVE = "studies.study.approve"
+    STUDY_APPROVED = "studies.study.approved"
+    STUDY_CLOSE = "studies.study.close"
+    STUDY_CLOSED = "studies.study.closed"
+    STUDY_CREATE = "studies.study.create"
+    STUDY_CREATED = "studies.study.created"
+    STUDY_LISTED = "studies.study.listed"
+    STUDY_PROTOCOL_CHANGED = "studies.study.protocol_changed"
+    STUDY_REJECT = "studies.study.reject"
+    STUDY_REJECTED = "studies.study.rejected"
+    STUDY_RESUMED = "studies.study.resumed"
+    STUDY_SUBMIT = "studies.study.submit"
+    STUDY_SUBMITTED = "studies.study.submitted"
+    STUDY_SUSPEND = "studies.study.suspend"
+    STUDY_SUSPENDED = "studies.study.suspended"
+    STUDY_UPDATE = "studies.study.update"
+    STUDY_VIEW = "studies.study.view"
+    STUDY_VIEWED = "studies.study.viewed"
+
+
+# What a DPIA step and a participation step record, by the step's word (also their live event's "change").
+DPIA_STEPS = {"submitted": StudyAction.DPIA_SUBMITTED, "approved": StudyAction.DPIA_APPROVED,
+              "rejected": StudyAction.DPIA_REJECTED, "revised": StudyAction.DPIA_REVISED}
+PARTICIPATION_STEPS = {"granted": StudyAction.PARTICIPATION_GRANTED, "suspended": StudyAction.PARTICIPATION_SUSPENDED,
+                       "resumed": StudyAction.PARTICIPATION_RESUMED, "revoked": StudyAction.PARTICIPATION_REVOKED,
+                       "withdrawn": StudyAction.PARTICIPATION_WITHDRAWN}

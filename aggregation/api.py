@@ -20,7 +20,7 @@ from aggregation.audit_actions import AggregationAction
 from aggregation.downloads import model_file_response
 from consortium.api_base import AuditedRead, ConsortiumApi, StrictSerializer, UnauditedRead, errors
 from consortium.api_errors import summarise
-from consortium.audit import record_denial
+from consortium.audit.log import record_denial
 from consortium.errors import DomainError, PayloadTooLarge, ValidationFailed
 from sites.authentication import AgentTokenAuthentication, IsAgent
 

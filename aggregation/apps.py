@@ -6,6 +6,8 @@ class AggregationConfig(AppConfig):
     verbose_name = "Federated rounds and aggregation"
 
     def ready(self) -> None:
+        # Register the Celery tasks in every process: services send them by name (`aggregation.dispatch`).
+        import aggregation.tasks  # noqa: F401
         from aggregation import events
 
         events.register()

@@ -15,7 +15,7 @@ from django.db.models import Count, Max, QuerySet
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.models import Update
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.roles import Role, has_role
 from sites.models import Site
 from sites.permissions import can_administer

@@ -27,10 +27,10 @@ from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from consortium.audit import SYSTEM, record, verify_chain  # noqa: E402
-from consortium.models import AuditEvent  # noqa: E402
+from consortium.audit.log import SYSTEM, record, verify_chain  # noqa: E402
+from consortium.audit.models import AuditEvent  # noqa: E402
+from consortium.audit.services import user_roles_add  # noqa: E402
 from consortium.roles import Role  # noqa: E402
-from consortium.services import user_roles_add  # noqa: E402
 from sites.models import Site  # noqa: E402
 from studies import services  # noqa: E402
 from studies.demo import approve_and_activate  # noqa: E402

@@ -190,7 +190,7 @@ def _prepare(features: int) -> int:
     from django.core.management import call_command
 
     from aggregation.services import round_open_next, update_submit
-    from aggregation.services._common import version_tensors
+    from aggregation.storage import version_tensors
     from consortium.federated import codec
     from sites.agents import AgentPrincipal
     from sites.models import Site

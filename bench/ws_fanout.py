@@ -56,10 +56,10 @@ from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
 from aggregation.demo import free_port, spawn, stop  # noqa: E402
 from aggregation.events import RoundEventKind  # noqa: E402
-from consortium.audit import SYSTEM  # noqa: E402
+from consortium.audit.log import SYSTEM  # noqa: E402
+from consortium.audit.services import user_roles_add  # noqa: E402
 from consortium.layers import redis_channel_layer  # noqa: E402
 from consortium.roles import Role  # noqa: E402
-from consortium.services import user_roles_add  # noqa: E402
 from studies import services  # noqa: E402
 from studies.events import publish  # noqa: E402
 

@@ -25,9 +25,9 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from consortium.audit.services import study_data_read
 from consortium.errors import ValidationFailed
 from consortium.request_limits import MAX_ID
-from consortium.services import study_data_read
 
 
 class StrictMixin:

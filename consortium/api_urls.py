@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from rest_framework.settings import api_settings
 
 from consortium import api as consortium_api
+from consortium.audit import api as audit_api
 from sites import api as sites_api
 from sites.authentication import AgentTokenAuthentication
 from studies import api as studies_api
@@ -23,7 +24,7 @@ def _participation(suffix: str, view: type, name: str) -> object:
 
 
 urlpatterns = [
-    path("auth/token/", consortium_api.TokenObtainApi.as_view(), name="api-token"),
+    path("auth/token/", audit_api.TokenObtainApi.as_view(), name="api-token"),
     path("sites/", sites_api.SiteListApi.as_view(), name="api-site-list"),
     path("sites/<id:pk>/agent-tokens/", sites_api.SiteAgentTokenListCreateApi.as_view(),
          name="api-agent-token-list"),
@@ -52,8 +53,8 @@ urlpatterns = [
     _participation("withdraw/", studies_api.ParticipationWithdrawApi, "api-participation-withdraw"),
     _participation("sign/", studies_api.AgreementSignApi, "api-agreement-sign"),
     _participation("ethics/", studies_api.EthicsRecordApi, "api-ethics-record"),
-    path("audit/events/", consortium_api.AuditEventListApi.as_view(), name="api-audit-list"),
-    path("audit/events.csv", consortium_api.AuditEventExportApi.as_view(), name="api-audit-export"),
+    path("audit/events/", audit_api.AuditEventListApi.as_view(), name="api-audit-list"),
+    path("audit/events.csv", audit_api.AuditEventExportApi.as_view(), name="api-audit-export"),
     path("agent/", include("aggregation.api_urls")),
     re_path(r"^(?P<rest>.*)$", api_not_found, name="api-not-found"),
 ]

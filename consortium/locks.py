@@ -5,9 +5,9 @@ goes back to an earlier level once it holds a later one:
    scoped to what the actor may see). Every service that changes a study, its governance or its rounds
    takes it first: approvals, DUA, DPIA, ethics, participation (invite, grant, suspend, resume, revoke,
    withdraw), update and statistics submissions, opening, finishing and aggregating rounds.
-2. the study's round row: `aggregation.services._common.lock_round` (study first, then round).
+2. the study's round row: `aggregation.locks.lock_round` (study first, then round).
 3. any other row: a participation, the DPIA, a model version, a site, an agent token.
-4. the audit chain's advisory lock (`consortium.audit.lock_chain`), taken by the first `record` or
+4. the audit chain's advisory lock (`consortium.audit.log.lock_chain`), taken by the first `record` or
    `studies.events.publish` and held until commit. After it a transaction only inserts (audit events,
    study events) and computes; it takes no row lock it does not already hold (re-taking one is free).
 

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 
-from consortium.services import LOCKED_OUT, login_failed
+from consortium.audit.services import LOCKED_OUT, login_failed
 from consortium.throttling import client_ip, lockout_ends, seconds_until
 
 

@@ -55,7 +55,11 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "channels",
+    # The project itself (label "project"): wiring (Celery, the `<id:pk>` route converter) and the pages that span
+    # every app. Its ready() runs first, as it did when it was also the audit app.
     "consortium",
+    # The bottom app, the audit log; its label stays "consortium" (tables, migrations, content types unchanged).
+    "consortium.audit",
     "sites",
     "studies",
     "aggregation",

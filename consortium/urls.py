@@ -21,6 +21,6 @@ urlpatterns = [
 ]
 
 # Errors Django answers before (or instead of) a view: JSON for /api/ paths, pages elsewhere.
-handler400 = "consortium.views.bad_request"
-handler404 = "consortium.views.page_not_found"
-handler500 = "consortium.views.server_error"
+handler400 = "consortium.pages.errors.bad_request"
+handler404 = "consortium.pages.errors.page_not_found"
+handler500 = "consortium.pages.errors.server_error"

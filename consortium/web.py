@@ -97,7 +97,7 @@ def form_errors_text(form: forms.Form) -> str:
 
 
 def csv_attachment(text: str, filename: str) -> HttpResponse:
-    """A CSV download (pages and the API alike); the text comes from `audit_format.write_csv`."""
+    """A CSV download (pages and the API alike); the text comes from `consortium.audit.exports.write_csv`."""
     response = HttpResponse(text, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -1,21 +1,13 @@
 from django.urls import path
 
-from aggregation.views import overview
-from aggregation.views import sites as site_activity_views
-from consortium import views
-from studies.views import sites as site_views
+from consortium.audit import views as audit_views
+from consortium.pages import home, overview, sites
 
+# The pages that span apps, and the audit log's. The site admin's other pages are in sites/urls.py.
 urlpatterns = [
-    path("", views.home, name="home"),
-    # The overview spans every study and its rounds, so it lives in aggregation (the top of the app order).
+    path("", home.home, name="home"),
     path("overview/", overview.overview_page, name="overview"),
-    path("audit/", views.audit_log, name="audit-log"),
-    path("audit/export.csv", views.audit_export, name="audit-export"),
-    # Site pages list participations (studies); see sites/urls.py for why they are routed here. The site page
-    # itself also shows the site's round activity, so its view lives in aggregation.
-    path("sites/", site_views.sites_list, name="site-list"),
-    path("sites/<id:pk>/", site_activity_views.site_detail, name="site-detail"),
-    path("sites/<id:pk>/agent-tokens/", site_views.site_agent_token_create, name="site-agent-token-create"),
-    path("sites/<id:pk>/agent-tokens/<id:token_pk>/revoke/", site_views.site_agent_token_revoke,
-         name="site-agent-token-revoke"),
+    path("audit/", audit_views.audit_log, name="audit-log"),
+    path("audit/export.csv", audit_views.audit_export, name="audit-export"),
+    path("sites/<id:pk>/", sites.site_detail, name="site-detail"),
 ]

@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 
-from consortium.admin import ReadOnlyAdmin
+from consortium.audit.admin import ReadOnlyAdmin
 from sites.models import AgentToken, Site, SiteUserObjectPermission
 from sites.permissions import ADMINISTER_SITE, can_manage_sites
 from sites.services import SITE_FIELDS, site_admin_assign, site_admin_remove, site_create, site_update

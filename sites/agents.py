@@ -12,8 +12,8 @@ from typing import Any
 from django.contrib.auth.models import Group, Permission
 from django.db.models.manager import EmptyManager
 
-from consortium.audit import ActorRef
-from consortium.models import AuditActorKind
+from consortium.audit.log import ActorRef
+from consortium.audit.models import AuditActorKind
 from sites.models import AgentToken, Site
 
 
@@ -59,7 +59,7 @@ class AgentPrincipal:
         return f"agent:{self.site.code}:{self.token.prefix}"
 
     def audit_actor(self) -> ActorRef:
-        """How `consortium.audit.record` names this actor: a site agent, no user behind it."""
+        """How `consortium.audit.log.record` names this actor: a site agent, no user behind it."""
         return ActorRef(kind=AuditActorKind.AGENT, label=self.get_username(), user_id=None)
 
     def has_perm(self, perm: str, obj: Any = None) -> bool:

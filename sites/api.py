@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from consortium.api_base import ConsortiumApi, ReasonInputSerializer, StrictSerializer, UnauditedRead, errors
-from consortium.services import select_or_deny
+from consortium.audit.services import select_or_deny
 from sites.audit_actions import SiteAction
 from sites.models import AgentToken, Site
 from sites.selectors import agent_token_get, site_agent_tokens, site_get, site_list

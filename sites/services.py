@@ -8,11 +8,11 @@ from django.db.models import Q
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
+from consortium.audit.services import user_roles_add
 from consortium.errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
 from consortium.locks import locked
 from consortium.roles import Role
-from consortium.services import user_roles_add
 from sites import tokens
 from sites.audit_actions import SiteAction
 from sites.models import AgentToken, Site

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 
-from consortium.admin import ReadOnlyAdmin
+from consortium.audit.admin import ReadOnlyAdmin
 from studies.models import AgreementSignature, AgreementVersion, Approval, Dpia, EthicsApproval, Participation, Study
 from studies.services import study_viewed
 

@@ -25,7 +25,7 @@ from consortium.api_base import (
     StrictSerializer,
     errors,
 )
-from consortium.services import select_or_deny
+from consortium.audit.services import select_or_deny
 from sites.selectors import site_get
 from studies import services
 from studies.audit_actions import StudyAction

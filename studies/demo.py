@@ -15,9 +15,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from consortium.audit import SYSTEM
+from consortium.audit.log import SYSTEM
+from consortium.audit.services import user_roles_add
 from consortium.roles import Role
-from consortium.services import user_roles_add
 from sites.models import Site
 from sites.services import site_admin_assign, site_create
 from studies import services

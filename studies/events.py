@@ -18,7 +18,7 @@ from django.db import models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from consortium.audit import bounded_reason, lock_chain, to_json
+from consortium.audit.log import bounded_reason, lock_chain, to_json
 from studies.choices import EventKind, GateAction
 from studies.models import Study, StudyEvent
 

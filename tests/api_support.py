@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from rest_framework.response import Response
 from rest_framework.test import APIClient
 
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from tests.support import events_after, last_seq, snapshot
 
 

@@ -1,9 +1,11 @@
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
 
+from tests.aggregation.support import Federation, federation, record_enqueued
 from tests.base import Personas, make_personas
 
 
@@ -37,3 +39,23 @@ def _fresh_throttles() -> Iterator[None]:
 def p(db) -> Personas:
     """The personas: pi, dpo, dpo2, site_a_admin, site_b_admin, auditor, outsider, admin, site_a, site_b."""
     return make_personas()
+
+
+@pytest.fixture
+def model_store(settings, tmp_path) -> Path:
+    """Tensors go to a temporary folder, never to the checkout's data folder. Autouse under tests/aggregation
+    (its conftest.py); a module elsewhere asks for it with `pytest.mark.usefixtures("model_store")`."""
+    settings.MODEL_STORE = tmp_path / "models"
+    return settings.MODEL_STORE
+
+
+@pytest.fixture
+def fed(p) -> Federation:
+    """An active study (no statistics round, four features, quorum 2) and one agent per site."""
+    return federation(p)
+
+
+@pytest.fixture
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The aggregation task's `delay` is recorded, not sent (no broker): `pytest.mark.usefixtures("no_broker")`."""
+    return record_enqueued(monkeypatch)

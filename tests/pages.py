@@ -5,7 +5,7 @@ import html
 from django.http import HttpRequest
 from django.test import Client
 
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from tests.base import PASSWORD
 
 

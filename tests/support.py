@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.db.models import Max
 
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import DomainError
-from consortium.models import AuditEvent, AuditOutcome
 from sites.models import Site, SiteUserObjectPermission
 from studies import services
 from studies.choices import StudyStatus

@@ -12,16 +12,13 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from rest_framework.test import APIClient
 
 from consortium.api_base import AuditedRead, ConsortiumApi, UnauditedRead
-from consortium.models import AuditOutcome
+from consortium.audit.models import AuditOutcome
 from studies.models import Participation
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    Federation,
-    fed_fixture,
-    model_store_fixture,
-    open_round,
-)
+from tests.aggregation.support import Federation, open_round
 from tests.api_support import assert_error, client
 from tests.support import events_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("model_store")
 
 
 def schema_gets() -> dict[str, dict[str, Any]]:

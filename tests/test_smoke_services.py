@@ -1,4 +1,4 @@
-from consortium.audit import verify_chain
+from consortium.audit.log import verify_chain
 from studies.choices import StudyStatus
 from studies.governance import evaluate
 from tests.base import active_study

@@ -8,7 +8,7 @@ Self-contained on purpose: historical models, and the audit chain's hash functio
 from django.db import migrations
 from django.utils import timezone
 
-from consortium.audit import GENESIS_HASH, compute_hash, lock_chain, to_json
+from consortium.audit.log import GENESIS_HASH, compute_hash, lock_chain, to_json
 
 VOID_REASON = ("The DP noise of this model was generated from a predictable seed (the round's id, shown on its "
                "page): anyone who could read it could regenerate the noise and subtract it, recovering the "
@@ -38,7 +38,7 @@ def _amend(version, voided_studies: set[int]) -> dict | None:
 
 
 def _record(AuditEvent, version, change: dict) -> None:
-    """Append one event to the hash chain, as `consortium.audit.record` does, with the historical model."""
+    """Append one event to the hash chain, as `consortium.audit.log.record` does, with the historical model."""
     lock_chain()
     last = AuditEvent.objects.order_by("-seq").values("seq", "hash").first()
     event = AuditEvent(

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from aggregation import events
 from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, ModelVersion, Round, Update
-from consortium.audit import denial_reason
+from consortium.audit.log import denial_reason
 from consortium.errors import DomainError, NotFound
 from consortium.federated.metric_keys import EVALUATION_METRICS, UPDATE_METRICS
 from sites.models import Site

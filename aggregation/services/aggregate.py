@@ -16,13 +16,16 @@ from django.utils import timezone
 
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
+from aggregation.dispatch import aggregation_send_on_commit, aggregation_shards_send
+from aggregation.locks import lock_round
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
 from aggregation.services import _events, sharding
-from aggregation.services._common import absolute, lock_round, move_round, store, version_tensors
 from aggregation.services.recovery import aggregation_claim
+from aggregation.services.round_state import move_round
 from aggregation.services.rounds import round_open_next
-from consortium.audit import SYSTEM, bounded_reason, record
+from aggregation.storage import absolute, store, version_tensors
+from consortium.audit.log import SYSTEM, bounded_reason, record
 from consortium.federated import codec
 from consortium.version import code_version
 from studies.choices import GateAction, GateCheck, RevocationPolicy
@@ -202,13 +205,8 @@ def _shard_groups(plan: Plan) -> list[list[str]]:
 
 
 def _dispatch_shards(plan: Plan, groups: list[list[str]]) -> None:
-    from celery import chord
-
-    from aggregation.tasks import aggregate_shard, aggregate_shards_commit  # tasks import services
-
     sharding.heartbeat(plan.round_id)
-    payload = asdict(plan)
-    chord(aggregate_shard.s(payload, names) for names in groups)(aggregate_shards_commit.s(payload))
+    aggregation_shards_send(asdict(plan), groups)
 
 
 def round_aggregate_shard(*, plan: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -244,9 +242,7 @@ def round_commit_shards(*, plan: dict[str, Any], parts: list[dict[str, Any]],
         computed = _stored(plan_.study_id, weights, state, weighting, max(part["seconds"] for part in parts))
         result = _commit(plan_, computed, moment or timezone.now())
     if result is STALE:
-        from aggregation.tasks import aggregate_round
-
-        aggregate_round.delay(plan_.round_id)
+        aggregation_send_on_commit(plan_.round_id)  # outside any transaction: sent at once
         return None
     return result
 

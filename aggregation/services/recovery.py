@@ -29,6 +29,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 
 from aggregation.choices import RoundStatus
+from aggregation.dispatch import aggregation_send_on_commit
 from aggregation.models import Round
 from consortium.locks import try_lock
 
@@ -71,8 +72,6 @@ def aggregation_claim(round_id: int) -> Iterator[bool]:
 def aggregations_redispatch(*, moment: datetime) -> list[int]:
     """Send the aggregation task again for each aggregating round that no worker has claimed and that
     was last sent before `moment - AGGREGATION_REDISPATCH_AFTER`. Returns the rounds sent."""
-    from aggregation.tasks import aggregate_round  # tasks import services: import here, not at module load
-
     due = Q(status=RoundStatus.AGGREGATING) & (Q(aggregation_dispatched_at__isnull=True)
                                               | Q(aggregation_dispatched_at__lte=moment - AGGREGATION_REDISPATCH_AFTER))
     sent = []
@@ -82,7 +81,7 @@ def aggregations_redispatch(*, moment: datetime) -> list[int]:
                 continue  # a worker is aggregating it right now
             # Conditional: of two schedulers looking at once, one sends it.
             if Round.objects.filter(due, pk=round_id).update(aggregation_dispatched_at=moment):
-                aggregate_round.delay_on_commit(round_id)
+                aggregation_send_on_commit(round_id)
                 sent.append(round_id)
     if sent:
         logger.warning("No worker was aggregating rounds %s (a worker died?): their aggregation was sent again", sent)

@@ -11,12 +11,15 @@ from django.utils import timezone
 
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
+from aggregation.dispatch import aggregation_send_on_commit
+from aggregation.locks import lock_round
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization
 from aggregation.services import _events
-from aggregation.services._common import lock_round, move_round, store
 from aggregation.services._events import Progress
 from aggregation.services.recovery import aggregations_redispatch, sweep_temporary_files
-from consortium.audit import SYSTEM, record
+from aggregation.services.round_state import move_round
+from aggregation.storage import store
+from consortium.audit.log import SYSTEM, record
 from consortium.federated import codec, zoo
 from consortium.federated.metric_keys import VAL_AUC, VAL_EXAMPLES
 from consortium.version import code_version
@@ -120,10 +123,8 @@ def _finish(round_: Round, *, reason: str, moment: datetime | None = None) -> No
     if round_.kind == RoundKind.EVALUATION:
         evaluation_close(round_, reason=reason)
         return
-    from aggregation.tasks import aggregate_round  # tasks import services: import here, not at module load
-
     move_round(round_, RoundStatus.AGGREGATING, actor=SYSTEM, reason=reason)
-    aggregate_round.delay_on_commit(round_.pk)
+    aggregation_send_on_commit(round_.pk)
 
 
 def round_check_deadline(*, round_id: int, moment: datetime | None = None) -> None:

@@ -99,6 +99,6 @@ def join(parts: Sequence[Mapping[str, torch.Tensor]], order: Sequence[str]) -> d
 
 
 def read_part(relative: str) -> dict[str, torch.Tensor]:
-    from aggregation.services._common import absolute
+    from aggregation.storage import absolute
 
     return codec.read_file(absolute(relative)) if relative else {}

@@ -12,18 +12,13 @@ from django.utils import timezone
 
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundKind, RoundStatus
+from aggregation.locks import lock_round_for_site
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
-from aggregation.services._common import (
-    lock_round_for_site,
-    spec,
-    store,
-    stored_path,
-    verified_bytes,
-    version_tensors,
-)
 from aggregation.services.rounds import round_complete_if_ready, round_progress
-from consortium.audit import audited_service, record
+from aggregation.storage import spec, store, stored_path, verified_bytes, version_tensors
+from consortium.audit.log import audited_service, record
+from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, GateRefused, PayloadTooLarge, ValidationFailed
 from consortium.federated import codec, norm
 from consortium.federated import metrics as federated_metrics
@@ -40,7 +35,6 @@ from consortium.federated.metric_keys import (
     VAL_LOSS,
 )
 from consortium.locks import locked
-from consortium.models import AuditEvent
 from studies.choices import GateAction
 from studies.governance import evaluate
 

@@ -12,8 +12,8 @@ from django.urls import Resolver404, resolve
 
 from aggregation.audit_actions import AggregationAction
 from aggregation.models import Round
-from consortium.audit import record_denial
-from consortium.models import AuditEvent
+from consortium.audit.log import record_denial
+from consortium.audit.models import AuditEvent
 from consortium.upload_limit import RefusedUpload
 from sites.agents import AgentPrincipal
 from sites.selectors import agent_token_identify

@@ -4,8 +4,8 @@ from typing import Any
 
 from aggregation.audit_actions import AggregationAction
 from aggregation.models import ModelVersion
-from aggregation.services._common import verified_bytes
-from consortium.audit import audited_service, record
+from aggregation.storage import verified_bytes
+from consortium.audit.log import audited_service, record
 from consortium.errors import NotFound
 from studies.models import Study
 from studies.selectors import study_get

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET
 
 from aggregation import selectors, services
 from aggregation.downloads import model_file_response
-from consortium.services import select_or_deny
+from consortium.audit.services import select_or_deny
 from consortium.web import domain_errors
 from studies import selectors as study_selectors
 from studies.audit_actions import StudyAction

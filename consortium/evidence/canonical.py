@@ -1,6 +1,6 @@
 """THE definition of an audit event's canonical encoding, its chain hash and its Merkle leaf.
 
-`event_hash` is byte-identical to what `consortium.audit.compute_hash` has always stored: SHA-256 over
+`event_hash` is byte-identical to what `consortium.audit.log.compute_hash` has always stored: SHA-256 over
 the compact, key-sorted, UTF-8 JSON of the hashed fields (`prev_hash` included, so events chain).
 Changing anything here breaks every existing log: don't.
 

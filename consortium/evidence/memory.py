@@ -1,6 +1,6 @@
 """An audit log held in memory, with its Merkle tree: a `LogSource` for tests, benches and tools.
 
-`append` builds a genuine chain (seq, prev_hash, hash exactly as `consortium.audit.record` does),
+`append` builds a genuine chain (seq, prev_hash, hash exactly as `consortium.audit.log.record` does),
 so bundles written from it verify like the coordinator's.
 """
 

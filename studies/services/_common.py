@@ -6,7 +6,7 @@ from datetime import datetime
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from consortium.audit import record
+from consortium.audit.log import record
 from consortium.errors import Forbidden, InvalidTransition, NotFound
 from consortium.locks import locked
 from sites.models import Site

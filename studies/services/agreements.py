@@ -3,7 +3,7 @@
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
 from consortium.errors import Conflict, InvalidTransition, ValidationFailed
 from studies.audit_actions import StudyAction
 from studies.choices import STUDY_EDITABLE, EventKind

@@ -4,7 +4,7 @@ each bound to the protocol and agreement version they saw."""
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
 from consortium.errors import Conflict, Forbidden, InvalidTransition, ValidationFailed
 from studies.audit_actions import StudyAction
 from studies.choices import STUDY_REVIEWABLE, ApprovalDecision, ApprovalRole, EventKind, StudyStatus

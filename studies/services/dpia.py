@@ -5,7 +5,7 @@ from datetime import datetime
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
 from consortium.errors import Forbidden, InvalidTransition, ValidationFailed
 from consortium.locks import locked
 from studies.audit_actions import DPIA_STEPS, StudyAction

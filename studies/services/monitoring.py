@@ -8,7 +8,7 @@ from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from consortium.audit import record, record_denial
+from consortium.audit.log import record, record_denial
 from studies.audit_actions import StudyAction
 from studies.choices import EventKind, GateAction, StudyStatus
 from studies.events import publish, publish_gate

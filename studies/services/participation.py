@@ -4,7 +4,7 @@ grants, suspends, resumes or revokes it. Revocation takes effect at once: the ga
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
 from consortium.errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from sites.models import Site
 from studies.audit_actions import PARTICIPATION_STEPS, StudyAction

@@ -7,7 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
-from consortium.audit import audited_service, record
+from consortium.audit.log import audited_service, record
 from consortium.errors import Forbidden, InvalidTransition, ValidationFailed
 from consortium.roles import Role, has_role
 from studies.audit_actions import StudyAction

@@ -1,1 +1,2 @@
-"""HTML views of studies: pages (`pages`), their buttons (`actions`) and the site admin's pages (`sites`)."""
+"""HTML views of studies: pages (`pages`), their buttons (`actions`) and the studies part of a site's page
+(`site_participations`)."""

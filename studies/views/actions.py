@@ -15,8 +15,8 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from consortium.audit.services import select_or_deny
 from consortium.errors import DomainError, NotFound
-from consortium.services import select_or_deny
 from consortium.web import domain_errors, error_response, form_errors_text, safe_next
 from studies import forms, selectors, services
 from studies.audit_actions import StudyAction

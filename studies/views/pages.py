@@ -10,8 +10,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
+from consortium.audit.services import select_or_deny
 from consortium.roles import Role, has_role
-from consortium.services import select_or_deny
 from consortium.web import call_or_form_error, domain_errors, forbidden
 from studies import selectors, services
 from studies.audit_actions import StudyAction

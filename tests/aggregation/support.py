@@ -1,8 +1,8 @@
 """What the round tests share: a governed active study with two agents, rounds opened through the real
 services, update bytes made from the base model, and the check that a refused submission stored nothing.
 
-Test modules import the fixtures (`fed`, and the autouse `model_store` that keeps tensors in a temporary
-folder) by their function names: `from tests.aggregation.support import fed_fixture, model_store_fixture`.
+The fixtures built from these helpers are in conftest.py files: `fed`, `model_store` (tensors in a temporary
+folder; autouse under tests/aggregation) and `no_broker` in tests/conftest.py.
 """
 
 from collections.abc import Iterator
@@ -18,7 +18,7 @@ from django.conf import settings as django_settings
 from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Standardization, Update
 from aggregation.services import evaluation_submit, round_open_next, update_submit
-from aggregation.services._common import version_tensors
+from aggregation.storage import version_tensors
 from consortium.errors import DomainError, NotFound
 from consortium.federated import codec
 from consortium.federated.metrics import score_histogram
@@ -48,13 +48,6 @@ def evaluation_metrics(scores: list[float], labels: list[int], **metrics: Any) -
 GOOD_EVALUATION = evaluation_metrics([0.1] * 10 + [0.9] * 10, [0] * 10 + [1] * 10, val_auc=1.0)
 
 
-@pytest.fixture(name="model_store", autouse=True)
-def model_store_fixture(settings, tmp_path) -> Path:
-    """Tensors of these tests go to a temporary folder, never to the checkout's data folder."""
-    settings.MODEL_STORE = tmp_path / "models"
-    return settings.MODEL_STORE
-
-
 @dataclass
 class Federation:
     """An active study (no statistics round, four features, quorum 2) and one agent per site."""
@@ -70,8 +63,8 @@ class Federation:
         return Participation.objects.get(study=self.study, site=site)
 
 
-@pytest.fixture(name="fed")
-def fed_fixture(p) -> Federation:
+def federation(p: Personas) -> Federation:
+    """The `fed` fixture (tests/conftest.py): a governed study and an agent for each of its two sites."""
     study = governed_study(p)
     (agent_a, plaintext_a), (agent_b, plaintext_b) = agent_for(p, p.site_a), agent_for(p, p.site_b)
     return Federation(p, study, agent_a, agent_b, plaintext_a, plaintext_b)
@@ -174,12 +167,6 @@ def rejected(error: type[DomainError], match: str, *, code: str, status: int,
         assert named["round"] == Round.objects.filter(pk=named["round_id"]).values_list("number", flat=True).first()
     assert aggregation_rows() == rows, "a refused request changed rounds, updates or model versions"
     assert stored_files() == files, "a refused update was written to the model store"
-
-
-@pytest.fixture(name="no_broker", autouse=True)
-def no_broker_fixture(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """In the modules that import it: the aggregation task's `delay` is recorded, not sent (no broker)."""
-    return record_enqueued(monkeypatch)
 
 
 def record_enqueued(monkeypatch: pytest.MonkeyPatch) -> list[int]:

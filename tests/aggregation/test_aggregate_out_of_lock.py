@@ -13,20 +13,13 @@ from aggregation import strategies
 from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate, sharding
-from aggregation.services._common import version_tensors
+from aggregation.storage import version_tensors
+from consortium.audit.models import AuditEvent
 from consortium.federated import codec
-from consortium.models import AuditEvent
 from studies import services as study_services
 from studies.choices import RevocationPolicy
 from studies.models import Participation
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    fed_fixture,
-    model_store_fixture,
-    open_round,
-    submit,
-    third_site,
-    three_site_study,
-)
+from tests.aggregation.support import open_round, submit, third_site, three_site_study
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,14 +28,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def three_sites(p, model_store, no_broker):
     site_c = third_site(p)
     return p, site_c
-
-
-@pytest.fixture(name="no_broker")
-def no_broker_fixture(monkeypatch):
-    """The aggregation task is run by the test itself, not sent."""
-    from aggregation import tasks
-
-    monkeypatch.setattr(tasks.aggregate_round, "delay_on_commit", lambda *args: None)
 
 
 def _round_with_three_updates(p, site_c, **protocol):
@@ -184,6 +169,6 @@ def _unsharded_bytes(round_: Round) -> bytes:
 
 
 def _abs(relative):
-    from aggregation.services._common import absolute
+    from aggregation.storage import absolute
 
     return absolute(relative)

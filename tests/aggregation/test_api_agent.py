@@ -9,17 +9,15 @@ from rest_framework.test import APIClient
 
 from aggregation.choices import RoundStatus
 from aggregation.models import Round, Update
+from consortium.audit.models import AuditOutcome
 from consortium.federated import codec
-from consortium.models import AuditOutcome
 from sites.services import agent_token_revoke
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_EVALUATION,
     GOOD_METRICS,
     agent_for,
     aggregation_rows,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
     open_round,
     record_enqueued,
     third_site,

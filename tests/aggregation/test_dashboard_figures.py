@@ -19,17 +19,17 @@ from studies import services as study_services
 from studies.choices import EventKind
 from studies.event_registry import event_sentence
 from studies.models import Participation, Study, StudyEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     agent_for,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
     third_site,
     three_site_study,
 )
 from tests.base import Personas
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 REVOKED = "Consent withdrawn by the hospital board."
 # What each site reports about the model it downloaded (its held-out split), per base version.

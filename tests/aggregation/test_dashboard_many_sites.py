@@ -13,7 +13,7 @@ from sites.models import Site
 from sites.services import site_admin_assign
 from studies import services as study_services
 from studies.models import Participation
-from tests.aggregation.support import GOOD_METRICS, agent_for, model_store_fixture, open_round, submit  # noqa: F401
+from tests.aggregation.support import GOOD_METRICS, agent_for, open_round, submit
 from tests.aggregation.test_views_dashboard import BASE_METRICS, dashboard_url, embedded
 from tests.base import active_study
 from tests.pages import client_for, page
@@ -39,7 +39,7 @@ def _study_with_a_closed_round(p, sites: list[Site], title: str, *, silent: tupl
     if Round.objects.get(pk=round_.pk).status == "open":  # a silent site: the deadline would close it
         from django.db import transaction
 
-        from aggregation.services._common import lock_round
+        from aggregation.locks import lock_round
         from aggregation.services.rounds import _finish
 
         with transaction.atomic():

@@ -10,17 +10,16 @@ from consortium.errors import Conflict
 from studies import services as study_services
 from studies.choices import EventKind
 from studies.models import StudyEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     agent_for,
-    fed_fixture,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
     third_site,
     three_site_study,
 )
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 BASE_A = {"val_auc": 0.70, "val_accuracy": 0.60, "val_loss": 0.65, "val_examples": 20}
 BASE_B = {"val_auc": 0.90, "val_accuracy": 0.80, "val_loss": 0.45, "val_examples": 10}

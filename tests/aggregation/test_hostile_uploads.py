@@ -10,16 +10,13 @@ from django.db.models import Max
 
 from aggregation.events import RoundEventKind
 from aggregation.models import Round
-from consortium.audit import MAX_REASON_CHARS
+from consortium.audit.log import MAX_REASON_CHARS
+from consortium.audit.models import AuditOutcome
 from consortium.federated import codec
-from consortium.models import AuditOutcome
 from studies.models import StudyEvent
 from tests.aggregation.hostile import corpus, join, split, zero_size_tensors
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     aggregation_rows,
-    fed_fixture,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     stored_files,
     update_bytes,
@@ -28,6 +25,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
 from tests.aggregation.test_api_agent import agent_client, headers, upload
 from tests.api_support import assert_error
 from tests.support import events_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 MAX_DETAIL_CHARS = 1000  # what a refusal may say, however much the body or headers held
 

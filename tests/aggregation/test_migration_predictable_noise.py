@@ -9,16 +9,16 @@ from django.apps import apps
 
 from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate
-from consortium.audit import verify_chain
-from consortium.models import AuditEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from consortium.audit.log import verify_chain
+from consortium.audit.models import AuditEvent
+from tests.aggregation.support import (
     agent_for,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
 )
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 migration = importlib.import_module("aggregation.migrations.0003_void_predictable_dp_noise")
 

@@ -10,19 +10,16 @@ from django.db import IntegrityError, transaction
 from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate
-from aggregation.services._common import absolute, version_tensors
+from aggregation.storage import absolute, version_tensors
+from consortium.audit.models import AuditEvent
 from consortium.federated import codec
-from consortium.models import AuditEvent
 from consortium.version import code_version
 from studies import services as study_services
 from studies.models import AgreementVersion
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     agent_for,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
     third_site,
@@ -30,6 +27,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     update_tensors,
 )
 from tests.support import actions_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 def weighted_mean(pairs: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:

@@ -17,20 +17,17 @@ from aggregation.services import (
     round_open_next,
     rounds_tick,
 )
+from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, GateRefused, NotFound, ValidationFailed
 from consortium.federated.metrics import auc_from_histogram, summed
-from consortium.models import AuditEvent
 from studies import services as study_services
 from studies.models import StudyEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_EVALUATION,
     GOOD_METRICS,
     agent_for,
     evaluation_metrics,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     rejected,
     send_evaluation,
@@ -38,6 +35,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
     third_site,
 )
 from tests.support import actions_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 # Site A's validation split holds one class only; site B's holds both.
 ONE_CLASS = evaluation_metrics([0.7, 0.8, 0.9, 0.95, 0.6], [1, 1, 1, 1, 1], val_auc=None, val_accuracy=1.0)

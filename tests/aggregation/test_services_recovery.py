@@ -15,13 +15,9 @@ from aggregation.choices import RoundStatus
 from aggregation.models import Round
 from aggregation.services import rounds, rounds_tick
 from aggregation.services.recovery import AGGREGATION_REDISPATCH_AFTER, sweep_temporary_files
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    fed_fixture,
-    model_store_fixture,
-    no_broker_fixture,
-    open_round,
-    submit,
-)
+from tests.aggregation.support import open_round, submit
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 LATER = AGGREGATION_REDISPATCH_AFTER + timedelta(seconds=1)
 

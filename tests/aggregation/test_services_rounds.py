@@ -8,16 +8,14 @@ from django.utils import timezone
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate, round_check_deadline, round_open_next, rounds_tick
-from aggregation.services._common import version_tensors
+from aggregation.storage import version_tensors
+from consortium.audit.models import AuditEvent
 from consortium.federated import codec, zoo
-from consortium.models import AuditEvent
 from studies import services as study_services
 from studies.choices import StudyStatus
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
     open_round,
     record_enqueued,
     send_evaluation,

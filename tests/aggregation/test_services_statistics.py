@@ -9,13 +9,12 @@ from aggregation.choices import RoundKind, RoundStatus
 from aggregation.events import RoundEventKind
 from aggregation.models import Round, SiteStatistics, Standardization
 from aggregation.services import statistics_submit
+from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, ValidationFailed
-from consortium.models import AuditEvent
 from studies import services as study_services
 from studies.models import StudyEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
-    model_store_fixture,
     open_round,
     rejected,
     third_site,

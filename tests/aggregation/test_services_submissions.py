@@ -13,17 +13,15 @@ from django.utils import timezone
 from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import Round, Update
 from aggregation.services import model_download, round_aggregate, round_check_deadline, statistics_submit
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import Conflict, GateRefused, NotFound, PayloadTooLarge, ValidationFailed
 from consortium.federated import codec
-from consortium.models import AuditEvent, AuditOutcome
 from studies import services as study_services
 from studies.models import EthicsApproval
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     agent_for,
     base_tensors,
-    fed_fixture,
-    model_store_fixture,
     open_round,
     record_enqueued,
     rejected,

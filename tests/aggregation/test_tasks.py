@@ -1,13 +1,15 @@
 """The Celery tasks: thin, id-only, idempotent, safe to retry after a worker dies."""
 
 import pytest
+from celery import current_app
 from django.db import OperationalError
 
 from aggregation import strategies
 from aggregation.choices import RoundStatus
+from aggregation.dispatch import AGGREGATE_ROUND
 from aggregation.models import ModelVersion, Round
 from aggregation.tasks import aggregate_round, rounds_tick
-from tests.aggregation.support import fed_fixture, model_store_fixture, open_round, record_enqueued, submit  # noqa: F401
+from tests.aggregation.support import open_round, record_enqueued, submit
 from tests.support import actions_after, last_seq
 
 
@@ -40,6 +42,11 @@ def test_it_acknowledges_the_task_only_after_it_ran():
     assert OperationalError in aggregate_round.autoretry_for
     assert aggregate_round.name == "aggregation.tasks.aggregate_round"
     assert rounds_tick.name == "aggregation.tasks.rounds_tick"
+
+
+def test_it_sends_the_aggregation_by_the_name_the_task_is_registered_under():
+    # Services send it by name (aggregation.dispatch) rather than import the tasks, which import the services.
+    assert current_app.tasks[AGGREGATE_ROUND] is aggregate_round._get_current_object()
 
 
 def test_it_leaves_the_round_aggregating_for_the_retry_after_a_database_error(aggregating, monkeypatch):

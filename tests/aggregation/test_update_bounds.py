@@ -10,22 +10,21 @@ from aggregation.choices import RoundStatus, UpdateStatus
 from aggregation.events import RoundEventKind
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate, round_open_next
+from consortium.audit.models import AuditEvent
 from consortium.errors import ValidationFailed
 from consortium.federated import codec
-from consortium.models import AuditEvent
 from studies.models import StudyEvent, protocol_hash
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
     base_tensors,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     rejected,
     stored_files,
     submit,
 )
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 def shifted(round_: Round, by: float) -> bytes:

@@ -10,11 +10,11 @@ import pytest
 from channels.db import database_sync_to_async
 
 from aggregation.services.uploads import upload_refused
-from consortium.audit import verify_chain
-from consortium.models import AuditActorKind, AuditEvent, AuditOutcome
+from consortium.audit.log import verify_chain
+from consortium.audit.models import AuditActorKind, AuditEvent, AuditOutcome
 from consortium.request_limits import RequestTargetLimit
 from consortium.upload_limit import RefusedUpload, UploadSizeLimit
-from tests.aggregation.support import fed_fixture, model_store_fixture, open_round  # noqa: F401  (fixtures)
+from tests.aggregation.support import open_round
 
 LIMIT = 1000
 PATH = "/api/agent/rounds/1/update/"

@@ -13,18 +13,15 @@ from django.urls import reverse
 
 from aggregation.models import Round
 from aggregation.services import round_aggregate
-from consortium.models import AuditEvent
+from consortium.audit.models import AuditEvent
 from sites.models import Site
 from sites.services import site_admin_assign
 from studies.models import Study, StudyEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     Federation,
     agent_for,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
     third_site,
@@ -32,6 +29,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
 )
 from tests.base import Personas, make_user
 from tests.pages import client_for, denied, page
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 PLOTLY = "/static/vendor/plotly/plotly.min.js"
 BASE_METRICS = {"val_auc": 0.7, "val_accuracy": 0.6, "val_loss": 0.6, "val_examples": 20}

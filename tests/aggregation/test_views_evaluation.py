@@ -5,22 +5,22 @@ on the study, rounds and dashboard pages; and never a site's score histogram."""
 import json
 import re
 
+import pytest
 from django.urls import reverse
 
 from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     evaluation_metrics,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     send_evaluation,
     submit,
 )
 from tests.pages import client_for, page
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 ONE_CLASS = evaluation_metrics([0.7, 0.8, 0.9, 0.95, 0.6], [1, 1, 1, 1, 1], val_auc=None, val_accuracy=1.0)
 BOTH = evaluation_metrics([0.1, 0.3, 0.65, 0.4, 0.9, 0.2], [0, 0, 0, 1, 1, 0], val_auc=0.875, val_accuracy=0.8)

@@ -13,25 +13,24 @@ from django.utils import timezone
 
 from aggregation.models import Round
 from aggregation.services import round_aggregate
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.roles import Role
 from studies import services as study_services
 from studies.governance import evaluate
 from studies.models import Dpia, EthicsApproval, Study
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     Federation,
     agent_for,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
 )
 from tests.base import DUA_TEXT, Personas, activate, draft_study, govern_site, make_user
 from tests.pages import client_for, page
 from tests.support import events_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 OVERVIEW = "/overview/"
 BLOCKED = "Only 1 eligible updates; the quorum is 2."

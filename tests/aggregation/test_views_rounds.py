@@ -9,23 +9,22 @@ from django.urls import reverse
 
 from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate, statistics_submit
-from consortium.models import AuditEvent
+from consortium.audit.models import AuditEvent
 from sites.models import Site
 from sites.services import site_admin_assign
 from studies import services as study_services
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     Federation,
     agent_for,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
 )
 from tests.base import Personas, active_study, make_user
 from tests.pages import client_for, denied, page
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 BLOCKED = "Only 1 eligible updates; the quorum is 2."
 EXCLUDED = "Participation is revoked. Consent withdrawn by the hospital board."

@@ -8,20 +8,15 @@ from django.utils import timezone
 
 from aggregation.models import Round
 from aggregation.services import round_aggregate
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import Conflict
-from consortium.models import AuditEvent, AuditOutcome
 from sites.services import agent_token_authenticate
 from studies import services as study_services
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    Federation,
-    fed_fixture,
-    model_store_fixture,
-    no_broker_fixture,
-    open_round,
-    submit,
-)
+from tests.aggregation.support import Federation, open_round, submit
 from tests.pages import client_for, denied, page
 from tests.support import events_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 EXCLUDED = "Participation is revoked. Consent withdrawn by the hospital board."
 

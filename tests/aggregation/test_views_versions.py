@@ -9,21 +9,18 @@ from django.urls import reverse
 
 from aggregation.models import ModelVersion, Round
 from aggregation.services import model_version_download, round_aggregate
-from aggregation.services._common import load_bytes
+from aggregation.storage import load_bytes
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import NotFound
-from consortium.models import AuditEvent, AuditOutcome
 from consortium.version import code_version
 from sites.models import Site
 from sites.services import site_admin_assign
 from studies import services as study_services
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     GOOD_METRICS,
     Federation,
     agent_for,
-    fed_fixture,
     governed_study,
-    model_store_fixture,
-    no_broker_fixture,
     open_round,
     submit,
     third_site,
@@ -32,6 +29,8 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
 from tests.base import Personas, make_user
 from tests.pages import client_for, denied, page
 from tests.support import actions_after, last_seq
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 EXCLUDED = "Participation is revoked. Consent withdrawn by the hospital board."
 

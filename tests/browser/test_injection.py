@@ -18,17 +18,11 @@ from aggregation.services import round_aggregate
 from sites.services import agent_token_create, site_update
 from studies import services
 from studies.models import Participation, Study
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    agent_for,
-    model_store_fixture,
-    no_broker_fixture,
-    open_round,
-    submit,
-)
+from tests.aggregation.support import agent_for, open_round, submit
 from tests.base import PASSWORD, Personas, make_personas
 from tests.browser.conftest import csp_violations, log_in, shot, watched_page
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("model_store", "no_broker")]
 
 # One string per field carrying every class: a script element, breaking out of an attribute into an element
 # with a handler, a plotly.js placeholder, a template expression and a javascript: URL.

@@ -7,8 +7,8 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 
-from consortium.audit import verify_chain
-from consortium.models import AuditEvent
+from consortium.audit.log import verify_chain
+from consortium.audit.models import AuditEvent
 from consortium.roles import Role
 from sites.models import Site
 from sites.permissions import can_administer

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from tests.api_support import assert_anonymous_refused, assert_error, client, nothing_changes
 from tests.base import draft_study
 

@@ -8,9 +8,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from consortium.audit import GENESIS_HASH, audited_service, compute_hash, record, verify_chain
+from consortium.audit.log import GENESIS_HASH, audited_service, compute_hash, record, verify_chain
+from consortium.audit.models import AppendOnlyError, AuditActorKind, AuditEvent, AuditOutcome
 from consortium.errors import Conflict, InvalidTransition
-from consortium.models import AppendOnlyError, AuditActorKind, AuditEvent, AuditOutcome
 from studies import services
 from studies.models import Study
 from tests.base import active_study, draft_study

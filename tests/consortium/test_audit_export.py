@@ -12,10 +12,10 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from consortium.api import AuditEventOutputSerializer
-from consortium.audit import canonical_fields, record
-from consortium.audit_format import EXPORT_COLUMNS, neutralise, restore
-from consortium.models import AuditEvent
+from consortium.audit.api import AuditEventOutputSerializer
+from consortium.audit.exports import EXPORT_COLUMNS, neutralise, restore
+from consortium.audit.log import canonical_fields, record
+from consortium.audit.models import AuditEvent
 from tests.api_support import client
 from tests.base import draft_study, make_user
 

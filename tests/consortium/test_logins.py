@@ -15,7 +15,7 @@ from django.test import AsyncClient, Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from tests.base import PASSWORD, make_personas
 
 ROOT = Path(__file__).resolve().parents[2]

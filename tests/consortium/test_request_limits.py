@@ -9,9 +9,9 @@ import pytest
 from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
 
-from consortium.models import AuditOutcome
+from consortium.audit.models import AuditOutcome
+from consortium.pages.errors import server_error
 from consortium.request_limits import MAX_TARGET_BYTES, RequestTargetLimit
-from consortium.views import server_error
 from tests.aggregation.support import agent_for
 from tests.api_support import assert_error, client
 from tests.base import draft_study

@@ -7,8 +7,8 @@ import io
 import pytest
 from django.urls import reverse
 
-from consortium.audit import verify_chain
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.log import verify_chain
+from consortium.audit.models import AuditEvent, AuditOutcome
 from tests.base import draft_study
 from tests.pages import client_for, denied, page
 
@@ -73,7 +73,7 @@ def test_it_shows_a_broken_chain(p, monkeypatch):
     draft_study(p)
     events = list(AuditEvent.objects.order_by("seq"))
     events[2].details = {"tampered": True}
-    monkeypatch.setattr("consortium.views.verify_chain", lambda: verify_chain(events))
+    monkeypatch.setattr("consortium.audit.views.verify_chain", lambda: verify_chain(events))
     body = page(client_for(p.auditor).get(reverse("audit-log")))
     assert 'data-intact="false"' in body and "broken at event #3" in body
 

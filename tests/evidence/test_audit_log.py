@@ -1,4 +1,4 @@
-"""The real audit log, written through `consortium.audit.record`, verified by the Django-free code:
+"""The real audit log, written through `consortium.audit.log.record`, verified by the Django-free code:
 its hashes, an export of it, and a rewrite of its history that `verify_audit` cannot see."""
 
 import json
@@ -6,7 +6,8 @@ import json
 import pytest
 from django.utils import timezone
 
-from consortium.audit import compute_hash, record, verify_chain
+from consortium.audit.log import compute_hash, record, verify_chain
+from consortium.audit.models import AuditEvent
 from consortium.evidence import signing
 from consortium.evidence.bundle import write_bundle
 from consortium.evidence.canonical import (
@@ -21,7 +22,6 @@ from consortium.evidence.checkpoint import sign_checkpoint
 from consortium.evidence.errors import EvidenceError
 from consortium.evidence.merkle import MerkleTree
 from consortium.evidence.verifier import verify_bundle
-from consortium.models import AuditEvent
 from studies import services
 from tests.base import draft_study
 from tests.consortium.test_audit import TABLE, tamper

@@ -35,8 +35,8 @@ def main() -> None:
 def _reference(round_id: int) -> str:
     from aggregation import strategies
     from aggregation.models import Round
-    from aggregation.services._common import absolute, version_tensors
     from aggregation.services.aggregate import _strategy_settings
+    from aggregation.storage import absolute, version_tensors
     from consortium.federated import codec
 
     round_ = Round.objects.select_related("study", "base_version").get(pk=round_id)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from django.db import DatabaseError, connection, connections, transaction
 
-from consortium.audit import record, verify_chain
-from consortium.models import AuditEvent
+from consortium.audit.log import record, verify_chain
+from consortium.audit.models import AuditEvent
 from studies import services
 from studies.choices import ApprovalDecision, EventKind, StudyStatus
 from studies.events import publish

@@ -20,16 +20,15 @@ from django.utils import timezone
 from aggregation.choices import ROUND_LIVE, UpdateStatus
 from aggregation.models import Round, Update
 from aggregation.services import round_aggregate, round_open_next, rounds_tick
-from consortium.audit import verify_chain
+from consortium.audit.log import verify_chain
+from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict
-from consortium.models import AuditEvent
 from sites.models import Site
 from studies import services
 from studies.choices import ParticipationStatus
 from studies.models import Participation
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
-    model_store_fixture,
     record_enqueued,
     submit,
     third_site,
@@ -38,7 +37,7 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
 from tests.api_support import client
 from tests.base import make_personas
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("model_store")]
 
 INTERLEAVINGS = 100
 JITTER_SECONDS = 0.02  # each writer starts at a random moment in this window: the orders vary

@@ -14,10 +14,9 @@ from aggregation.models import ModelVersion, Round, Update
 from aggregation.services import round_aggregate, rounds_tick
 from aggregation.services.recovery import claim_aggregation
 from consortium.errors import Conflict
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
+from tests.aggregation.support import (
     agent_for,
     governed_study,
-    model_store_fixture,
     open_round,
     record_enqueued,
     submit,
@@ -25,7 +24,7 @@ from tests.aggregation.support import (  # noqa: F401  (fixtures)
 from tests.base import make_personas
 from tests.integration.test_postgres import in_threads
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("model_store")]
 
 
 @pytest.fixture(autouse=True)

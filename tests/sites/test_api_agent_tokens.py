@@ -4,7 +4,7 @@ not administer a 403; the token itself appears in the create response only."""
 
 import pytest
 
-from consortium.models import AuditOutcome
+from consortium.audit.models import AuditOutcome
 from sites.models import AgentToken
 from sites.services import agent_token_authenticate, agent_token_revoke
 from tests.api_support import assert_anonymous_refused, assert_error, call, client, nothing_changes, only_success

@@ -14,8 +14,8 @@ from rest_framework.response import Response
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
-from consortium.audit import record
-from consortium.models import AuditActorKind
+from consortium.audit.log import record
+from consortium.audit.models import AuditActorKind
 from consortium.roles import roles_of, sees_everything
 from sites.agents import AgentPrincipal
 from sites.authentication import AgentTokenAuthentication, IsAgent

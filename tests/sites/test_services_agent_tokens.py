@@ -10,8 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from consortium.audit.models import AuditEvent
 from consortium.errors import Forbidden, InvalidTransition, NotFound, ValidationFailed
-from consortium.models import AuditEvent
 from sites.models import AgentToken
 from sites.services import (
     LAST_SEEN_RESOLUTION,

@@ -5,10 +5,10 @@ from unittest import mock
 
 import pytest
 
+from consortium.audit.models import AuditEvent, AuditOutcome
+from consortium.audit.services import group_names
 from consortium.errors import Conflict, Forbidden
-from consortium.models import AuditEvent, AuditOutcome
 from consortium.roles import Role, has_role
-from consortium.services import group_names
 from sites.permissions import can_administer
 from sites.services import site_admin_assign
 from tests.support import events_after, last_seq, refused
@@ -48,7 +48,7 @@ def test_it_records_nothing_but_the_refusal_of_a_refused_appointment(p):
 
 def test_it_gives_no_role_when_the_role_change_cannot_be_recorded(p):
     """One transaction: if the audit event cannot be written, neither the role nor the permission stays."""
-    with mock.patch("consortium.services.user_roles_changed", side_effect=RuntimeError("audit log down")):
+    with mock.patch("consortium.audit.services.user_roles_changed", side_effect=RuntimeError("audit log down")):
         with pytest.raises(RuntimeError):
             site_admin_assign(actor=p.admin, site=p.site_a, user=p.outsider)
     assert group_names(p.outsider) == [] and not can_administer(p.outsider, p.site_a)

@@ -4,7 +4,7 @@ the agent) and revoke tokens; nobody else sees or touches them, and refusals are
 import pytest
 from django.urls import reverse
 
-from consortium.models import AuditEvent
+from consortium.audit.models import AuditEvent
 from sites.models import AgentToken
 from sites.services import agent_token_authenticate, agent_token_revoke
 from tests.pages import client_for, denied, page

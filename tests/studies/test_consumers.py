@@ -9,7 +9,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from consortium.asgi import application
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from sites.services import site_admin_remove
 from studies import consumers, events
 from studies.choices import EventKind

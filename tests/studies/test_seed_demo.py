@@ -6,8 +6,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from consortium.audit import verify_chain
-from consortium.models import AuditEvent
+from consortium.audit.log import verify_chain
+from consortium.audit.models import AuditEvent
 from consortium.roles import Role
 from sites.models import Site
 from sites.permissions import can_administer

@@ -4,8 +4,8 @@ and refused, each audited."""
 import pytest
 from django.core.exceptions import ValidationError
 
+from consortium.audit.models import AuditOutcome
 from consortium.errors import Forbidden, InvalidTransition, NotFound, ValidationFailed
-from consortium.models import AuditOutcome
 from studies import services
 from studies.choices import StudyStatus
 from studies.governance import evaluate

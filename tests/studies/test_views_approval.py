@@ -2,7 +2,7 @@
 
 from django.urls import reverse
 
-from consortium.models import AuditEvent
+from consortium.audit.models import AuditEvent
 from studies import services
 from studies.choices import ApprovalRole, StudyStatus
 from studies.models import Approval, Study

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from consortium.models import AuditEvent, AuditOutcome
+from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.roles import Role
 from sites.models import Site
 from sites.services import site_admin_assign

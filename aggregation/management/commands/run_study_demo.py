@@ -24,7 +24,7 @@ from aggregation import demo
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.models import ModelVersion, Round
 from aggregation.selectors import AGENT_PROTOCOL_FIELDS, latest_version
-from aggregation.services._common import version_tensors
+from aggregation.storage import version_tensors
 from consortium.errors import DomainError
 from consortium.federated.metric_keys import VAL_AUC, VAL_EXAMPLES
 from sites.agent import data as agent_data

@@ -17,9 +17,9 @@ from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+from consortium.audit.models import AuditActorKind, AuditEvent, AuditOutcome
 from consortium.errors import DomainError
 from consortium.evidence.canonical import GENESIS_HASH, event_hash, format_timestamp
-from consortium.models import AuditActorKind, AuditEvent, AuditOutcome
 
 P = ParamSpec("P")
 R = TypeVar("R")

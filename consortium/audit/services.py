@@ -9,10 +9,10 @@ from django.db import transaction
 from django.http import HttpRequest
 from rest_framework.authtoken.models import Token
 
-from consortium.audit import ActorRef, record, record_denial
+from consortium.audit.log import ActorRef, record, record_denial
+from consortium.audit.models import AuditActorKind, AuditEvent
 from consortium.audit_actions import ConsortiumAction
 from consortium.errors import DomainError, ValidationFailed
-from consortium.models import AuditActorKind, AuditEvent
 from consortium.throttling import client_ip, lockout_ends
 
 BAD_CREDENTIALS = "Unable to log in with that username and password."

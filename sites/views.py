@@ -1,58 +1,29 @@
-"""The site admin's pages: their sites, each site's participations across studies, and its agent tokens.
+"""The site admin's pages: the list of their sites, and creating and revoking a site's agent tokens.
 
-They live in `studies` because participations are a studies concept (sites must not import studies);
-`consortium/web_urls.py` routes them under /sites/. The site page itself is served from
-`aggregation.views.sites`, which adds the site's round activity to `site_page_context`."""
-
-from typing import Any
+The site page itself spans apps (participations from studies, round activity from aggregation): it is
+`consortium.pages.sites`, which shows the agent tokens these views create and revoke."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from consortium.audit.services import select_or_deny
 from consortium.errors import NotFound
-from consortium.services import select_or_deny
 from consortium.web import domain_errors, form_errors_text
 from sites.audit_actions import SiteAction
 from sites.forms import AgentTokenCreateForm, AgentTokenRevokeForm
-from sites.models import AgentToken, Site
-from sites.selectors import administered_site_ids, agent_token_get, site_agent_tokens, site_get, sites_administered
+from sites.models import AgentToken
+from sites.selectors import agent_token_get, site_get, sites_administered
 from sites.services import agent_token_create, agent_token_revoke
-from studies import selectors
-from studies.views._context import participation_actions
 
 
 @login_required
 def sites_list(request: HttpRequest) -> HttpResponse:
     return render(request, "sites/list.html", {"sites": sites_administered(request.user)})
-
-
-def site_page_context(user: AbstractBaseUser, site: Site) -> dict[str, Any]:
-    """The studies half of the site page: its participations (with the buttons its admins get) and, for
-    its admins only, its agent tokens. The page itself is `aggregation.views.sites.site_detail`, which adds
-    the site's round activity (studies must not import aggregation)."""
-    administers = site.pk in administered_site_ids(user)
-    # Signing and ethics need the DUA text and dates: they are offered on the study page, not here.
-    rows = [
-        {
-            "participation": p,
-            "actions": [
-                a
-                for a in participation_actions(p, administers=administers, may_withdraw=False, signed_current=True)
-                if a != "ethics"
-            ],
-        }
-        for p in selectors.site_participations(user, site)
-    ]
-    context = {"site": site, "rows": rows, "administers": administers}
-    if administers:  # only its admins see the site's agent tokens, even their names
-        context |= {"agent_tokens": site_agent_tokens(user, site), "token_form": AgentTokenCreateForm()}
-    return context
 
 
 @never_cache

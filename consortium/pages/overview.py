@@ -1,4 +1,6 @@
 """The consortium overview page: every study the user may see, at a glance, with what needs someone.
+It spans studies and their rounds, so it lives with the project's pages; its data come from
+`aggregation.overview`.
 
 Thin: the selector reads (scoped to the user, in a fixed number of queries), the service records the
 read (one audit event listing the studies shown), the template renders."""
@@ -9,7 +11,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from aggregation.overview import consortium_overview
-from consortium.services import overview_viewed
+from consortium.audit.services import overview_viewed
 
 
 @login_required

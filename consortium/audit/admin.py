@@ -16,11 +16,11 @@ from django.db.models import Model, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from consortium.forms import ConsortiumUserChangeForm, ConsortiumUserCreationForm
+from consortium.audit.forms import ConsortiumUserChangeForm, ConsortiumUserCreationForm
+from consortium.audit.models import AuditEvent
+from consortium.audit.services import audit_log_read, group_names, user_roles_changed
 from consortium.logins import AdminLoginForm
-from consortium.models import AuditEvent
 from consortium.roles import Role
-from consortium.services import audit_log_read, group_names, user_roles_changed
 
 User = get_user_model()
 

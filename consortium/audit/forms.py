@@ -4,7 +4,7 @@ from django import forms
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.exceptions import ValidationError
 
-from consortium.audit_format import FORMULA_STARTS
+from consortium.audit.exports import FORMULA_STARTS
 from consortium.request_limits import MAX_ID
 
 FORMULA_USERNAME = (

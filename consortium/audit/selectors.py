@@ -5,11 +5,11 @@ from collections.abc import Iterable
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
-from consortium.audit import export_record
-from consortium.audit_format import EXPORT_COLUMNS, to_cells, write_csv
+from consortium.audit.exports import EXPORT_COLUMNS, to_cells, write_csv
+from consortium.audit.log import export_record
+from consortium.audit.models import AuditEvent
+from consortium.audit.permissions import can_read_audit
 from consortium.errors import Forbidden
-from consortium.models import AuditEvent
-from consortium.permissions import can_read_audit
 
 
 def audit_events_for(

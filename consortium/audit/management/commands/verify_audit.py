@@ -6,8 +6,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from consortium.audit import verify_chain
-from consortium.audit_format import verify_export
+from consortium.audit.exports import verify_export
+from consortium.audit.log import verify_chain
 
 
 class Command(BaseCommand):
@@ -39,7 +39,7 @@ class Command(BaseCommand):
         )
 
     def _check_head(self, expected: str) -> None:
-        from consortium.models import AuditEvent
+        from consortium.audit.models import AuditEvent
 
         try:
             seq_text, hash_text = expected.split(":", 1)

@@ -32,7 +32,7 @@ class AuditEvent(models.Model):
 
     `hash` is SHA-256 over the canonical encoding of the event and `prev_hash`, so
     editing, deleting or inserting a row breaks the chain (`manage.py verify_audit`).
-    Written only through `consortium.audit.record`; on PostgreSQL a trigger also
+    Written only through `consortium.audit.log.record`; on PostgreSQL a trigger also
     refuses UPDATE and DELETE.
     """
 

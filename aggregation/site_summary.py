@@ -8,13 +8,23 @@ excluded from or refused in the most rounds they were eligible for, then by name
 dashboard already read, so it costs no query.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from math import ceil
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from aggregation.dashboard import RoundView, SiteRef
+from aggregation.choices import ROUND_LIVE
+
+
+class SiteRef(Protocol):  # `aggregation.dashboard.SiteRef` (which imports this module)
+    site_id: int
+    name: str
+
+
+class RoundView(Protocol):  # `aggregation.dashboard.RoundView`
+    round: Any
+    eligible: frozenset[int] | None
+    cells: Mapping[int, tuple[str, str]]
 
 SITE_DETAIL_LIMIT = 12  # up to this many sites, every site gets its own line and row
 WORST_LINES = 8  # lines drawn past the limit
@@ -64,8 +74,6 @@ def summarise(sites: Sequence["SiteRef"], views: Sequence["RoundView"], eligible
 
 def _badness(site_id: int, views: Sequence["RoundView"], eligible_now: frozenset[int]) -> tuple[int, int]:
     """Sort key, worst first: refused by the gate now, then rounds eligible for but not counted in."""
-    from aggregation.choices import ROUND_LIVE
-
     misses = sum(1 for view in views if view.eligible and site_id in view.eligible
                  and view.round.status not in ROUND_LIVE  # a live round: nobody is late yet
                  and view.cells.get(site_id, ("missing", ""))[0] != "submitted")

@@ -17,6 +17,7 @@ from consortium.audit.log import export_record
 from consortium.audit.models import AuditEvent
 from consortium.audit.selectors import audit_csv, audit_events_for
 from consortium.audit.services import api_token_obtain, select_or_deny
+from consortium.audit_actions import ConsortiumAction
 from consortium.request_limits import MAX_ID
 from consortium.web import csv_attachment
 
@@ -112,7 +113,7 @@ class AuditEventOutputSerializer(serializers.ModelSerializer):
 
 
 class AuditEventListApi(ConsortiumApi):
-    reads = AuditedRead("consortium.audit.api_viewed")
+    reads = AuditedRead(ConsortiumAction.AUDIT_API_VIEWED)
     query_serializer = AuditListQuerySerializer
     pagination_class = AuditPagination
 
@@ -127,7 +128,7 @@ class AuditEventListApi(ConsortiumApi):
 
 
 class AuditEventExportApi(ConsortiumApi):
-    reads = AuditedRead("consortium.audit.api_exported")
+    reads = AuditedRead(ConsortiumAction.AUDIT_API_EXPORTED)
     query_serializer = AuditFilterSerializer
 
     @extend_schema(

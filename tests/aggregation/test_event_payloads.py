@@ -6,6 +6,8 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from aggregation.events import PAYLOADS, RoundEventKind, SiteRoundFigures
 from aggregation.services import model_download, round_aggregate
 from consortium.federated.metric_keys import UPDATE_METRICS
@@ -14,14 +16,9 @@ from studies.event_registry import event_types
 from studies.governance import Check, GateResult
 from studies.governance_events import CheckPayload, GatePayload
 from studies.models import StudyEvent
-from tests.aggregation.support import (  # noqa: F401  (fixtures)
-    GOOD_METRICS,
-    fed_fixture,
-    model_store_fixture,
-    no_broker_fixture,
-    open_round,
-    submit,
-)
+from tests.aggregation.support import GOOD_METRICS, open_round, submit
+
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 SCRIPT = (Path(__file__).resolve().parents[2] / "static" / "js" / "dashboard.js").read_text()
 

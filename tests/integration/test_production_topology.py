@@ -43,6 +43,7 @@ def topology_env(tmp_path):
     env.update(DATABASE_URL=configured.rsplit("/", 1)[0] + f"/{name}", REDIS_URL=REDIS_URL,
                SECRET_KEY="topology-test-" + uuid.uuid4().hex, CONSORTIUM_DATA_DIR=str(tmp_path / "data"),
                WEB_PORTS=" ".join(map(str, ports)), ROUNDS_TICK_SECONDS="1",
+               MAX_UPDATE_BYTES=str(256 * 2**20),  # the drill's ~33M-parameter updates
                AGGREGATION_SHARD_BYTES=str(2**40))  # one piece: the kill lands in one worker's computation
     yield env, ports
     with psycopg.connect(admin, autocommit=True) as conn:

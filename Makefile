@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench venv lint clean
+.PHONY: run prod test bench venv lint clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,11 @@ run: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
 	scripts/run_demo.sh
+
+## The production topology on this machine, from the environment (DATABASE_URL, REDIS_URL, SECRET_KEY, ...):
+## two ASGI servers, two Celery workers and beat. See README, "Production topology on one machine".
+prod: $(STAMP)
+	scripts/run_production.sh
 
 ## The suite on SQLite, then on PostgreSQL (127.0.0.1:5432) when reachable; browser tests with chromium.
 test: $(STAMP)

@@ -15,7 +15,7 @@ their versions, updates and statistics, the round-opened and refused-update even
 
 import math
 import statistics as stats
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from django.utils import timezone
 from aggregation.choices import ROUND_LIVE, UpdateStatus
 from aggregation.events import RoundEventKind
 from aggregation.models import Evaluation, Round, SiteStatistics, Update
+from aggregation.site_summary import SiteSummary, summarise
 from consortium.federated.metric_keys import GLOBAL_METRICS, VAL_ACCURACY, VAL_AUC, VAL_AUC_NOTE, VAL_LOSS
 from studies.choices import GateAction, GateCheck
 from studies.disclosure import FULL, Disclosure, disclose_event
@@ -145,12 +146,15 @@ class Dashboard:
     feed: list[FeedItem]
     state: dict[str, Any] = field(default_factory=dict)
     auc_gaps: list[dict[str, Any]] = field(default_factory=list)
+    summary: SiteSummary | None = None
 
 
-def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure: Disclosure = FULL) -> Dashboard:
-    """The dashboard of a study the caller may see, in a fixed number of queries, showing only the per-site
-    figures `disclosure` allows (`studies.disclosure`): other sites' lines, times, counts and cell details are
-    left out, and pooled figures over fewer than k sites are suppressed."""
+def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure: Disclosure = FULL,
+                    site_filter: str = "", page: int = 1) -> Dashboard:
+    """The dashboard of a study the caller may see, in a fixed number of queries whatever its number of sites,
+    showing only the per-site figures `disclosure` allows (`studies.disclosure`): other sites' lines, times,
+    counts and cell details are left out, and pooled figures over fewer than k sites are suppressed. Past a
+    dozen sites it summarises (`site_summary`): the worst sites' lines, a page of rows, a filter."""
     events = list(StudyEvent.objects.filter(study=study).order_by("-seq")[:FEED_SIZE])  # first: see module doc
     last_id = events[0].seq if events else 0
     rounds = _rounds(study)
@@ -159,14 +163,15 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
     now_eligible = frozenset(verdict.site_id for verdict in gate.eligible_sites)
     views = [_disclosed_view(_round_view(r, opened, refusals, now_eligible), disclosure) for r in rounds]
     sites = _sites(gate, rounds, opened, refusals)
-    shown = [site for site in sites if disclosure.sees_site(site.site_id)]
+    summary = summarise(sites, views, now_eligible, site_filter=site_filter, page=page)
+    shown = [site for site in summary.lines if disclosure.sees_site(site.site_id)]
     figures = {
         "global": global_metric_figure(rounds, disclosure),
         "sites": site_metric_figure(rounds, shown, band=disclosure.full),
         "participation": participation_figure(views),
         "elapsed": elapsed_figure(rounds, shown),
         "norms": norms_figure(rounds, shown),
-        "heatmap": heatmap_figure(views, sites),
+        "heatmap": heatmap_figure(views, summary.rows),
     }
     points = {name: distinct_x(figure) for name, figure in figures.items()}
     gaps = auc_gaps(rounds, shown)
@@ -174,9 +179,14 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
              "sites": [{"id": s.site_id, "name": s.name, "color": s.color} for s in sites],
              "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
              "cell_states": CELL_STATES, "check_labels": CHECK_LABELS, "expiry_days": settings.EXPIRY_WARNING_DAYS,
-             "auc_gaps": gaps}
-    return Dashboard(last_id, figures, points, _progress(views[-1] if views else None), gate_panel(gate.as_dict()),
-                     [feed_item(event, disclosure) for event in events], state, gaps)
+             "auc_gaps": gaps, "summary": summary.as_state()}
+    panel = gate_panel(gate.as_dict())
+    if summary.summarised:
+        rows = {site_id: i for i, site_id in enumerate(summary.row_ids)}
+        panel = replace(panel, sites=sorted((row for row in panel.sites if row.site_id in rows),
+                                            key=lambda row: rows[row.site_id]))
+    return Dashboard(last_id, figures, points, _progress(views[-1] if views else None), panel,
+                     [feed_item(event, disclosure) for event in events], state, gaps, summary)
 
 
 # --- reading -------------------------------------------------------------------------------------------

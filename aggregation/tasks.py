@@ -7,6 +7,7 @@ from celery.signals import worker_ready
 from django.db import OperationalError
 
 from aggregation import services
+from aggregation.services import aggregate
 from aggregation.services.recovery import sweep_temporary_files
 
 
@@ -14,6 +15,19 @@ from aggregation.services.recovery import sweep_temporary_files
 def aggregate_round(round_id: int) -> None:
     """Aggregate one round. Running it twice, or again after a worker died mid-way, yields one model version."""
     services.round_aggregate(round_id=round_id)
+
+
+@shared_task(acks_late=True, ignore_result=False, autoretry_for=(OperationalError,), retry_backoff=True,
+             max_retries=5)
+def aggregate_shard(plan: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """One parameter shard of a large model's aggregation (a chord's header); writes files only."""
+    return aggregate.round_aggregate_shard(plan=plan, names=names)
+
+
+@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def aggregate_shards_commit(parts: list[dict[str, Any]], plan: dict[str, Any]) -> None:
+    """The chord's callback: join the shards and commit the one model version, as an unsharded run."""
+    aggregate.round_commit_shards(plan=plan, parts=parts)
 
 
 @shared_task(ignore_result=True)

@@ -22,9 +22,11 @@ With FOR NO KEY UPDATE the check waits for nobody: only a DELETE, or a change of
 stronger lock, and no service deletes studies, rounds or sites.
 
 Claims (`try_lock`) stand outside the order: they never wait, so they cannot close a cycle. The
-aggregation claims its round first thing in its transaction (`aggregation.services.recovery`), which
-tells a second worker and the scheduler that someone is on it, until that transaction or its
-connection ends.
+aggregation claims its round before anything else (`aggregation.services.recovery.aggregation_claim`, a
+session-level claim), which tells a second worker and the scheduler that someone is on it, until the
+aggregation ends or its connection does. It holds no row lock while the strategy computes: a short
+transaction reads the gate and the inputs, and another asks the gate again and commits only if they
+are unchanged (`aggregation.services.aggregate`).
 
 Why level 1 for every governed write, even one that would be correct without it: it serialises
 governance changes with the aggregation's second gate read. A revocation commits either before the

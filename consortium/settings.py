@@ -175,13 +175,20 @@ if CELERY_BROKER_URL == "filesystem://":
     CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_queue), "data_folder_out": str(_queue),
                                        "control_folder": str(DATA_DIR / "celery" / "control")}
 CELERY_TASK_IGNORE_RESULT = True
+# Results only for the tasks that declare them: the shards of a large model's aggregation, which a chord joins.
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL or f"file://{DATA_DIR / 'celery' / 'results'}")
+if CELERY_RESULT_BACKEND.startswith("file://"):
+    (DATA_DIR / "celery" / "results").mkdir(parents=True, exist_ok=True)
 # One message at a time per worker process: a worker that dies loses no queued task with it (the
 # filesystem transport deletes a message when it hands it out; `aggregation.services.recovery` sends a
 # lost aggregation again, but other studies' tasks need not wait for that).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The scheduler opens rounds for active studies and closes those past their deadline.
 CELERY_BEAT_SCHEDULE = {
-    "rounds-tick": {"task": "aggregation.tasks.rounds_tick", "schedule": float(env_int("ROUNDS_TICK_SECONDS", 5))},
+    # A tick not started within one interval is dropped: a busy worker must not work off a backlog of
+    # ticks before the aggregation queued behind them (the next tick does the same work anyway).
+    "rounds-tick": {"task": "aggregation.tasks.rounds_tick", "schedule": float(env_int("ROUNDS_TICK_SECONDS", 5)),
+                    "options": {"expires": float(env_int("ROUNDS_TICK_SECONDS", 5))}},
 }
 
 # Signed checkpoints of the audit log (docs/evidence.md). The Ed25519 key: AUDIT_SIGNING_KEY (PEM, or the raw
@@ -242,6 +249,10 @@ MAX_UPDATE_BYTES = env_int("MAX_UPDATE_BYTES", 64 * 1024 * 1024)
 # Delta is part of each study's protocol now (`dp_delta`, approved by a DPO); a leftover setting would mislead.
 if "DP_DELTA" in os.environ:
     raise ImproperlyConfigured("DP_DELTA is no longer a setting: each study's protocol carries its delta (dp_delta).")
+# A model above this size (float32 bytes) is aggregated in parameter shards, at most AGGREGATION_MAX_SHARDS,
+# in parallel on the workers (`aggregation.services.sharding`).
+AGGREGATION_SHARD_BYTES = env_int("AGGREGATION_SHARD_BYTES", 64 * 1024 * 1024)
+AGGREGATION_MAX_SHARDS = env_int("AGGREGATION_MAX_SHARDS", 8)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_UPDATE_BYTES + 1024 * 1024, 2_621_440)
 
 # Warn about approvals and agreements expiring within this many days.

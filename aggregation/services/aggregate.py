@@ -1,10 +1,12 @@
-"""Aggregating a round: lock it, ask the gate again inside the same transaction, exclude updates
-from sites no longer eligible (per the study's revocation policy), run the study's strategy, and
-store exactly one new model version with its provenance. Safe to run twice or after a crash."""
+"""Aggregating a round: ask the gate, exclude updates from sites no longer eligible (per the study's
+revocation policy), run the study's strategy outside any transaction, then store exactly one new model
+version with its provenance in a short transaction that asks the gate again and refuses a stale result.
+Safe to run twice or after a crash."""
 
 import logging
 import math
 import time
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +16,12 @@ from django.utils import timezone
 
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundStatus, UpdateStatus
+from aggregation.dispatch import aggregation_send_on_commit, aggregation_shards_send
 from aggregation.locks import lock_round
 from aggregation.models import ModelVersion, Round, Update
 from aggregation.selectors import privacy_budget
-from aggregation.services import _events
-from aggregation.services.recovery import claim_aggregation
+from aggregation.services import _events, sharding
+from aggregation.services.recovery import aggregation_claim
 from aggregation.services.round_state import move_round
 from aggregation.services.rounds import round_open_next
 from aggregation.storage import absolute, store, version_tensors
@@ -35,52 +38,119 @@ if TYPE_CHECKING:
     from aggregation.strategies import Weighting
 
 logger = logging.getLogger(__name__)
+STALE = object()  # `_commit`: what the result was computed from has changed; compute it again
 
 PREDICTABLE_EARLIER = ("An earlier model version of this study was released with predictable DP noise, so the "
                        "sites' data behind it was not protected; the cumulative budget is no guarantee.")
 
 
+# Governance that changes while a round computes (a site revoked, an update excluded) makes the result stale:
+# it is computed again from the inputs as they are now, at most this many times, then the round fails.
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a computation was started from: the round, its base version and the updates it includes, in order."""
+
+    round_id: int
+    study_id: int
+    base_version_id: int
+    update_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Computed:
+    """A strategy's outcome, already written to the model store (files named by SHA-256, harmless if unused)."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    state_path: str
+    weighting: "Weighting"
+    weight_norm: float
+    seconds: float
+    broken: list[str]
+
+
 def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVersion | None:
     """Aggregate the round once. A round already finished returns its version (or None): idempotent.
     A round another worker is aggregating right now is left to it (None), without waiting.
+
+    Three steps, so no lock is held while the strategy computes: a short transaction reads the gate and
+    the inputs (`_prepare`), the strategy runs outside any transaction (`_compute`), and a short
+    transaction asks the gate again and stores the version only if nothing it was computed from has
+    changed meanwhile (`_commit`); otherwise it is computed again, or the round blocks. The claim on the
+    round lasts the three steps (and dies with the worker's connection).
     An unexpected error marks the round failed, recorded, and is re-raised for the worker's log."""
     try:
-        with transaction.atomic():
-            # The claim lives as long as this transaction: if this worker dies, the scheduler sees it free
-            # and sends the round again (`recovery`).
-            if not claim_aggregation(round_id):
+        with aggregation_claim(round_id) as claimed:
+            if not claimed:
                 logger.info("Round %s is being aggregated by another worker", round_id)
                 return None
             logger.info("Aggregating round %s", round_id)
-            return _aggregate(round_id, moment or timezone.now())
+            return _aggregate(round_id, moment)
     except OperationalError:
         # Transient (a lock, a dropped connection): the round stays aggregating for the task's retry.
         logger.warning("Aggregation of round %s hit a database error; it will be retried", round_id, exc_info=True)
         raise
     except Exception as exc:
         logger.exception("Aggregation of round %s failed", round_id)
-        with transaction.atomic():
-            round_ = lock_round(round_id)
-            if round_.status in ROUND_LIVE:
-                reason = bounded_reason(f"{type(exc).__name__}: {exc}")  # a database error can quote whole rows
-                move_round(round_, RoundStatus.FAILED, actor=SYSTEM, reason=reason)
+        _fail(round_id, bounded_reason(f"{type(exc).__name__}: {exc}"))  # a database error can quote whole rows
         raise
 
 
-def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
-    started = time.perf_counter()
-    # The study, then the round (`consortium.locks`): held until commit, so no governance change of the
-    # study commits between the gate read below and this aggregation's commit.
-    round_ = lock_round(round_id)
-    if round_.status not in ROUND_LIVE:
-        return ModelVersion.objects.filter(round=round_).first()
-    study = round_.study
-    if round_.status == RoundStatus.OPEN:
-        move_round(round_, RoundStatus.AGGREGATING, actor=SYSTEM, reason="Aggregation started.")
-    gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
+def _aggregate(round_id: int, moment: datetime | None) -> ModelVersion | None:
+    for _ in range(MAX_ATTEMPTS):
+        plan = _prepare(round_id, moment or timezone.now())
+        if not isinstance(plan, Plan):
+            return plan
+        groups = _shard_groups(plan)
+        if len(groups) > 1:
+            _dispatch_shards(plan, groups)
+            return None  # the chord's callback commits (`round_commit_shards`)
+        result = _commit(plan, _compute(plan), moment or timezone.now())
+        if result is not STALE:
+            return result
+        logger.info("Round %s: governance changed during the aggregation; computing it again", round_id)
+    _fail(round_id, f"Governance changed during each of {MAX_ATTEMPTS} attempts to aggregate; nothing was stored.")
+    return None
+
+
+def _fail(round_id: int, reason: str) -> None:
+    with transaction.atomic():
+        round_ = lock_round(round_id)
+        if round_.status in ROUND_LIVE:
+            move_round(round_, RoundStatus.FAILED, actor=SYSTEM, reason=reason)
+
+
+def _prepare(round_id: int, moment: datetime) -> Plan | ModelVersion | None:
+    """Short transaction: start the aggregation, ask the gate, exclude what it no longer allows, and name the
+    inputs. Returns the plan, or the round's outcome when there is nothing to compute (finished, blocked)."""
+    with transaction.atomic():
+        round_ = lock_round(round_id)
+        if round_.status not in ROUND_LIVE:
+            return ModelVersion.objects.filter(round=round_).first()
+        if round_.status == RoundStatus.OPEN:
+            move_round(round_, RoundStatus.AGGREGATING, actor=SYSTEM, reason="Aggregation started.")
+        gate = _gate(round_, moment)
+        publish_gate(round_.study, trigger="aggregation", gate=gate)
+        included = _eligible(round_, gate)
+        if included is None:
+            return None
+        return Plan(round_.pk, round_.study_id, round_.base_version_id, tuple(u.pk for u in included))
+
+
+def _gate(round_: Round, moment: datetime) -> GateResult:
+    gate = evaluate(round_.study, GateAction.AGGREGATE, moment=moment)
     round_.gate_result = gate.as_dict()
     round_.save(update_fields=["gate_result"])
-    publish_gate(study, trigger="aggregation", gate=gate)
+    return gate
+
+
+def _eligible(round_: Round, gate: GateResult) -> list[Update] | None:
+    """The updates the gate lets into the round now (others excluded, recorded); None when the round blocks."""
+    study = round_.study
     refusals = [check for check in gate.study_checks if not check.passed and check.name != GateCheck.QUORUM]
     if refusals:
         return _block(round_, " ".join(check.reason for check in refusals), gate)
@@ -91,7 +161,121 @@ def _aggregate(round_id: int, moment: datetime) -> ModelVersion | None:
                       gate)
     if len(included) < study.quorum:
         return _block(round_, f"Only {len(included)} eligible updates; the quorum is {study.quorum}.", gate)
-    return _produce_version(study, round_, included, gate, started)
+    return included
+
+
+def _inputs(plan: Plan) -> tuple[Study, dict, dict, list, dict]:
+    """Committed rows and stored files the computation reads: no transaction, no lock."""
+    study = Study.objects.get(pk=plan.study_id)
+    base = ModelVersion.objects.get(pk=plan.base_version_id)
+    updates = Update.objects.in_bulk(plan.update_ids)
+    current = version_tensors(base)
+    state = codec.read_file(absolute(base.optimizer_state_path)) if base.optimizer_state_path else {}
+    pairs = [(codec.LazyTensors(absolute(updates[pk].path)), float(updates[pk].num_examples))
+             for pk in plan.update_ids]
+    return study, current, state, pairs, _strategy_settings(study)
+
+
+def _compute(plan: Plan) -> Computed:
+    """The strategy, outside any transaction: reads committed rows and stored files, writes files only."""
+    from aggregation import strategies
+
+    started = time.perf_counter()
+    study, current, state, pairs, strategy_settings = _inputs(plan)
+    weights, state, weighting = strategies.aggregate(study.strategy, current, pairs, state, strategy_settings)
+    return _stored(study.pk, weights, state, weighting, time.perf_counter() - started)
+
+
+def _stored(study_id: int, weights: dict, state: dict, weighting: "Weighting", seconds: float) -> Computed:
+    broken = not_finite(weights, state)
+    if broken:
+        return Computed("", "", 0, "", weighting, math.nan, seconds, broken)
+    data = codec.encode(weights)
+    path, digest = store(data, "versions", study_id)
+    state_path = store(codec.encode(state), "optimizer", study_id)[0] if state else ""
+    # The global model's L2 norm, beside the sites' update norms on the dashboard.
+    norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in weights.values()))
+    return Computed(path, digest, len(data), state_path, weighting, norm, seconds, broken)
+
+
+def _shard_groups(plan: Plan) -> list[list[str]]:
+    study = Study.objects.get(pk=plan.study_id)
+    if not sharding.shardable(study.strategy, _strategy_settings(study)):
+        return [[]]
+    return sharding.shards(ModelVersion.objects.get(pk=plan.base_version_id).spec)
+
+
+def _dispatch_shards(plan: Plan, groups: list[list[str]]) -> None:
+    sharding.heartbeat(plan.round_id)
+    aggregation_shards_send(asdict(plan), groups)
+
+
+def round_aggregate_shard(*, plan: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """One shard of a sharded aggregation: the strategy on these tensors, written to the model store."""
+    plan_ = _plan(plan)
+    sharding.heartbeat(plan_.round_id)
+    started = time.perf_counter()
+    study, current, state, pairs, strategy_settings = _inputs(plan_)
+    weights, state, weighting = sharding.aggregate_shard(study.strategy, current, pairs, state, strategy_settings,
+                                                         names)
+    path = store(codec.encode(weights), "shards", study.pk)[0]
+    state_path = store(codec.encode(state), "shards", study.pk)[0] if state else ""
+    sharding.heartbeat(plan_.round_id)
+    return {"path": path, "state_path": state_path, "weights": list(weighting.weights), "note": weighting.note,
+            "seconds": time.perf_counter() - started}
+
+
+def round_commit_shards(*, plan: dict[str, Any], parts: list[dict[str, Any]],
+                        moment: datetime | None = None) -> ModelVersion | None:
+    """The chord's callback: join the shards (in the model's tensor order) and commit as an unsharded run
+    would. A stale result sends the aggregation again from the start."""
+    from aggregation.strategies import Weighting
+
+    plan_ = _plan(plan)
+    with aggregation_claim(plan_.round_id) as claimed:
+        if not claimed:
+            return None
+        order = list(ModelVersion.objects.get(pk=plan_.base_version_id).spec)
+        weights = sharding.join([sharding.read_part(part["path"]) for part in parts], order)
+        state = sharding.join([sharding.read_part(part["state_path"]) for part in parts],
+                              sorted({k for part in parts for k in sharding.read_part(part["state_path"])}))
+        weighting = Weighting(tuple(parts[0]["weights"]), parts[0]["note"])
+        computed = _stored(plan_.study_id, weights, state, weighting, max(part["seconds"] for part in parts))
+        result = _commit(plan_, computed, moment or timezone.now())
+    if result is STALE:
+        aggregation_send_on_commit(plan_.round_id)  # outside any transaction: sent at once
+        return None
+    return result
+
+
+def _plan(data: dict[str, Any]) -> Plan:
+    return Plan(data["round_id"], data["study_id"], data["base_version_id"], tuple(data["update_ids"]))
+
+
+def _commit(plan: Plan, computed: Computed, moment: datetime) -> ModelVersion | None | object:
+    """Short transaction: the round locked again, the gate asked again. The result is stored only if the round
+    still waits for it and exactly the planned updates are still the eligible ones; else STALE (compute again)
+    or the round's outcome (finished by another worker, blocked, failed)."""
+    with transaction.atomic():
+        round_ = lock_round(plan.round_id)
+        if round_.status != RoundStatus.AGGREGATING:
+            return ModelVersion.objects.filter(round=round_).first()
+        if round_.base_version_id != plan.base_version_id:
+            return STALE
+        gate = _gate(round_, moment)
+        included = _eligible(round_, gate)
+        if included is None:
+            publish_gate(round_.study, trigger="aggregation", gate=gate)
+            return None
+        if tuple(u.pk for u in included) != plan.update_ids:
+            return STALE
+        if computed.broken:
+            # Nothing is stored: the next round trains from the latest stored version again.
+            move_round(round_, RoundStatus.FAILED, actor=SYSTEM, details={"not_finite": computed.broken},
+                       reason=f"The aggregate is not finite (NaN or infinite values in {', '.join(computed.broken)}); "
+                              f"no model version was stored, the next round trains from v{round_.base_version.number}.")
+            return None
+        return _produce_version(round_.study, round_, included, gate, computed)
 
 
 def apply_exclusions(updates: list[Update], gate: GateResult, round_: Round) -> list[Update]:
@@ -118,38 +302,20 @@ def _block(round_: Round, reason: str, gate: GateResult) -> None:
 
 
 def _produce_version(study: Study, round_: Round, included: list[Update], gate: GateResult,
-                     started: float) -> ModelVersion | None:
-    from aggregation import strategies  # TODO(lead): top-level once strategies.py lands
-
+                     computed: Computed) -> ModelVersion:
     base = round_.base_version
-    current = version_tensors(base)
-    state = codec.read_file(absolute(base.optimizer_state_path)) if base.optimizer_state_path else {}
-    pairs = [(codec.LazyTensors(absolute(update.path)), float(update.num_examples)) for update in included]
-    weights, state, weighting = strategies.aggregate(study.strategy, current, pairs, state, _strategy_settings(study))
-    broken = not_finite(weights, state)
-    if broken:
-        # Nothing is stored: the next round trains from the latest stored version again.
-        move_round(round_, RoundStatus.FAILED, actor=SYSTEM, details={"not_finite": broken},
-                   reason=f"The aggregate is not finite (NaN or infinite values in {', '.join(broken)}); "
-                          f"no model version was stored, the next round trains from v{base.number}.")
-        return None
-    data = codec.encode(weights)
-    path, digest = store(data, "versions", study.pk)
-    state_path = store(codec.encode(state), "optimizer", study.pk)[0] if state else ""
-    seconds = time.perf_counter() - started
-    provenance = {**version_provenance(study, round_, included, gate, weighting), "aggregation_seconds": seconds,
-                  # The global model's L2 norm, beside the sites' update norms on the dashboard.
-                  "weight_norm": math.sqrt(sum(float(t.double().pow(2).sum()) for t in weights.values()))}
-    version = ModelVersion(study=study, number=base.number + 1, round=round_, path=path, sha256=digest,
-                           size_bytes=len(data), spec=base.spec, optimizer_state_path=state_path,
-                           provenance=provenance)
+    provenance = {**version_provenance(study, round_, included, gate, computed.weighting),
+                  "aggregation_seconds": computed.seconds, "weight_norm": computed.weight_norm}
+    version = ModelVersion(study=study, number=base.number + 1, round=round_, path=computed.path,
+                           sha256=computed.sha256, size_bytes=computed.size_bytes, spec=base.spec,
+                           optimizer_state_path=computed.state_path, provenance=provenance)
     version.full_clean()
     version.save()
     Update.objects.filter(pk__in=[u.pk for u in included]).update(status=UpdateStatus.INCLUDED)
     record_version(version, round_, provenance)
+    waited = max((timezone.now() - round_.aggregation_started_at).total_seconds() - computed.seconds, 0.0)
     study_round_released(study=study, round_number=round_.number, noise_multiplier=study.dp_noise_multiplier)
-    waited = max((timezone.now() - round_.aggregation_started_at).total_seconds() - seconds, 0.0)
-    _events.aggregation_finished(round_, version, included, seconds, waited)
+    _events.aggregation_finished(round_, version, included, computed.seconds, waited)
     move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"Model v{version.number} aggregated.")
     round_open_next(study_id=study.pk)
     return version

@@ -1,11 +1,14 @@
 """Recovering from a worker that died: claiming a round for aggregation, sending a lost aggregation
 again, and removing the temporary files a killed worker left in the model store.
 
-The claim is the lease. A worker aggregates a round inside one transaction that first takes the round's
-claim (`consortium.locks.try_lock`, never waiting): while that transaction lives, the claim says "a
-worker is on it"; when the worker dies, PostgreSQL ends its connection and the claim is gone at once
-(no heartbeat has to lapse). On SQLite the aggregation holds the database's write lock, which the
-scheduler's own transaction waits for, with the same meaning. What no lock can show is a task sent
+The claim is the lease. A worker aggregating a round first takes the round's claim (a session-level
+advisory lock, never waiting: `aggregation_claim`) and holds it across the aggregation's short
+transactions and the computation between them: while it lives, the claim says "a worker is on it";
+when the worker dies, PostgreSQL ends its connection and the claim is gone at once (no heartbeat has
+to lapse). SQLite has no such lock: there a round sent again while a worker computes it is computed
+twice, and the second commit finds the round closed (one model version either way). The shards of a
+large model's aggregation (`sharding`) refresh `aggregation_dispatched_at` as they start and finish,
+so the scheduler leaves a chord at work alone. What no lock can show is a task sent
 but not yet started, or lost with a worker that had taken it from the queue (kombu's filesystem
 transport deletes a message when it hands it out, so `acks_late` cannot bring it back): the round's
 `aggregation_dispatched_at` covers that. The scheduler's beat (`rounds_tick`, every few seconds) sends
@@ -16,11 +19,13 @@ claim taken, or the round closed.
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 
 from aggregation.choices import RoundStatus
@@ -40,8 +45,28 @@ _CLAIM_NAMESPACE = 0x0A66  # names the aggregation claims among PostgreSQL's adv
 
 
 def claim_aggregation(round_id: int) -> bool:
-    """Claim the round for this transaction's aggregation; False while another worker aggregates it."""
+    """Claim the round for this transaction; False while another worker aggregates it (the scheduler's test)."""
     return try_lock(_CLAIM_NAMESPACE, round_id)
+
+
+@contextmanager
+def aggregation_claim(round_id: int) -> Iterator[bool]:
+    """Claim the round for a whole aggregation, across its transactions (prepare, compute, commit): yields
+    False while another worker holds it. On PostgreSQL a session-level advisory lock, released on exit or
+    at once when the worker's connection dies; on SQLite always granted (a second worker computes in vain:
+    its commit finds the round closed)."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_CLAIM_NAMESPACE, round_id])
+        claimed = bool(cursor.fetchone()[0])
+    try:
+        yield claimed
+    finally:
+        if claimed and connection.connection is not None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_CLAIM_NAMESPACE, round_id])
 
 
 def aggregations_redispatch(*, moment: datetime) -> list[int]:

@@ -10,6 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from aggregation.dashboard import study_dashboard
+from aggregation.site_summary import MAX_FILTER_CHARS
 from aggregation.views.rounds import visible_study
 from consortium.content_policy import allow_inline_styles
 from consortium.web import domain_errors
@@ -25,5 +26,8 @@ def dashboard_page(request: HttpRequest, pk: int) -> HttpResponse:
     """Charts, round progress, the governance panel and the event feed of one study, live."""
     study = visible_study(request, pk)
     study_viewed(actor=request.user, study=study, via="page:dashboard")
-    dashboard = study_dashboard(study, disclosure=disclosure_for(request.user, study))
+    page = request.GET.get("page", "1")
+    dashboard = study_dashboard(study, disclosure=disclosure_for(request.user, study),
+                                site_filter=request.GET.get("site", "")[:MAX_FILTER_CHARS],
+                                page=int(page) if page.isdigit() and len(page) < 6 else 1)
     return render(request, "aggregation/dashboard.html", {"study": study, "dashboard": dashboard})

@@ -33,6 +33,11 @@
 
   let lastId = Number(root.dataset.lastEventId) || 0;
   const sites = new Map(state.sites.map((s) => [s.id, s]));
+  /* Past a dozen sites the page summarises (aggregation/site_summary.py): live updates keep to the sites it
+   * details (the worst sites' lines; this page's heatmap and governance rows); a reload re-ranks them. */
+  const summary = state.summary || {summarised: false};
+  const lineSites = new Set(summary.line_site_ids || []);
+  const rowSites = new Set(summary.row_site_ids || []);
   const eligibleByRound = new Map(Object.entries(state.eligible_by_round).map(([k, v]) => [Number(k), new Set(v)]));
 
   // --- small DOM helpers ------------------------------------------------------------------------------
@@ -139,6 +144,7 @@
   }
 
   function upsertSite(name, siteId, x, y, unit) {
+    if (summary.summarised && !lineSites.has(Number(siteId))) return false;
     return upsert(name, "site:" + siteId, x, y, siteTrace(siteId, unit));
   }
 
@@ -150,8 +156,9 @@
   /* The min–max band across the sites' lines, recomputed from the lines themselves. */
   function redrawBand() {
     const gd = charts.sites;
-    // No band when the viewer sees only their own sites' lines (disclosure control: a minimum is one site's value).
-    if (!gd || traceIndex(gd, "band:max") < 0) return;
+    // No band when the viewer sees only their own sites' lines (disclosure control: a minimum is one site's value),
+    // nor live in a summary (the band covers sites without a line: the server's stands).
+    if (!gd || summary.summarised || traceIndex(gd, "band:max") < 0) return;
     const byX = new Map();
     gd.data.forEach((t) => {
       if (!String(t.meta || "").startsWith("site:")) return;
@@ -201,7 +208,8 @@
 
   const heat = (function () {
     const t = figures.heatmap.data[0];
-    return {rounds: Array.from(t.x || []), siteIds: state.sites.map((s) => s.id),
+    return {rounds: Array.from(t.x || []),
+      siteIds: summary.summarised ? Array.from(summary.row_site_ids) : state.sites.map((s) => s.id),
       z: (t.z || []).map((row) => Array.from(row)), text: (t.text || []).map((row) => Array.from(row))};
   })();
 
@@ -230,6 +238,7 @@
     if (sites.has(id)) return sites.get(id);
     const site = {id: id, name: name || "Site " + id, color: state.palette[sites.size % state.palette.length]};
     sites.set(id, site);
+    if (summary.summarised) return site; // a new site is ranked (and shown) at the next load
     heat.siteIds.push(id);
     heat.z.push(heat.rounds.map(() => 0));
     heat.text.push(heat.rounds.map((r) => missingWhy(r, id)));
@@ -255,6 +264,7 @@
     addRound(round);
     const row = heat.siteIds.indexOf(siteId);
     const col = heat.rounds.indexOf(round);
+    if (row < 0) return "missing"; // not on this page of a summarised heatmap
     const before = state.cell_states[heat.z[row][col]];
     heat.z[row][col] = state.cell_states.indexOf(cellState);
     heat.text[row][col] = plotlyText(why ? cellState + ": " + why : cellState);
@@ -390,7 +400,12 @@
       if (!bySite.has(c.site_id)) bySite.set(c.site_id, {name: c.site, checks: []});
       bySite.get(c.site_id).checks.push(c);
     });
-    const rows = Array.from(bySite.entries()).map(([id, s]) => siteRow(id, s.name, s.checks));
+    const shown = Array.from(bySite.entries()).filter(([id]) => !summary.summarised || rowSites.has(Number(id)));
+    if (summary.summarised) {
+      const order = summary.row_site_ids;
+      shown.sort((a, b) => order.indexOf(Number(a[0])) - order.indexOf(Number(b[0])));
+    }
+    const rows = shown.map(([id, s]) => siteRow(id, s.name, s.checks));
     if (!rows.length) rows.push(el("tr", {"data-role": "empty"}, el("td", {colspan: "3", class: "muted"}, "No site is invited yet.")));
     panel.querySelector('[data-role="site-rows"]').replaceChildren(...rows);
   }

@@ -8,6 +8,7 @@ skips it, or fails it under REQUIRE_SERVICES=1."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,12 +68,21 @@ def test_a_federation_runs_on_it_and_a_killed_worker_costs_no_second_model(topol
         assert (figures["updates"], figures["rounds_measured"], figures["refused"]) == (10, 2, 0)
         assert _answers(ports[1])  # the second server serves the same consortium
 
-        round_id = int(_drill(env, "prepare", 8000))  # ~33M parameters: the aggregation lasts seconds
-        victim = _wait(lambda: next((name for name in ("worker-1", "worker-2") if f"Aggregating round {round_id}\n"
-                                     in _read(run / f"{name}.log")), None), 120, "a worker to aggregate",
-                       topology, tmp_path)
+        # Watch the workers' logs while the round is being prepared: its aggregation starts the moment it is
+        # dispatched, which may be before the preparing process has even exited.
+        seen = {name: len(_read(run / f"{name}.log")) for name in ("worker-1", "worker-2")}
+        prepare = subprocess.Popen([sys.executable, "tests/integration/production_drill.py", "prepare", "8000"],
+                                   cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "consortium.settings"},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        victim, started = _wait(lambda: next(((name, m.group(1)) for name in ("worker-1", "worker-2")
+                                              if (m := AGGREGATING.search(_read(run / f"{name}.log")[seen[name]:]))),
+                                             None), 300, "a worker to aggregate", topology, tmp_path)
         os.killpg(int((run / f"{victim}.pid").read_text()), signal.SIGKILL)
-        killed = _round_now(env["DATABASE_URL"], round_id)  # at once: the other worker takes over within seconds
+        killed = _round_now(env["DATABASE_URL"], int(started))  # at once: the other worker takes over in seconds
+        output, _ = prepare.communicate(timeout=300)
+        assert prepare.returncode == 0, output[-2000:]
+        round_id = int(output.strip().splitlines()[-1])
+        assert int(started) == round_id
         state = _wait(lambda: (s := json.loads(_drill(env, "state", round_id)))["status"] == "closed" and s, 120,
                       "the round to close", topology, tmp_path)
 
@@ -93,6 +103,9 @@ def _drill(env: dict[str, str], command: str, argument: int) -> str:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stdout.strip().splitlines()[-1]
+
+
+AGGREGATING = re.compile(r"Aggregating round (\d+)\n")
 
 
 def _round_now(database_url: str, round_id: int) -> dict:

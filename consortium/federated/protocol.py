@@ -9,7 +9,7 @@ from typing import Any
 # Protocol fields added after studies were first approved, with the value every earlier protocol implicitly had.
 # Such a field enters the hash only once it differs from that value, so adding a field to the product does not
 # void every approval given before it existed; changing it on a study does, like any protocol edit.
-LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4}
+LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4, "feature_names": []}
 
 
 def protocol_hash(protocol: Mapping[str, Any]) -> str:

@@ -74,7 +74,7 @@ class Command(BaseCommand):
         stamp = timezone.now()
         data = _federation_data(options, demo.demo_dir() / "runs" / f"{stamp:%Y%m%d-%H%M%S-%f}")
         protocol = {key: options[key] for key in PROTOCOL_OPTIONS if options.get(key) is not None}
-        protocol.update(label_column=data.label, num_features=data.num_features)
+        protocol.update(label_column=data.label, num_features=data.num_features, feature_names=data.feature_names)
         if protocol.get("quorum", 1) > len(data.files):
             raise CommandError(f"--quorum {protocol['quorum']} is more than the {len(data.files)} sites.")
         demo.interrupt_on_sigterm()

@@ -46,7 +46,8 @@ def test_it_passes_every_check_for_a_fully_governed_study(p):
     assert result.allowed and result.failures == []
     assert {c.name for c in result.study_checks} == {"study_active", "approvals", "dpia", "quorum"}
     assert {(c.name, c.site_id) for c in result.checks if c.site_id} == {
-        (name, site.pk) for name in ("participation", "agreement_signed", "ethics") for site in (p.site_a, p.site_b)
+        (name, site.pk) for name in ("participation", "agreement_signed", "ethics", "protocol_accepted",
+                                     "dataset_registered") for site in (p.site_a, p.site_b)
     }
     assert [v.site_id for v in result.eligible_sites] == [p.site_a.pk, p.site_b.pk]
 

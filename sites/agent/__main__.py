@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     agent = Agent(client, table, label=args.label, val_fraction=args.val_fraction, seed=args.seed,
                   say=lambda line: print(line, flush=True), studies=args.study, policy=policy, keep_record=True,
-                  record_path=args.record)
+                  record_path=args.record, data_path=args.data)
     try:
         return agent.run(once=args.once, poll=args.poll)
     except KeyboardInterrupt:

@@ -155,6 +155,7 @@ def study_context(user: AbstractBaseUser, study: Study) -> dict[str, Any]:
         "participation_rows": participation_rows(user, participations, actions=actions, current=current,
                                                  study=study),
         "approvals": selectors.study_approvals(study),
+        "dataset_summaries": selectors.dataset_summaries(user, study, participations),
         "invitable_sites": _invitable_sites(participations) if "invite_site" in actions else [],
         **gate_context(study, participations),
     }

@@ -22,7 +22,7 @@ from studies.models import (
     ProtocolReview,
     Study,
 )
-from studies.permissions import can_lead, can_read_dpia, studies_for
+from studies.permissions import can_read_dpia, studies_for
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -227,7 +227,7 @@ def dataset_summaries(user: User, study: Study, participations: list[Participati
     """Per site taking part, its newest data set summary (row count, label balance, schema status), within the
     disclosure rules: the PI, DPOs, auditors and consortium admins see every site's; a site admin sees only the
     sites they administer. Counts only, never rows. One query."""
-    everyone = can_lead(user, study) or sees_everything(user)
+    everyone = user.pk == study.pi_id or sees_everything(user)  # the study's PI: no permission query per page
     own = set(sites_for(user).values_list("pk", flat=True)) if not everyone else set()
     shown = [p for p in participations if p.is_current and (everyone or p.site_id in own)]
     newest: dict[int, DatasetRegistration] = {}

@@ -110,18 +110,19 @@ def matching_summary(study: Study, *, rows: int = REGISTERED_ROWS, positives: in
             "features": [{"name": name, "type": "float", "missing": 0} for name in names]}
 
 
-def site_agent(p: Personas, site: Site) -> AgentPrincipal:
-    """The site's agent, through a token its admin created (the first one the site has, else a new one)."""
+def site_agent(p: Personas, site: Site, admin: User | None = None) -> AgentPrincipal:
+    """The site's agent, through a token its admin (default: the persona's) created, reused once made."""
     token = AgentToken.objects.filter(site=site, name=REGISTRATION_TOKEN, revoked_at__isnull=True).first()
     if token is None:
-        token, _ = agent_token_create(actor=p.site_admin_of(site), site=site, name=REGISTRATION_TOKEN)
+        token, _ = agent_token_create(actor=admin or p.site_admin_of(site), site=site, name=REGISTRATION_TOKEN)
     return AgentPrincipal(token)
 
 
-def register_dataset(p: Personas, study: Study, site: Site, summary: dict | None = None, **shape):
+def register_dataset(p: Personas, study: Study, site: Site, summary: dict | None = None, *,
+                     admin: User | None = None, **shape):
     """The site's agent registers its data set for the study, as it does when it connects (by default one
     that matches the protocol's schema)."""
-    return services.dataset_register(actor=site_agent(p, site), study_id=study.pk,
+    return services.dataset_register(actor=site_agent(p, site, admin), study_id=study.pk,
                                      summary=summary if summary is not None else matching_summary(study, **shape))
 
 

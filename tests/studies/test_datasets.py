@@ -76,7 +76,7 @@ def test_an_unregistered_site_is_not_eligible(p):
 
 def test_an_amended_schema_is_judged_at_once_against_the_registered_data(p, study):
     assert dataset_check(study, p.site_a).passed
-    services.study_update_protocol(actor=p.pi, study=study, feature_names=["age", "lactate", "crp", "pct"])
+    study = services.study_update_protocol(actor=p.pi, study=study, feature_names=["age", "lactate", "crp", "pct"])
     assert dataset_check(study, p.site_a).reason.endswith("missing feature 'pct'; unexpected feature 'wbc'.")
 
 

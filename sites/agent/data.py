@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_LABEL = "target"
-# Cells read as missing (NaN): counted in the data set's registration, refused for training.
-MISSING_CELLS = {"", "na", "n/a"}
+# Cells read as missing (NaN; empty, or R and pandas' "NA"): counted in the registration, refused for training.
+MISSING_CELLS = {"", "na"}
 
 
 class DataError(ValueError):

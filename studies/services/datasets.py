@@ -57,8 +57,8 @@ def dataset_register(*, actor: Any, study_id: int, summary: Any) -> Registered:
     registration.full_clean()
     registration.save()
     record(actor=actor, action=StudyAction.DATASET_REGISTERED, target=registration, study=study,
-           site=actor.site_id, details={"rows": clean["rows"], "positives": label["positives"],
-                                        "negatives": label["negatives"], "features": len(clean["features"]),
+           site=actor.site_id, details={"rows": clean["rows"], "positive_rows": label["positives"],
+                                        "negative_rows": label["negatives"], "features": len(clean["features"]),
                                         "summary_sha256": digest, "matches_protocol": not report,
                                         "mismatches": report})
     announce_governance(study, EventKind.GOVERNANCE_CHANGED, {

@@ -38,7 +38,7 @@ BASE_METRICS = {"val_auc": 0.7, "val_accuracy": 0.6, "val_loss": 0.6, "val_examp
 # view (chain head, insert), the newest events, the rounds with their versions, their updates, their
 # statistics, their evaluations, the round-opened and refused events, and the gate's six. PostgreSQL adds the
 # audit chain's lock.
-DASHBOARD_QUERIES = {"sqlite": 18, "postgresql": 19}
+DASHBOARD_QUERIES = {"sqlite": 20, "postgresql": 21}  # the gate reads protocol reviews and data sets too
 
 
 def dashboard_url(study: Study) -> str:

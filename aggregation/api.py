@@ -24,6 +24,8 @@ from consortium.audit.log import record_denial
 from consortium.errors import DomainError, NotFound, PayloadTooLarge, ValidationFailed
 from sites.authentication import AgentTokenAuthentication, IsAgent
 from studies.models import Participation
+from studies.selectors import agent_studies
+from studies.services import dataset_register
 
 AGENT = ["agent"]
 
@@ -249,6 +251,33 @@ class AgentRoundDeclineApi(AgentApi):
             raise serializers.ValidationError(data.errors)
         decline = services.round_decline(actor=request.user, round_id=round_id, reason=data.validated_data["reason"])
         return Response({"round_id": decline.round_id, "status": "declined"}, status=status.HTTP_201_CREATED)
+
+
+class AgentStudyListApi(AgentApi):
+    reads = UnauditedRead(
+        "The agent's list of the studies its own site takes part in, with the protocol that site reviews and the "
+        "hash of the data set summary it registered; read at start and now and then to register again. The "
+        "registration that follows is audited, as is every round's work.")
+
+    @extend_schema(tags=AGENT, responses={200: OpenApiTypes.OBJECT, **errors()},
+                   summary="Studies this site takes part in, with their protocol and its hash")
+    def get(self, request: Request) -> Response:
+        return Response(agent_studies(request.user.site_id))
+
+
+class AgentDatasetRegisterApi(AgentApi):
+    @extend_schema(tags=AGENT, request=OpenApiTypes.OBJECT,
+                   responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
+                   summary="Register this site's data set summary for a study (counts only, never rows; audited)")
+    def post(self, request: Request, study_id: int) -> Response:
+        """Body: {"rows", "label_column", "label": {"present", "positives", "negatives", "other"}, "features":
+        [{"name", "type", "missing"}]} (consortium.federated.dataset_schema). The answer carries the schema
+        report: every mismatch with the protocol, feature by feature (empty: it matches)."""
+        done = dataset_register(actor=request.user, study_id=study_id, summary=request.data)
+        body = {"study_id": study_id, "registration_id": done.registration.pk, "rows": done.registration.rows,
+                "summary_sha256": done.registration.summary_sha256, "matches_protocol": not done.mismatches,
+                "mismatches": done.mismatches}
+        return Response(body, status=status.HTTP_201_CREATED if done.created else status.HTTP_200_OK)
 
 
 class AgentLedgerQuerySerializer(serializers.Serializer):

@@ -11,5 +11,7 @@ urlpatterns = [
     path("rounds/<id:round_id>/evaluation/", api.AgentEvaluationSubmitApi.as_view(), name="api-agent-evaluation"),
     path("flower/", include("aggregation.flower_urls")),
     path("rounds/<id:round_id>/decline/", api.AgentRoundDeclineApi.as_view(), name="api-agent-decline"),
+    path("studies/", api.AgentStudyListApi.as_view(), name="api-agent-studies"),
+    path("studies/<id:study_id>/dataset/", api.AgentDatasetRegisterApi.as_view(), name="api-agent-dataset"),
     path("ledger/", api.AgentLedgerApi.as_view(), name="api-agent-ledger"),
 ]

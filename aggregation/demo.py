@@ -77,6 +77,11 @@ class FederationData:
     def num_features(self) -> int:
         return len(self.test.features)
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The sites' feature columns, in order: the headless study declares them as its schema."""
+        return list(self.test.features)
+
 
 def demo_federation(seed: int = 0, *, out: Path | None = None) -> FederationData:
     """The demo's four non-IID breast cancer partitions and its held-out test split (seed 0: the files

@@ -31,7 +31,7 @@ User = AbstractBaseUser | AnonymousUser
 # The gate checks the overview warns about, with the words people use for them.
 WATCHED_CHECKS = {GateCheck.DPIA: "DPIA", GateCheck.APPROVALS: "Approvals", GateCheck.QUORUM: "Quorum",
                   GateCheck.ETHICS: "Ethics approval", GateCheck.AGREEMENT_SIGNED: "Data use agreement",
-                  GateCheck.PROTOCOL_ACCEPTED: "Protocol review"}
+                  GateCheck.PROTOCOL_ACCEPTED: "Protocol review", GateCheck.DATASET_REGISTERED: "Data set"}
 # What a warning does to rounds: a failing study-level check blocks them (the gate refuses the round); a
 # failing site-level check only excludes that site (the round runs without it, unless that leaves too few
 # sites, which the failing quorum check then says); a passing check that lapses soon will do one of those.

@@ -11,6 +11,8 @@ class StudyAction:
     AGREEMENT_PUBLISHED = "studies.agreement.published"
     AGREEMENT_SIGN = "studies.agreement.sign"
     AGREEMENT_SIGNED = "studies.agreement.signed"
+    DATASET_REGISTER = "studies.dataset.register"
+    DATASET_REGISTERED = "studies.dataset.registered"
     DPIA_APPROVE = "studies.dpia.approve"
     DPIA_APPROVED = "studies.dpia.approved"
     DPIA_REJECT = "studies.dpia.reject"

@@ -140,7 +140,7 @@ class GateAction(models.TextChoices):
 
 class GateCheck(models.TextChoices):
     """The gate's checks (`studies.governance`), each with the name the governance panels show. The first
-    four judge the study and quorum judges the count; the last four judge each site."""
+    four judge the study and quorum judges the count; the last five judge each site."""
 
     STUDY_ACTIVE = "study_active", "Study active"
     APPROVALS = "approvals", "Approvals (PI and DPO)"
@@ -151,6 +151,7 @@ class GateCheck(models.TextChoices):
     AGREEMENT_SIGNED = "agreement_signed", "Current DUA signed"
     ETHICS = "ethics", "Ethics approval"
     PROTOCOL_ACCEPTED = "protocol_accepted", "Protocol accepted by the site"
+    DATASET_REGISTERED = "dataset_registered", "Data set registered and matching the protocol"
 
 
 class EventKind(models.TextChoices):

@@ -18,6 +18,7 @@ from django.utils import timezone
 from consortium.audit.log import SYSTEM
 from consortium.audit.services import user_roles_add
 from consortium.roles import Role
+from sites.agent.demo_data import feature_names
 from sites.models import Site
 from sites.services import signing_authority_grant, site_admin_assign, site_create
 from studies import services
@@ -168,6 +169,7 @@ def _active_study(users: dict[str, AbstractBaseUser], sites: dict[str, Site]) ->
         ),
         model_kind="logistic_regression", strategy="fedavg", rounds=20, local_epochs=2, batch_size=32,
         learning_rate=0.05, quorum=3, round_deadline_minutes=30, label_column="target",
+        num_features=30, feature_names=feature_names(),  # each site's agent registers its data set against these
     )
     for code, site in sites.items():
         govern(users, study, site, ethics_days=EXPIRING_IN_DAYS if code == EXPIRING_SITE else 730)

@@ -12,8 +12,25 @@ from studies.models import PROTOCOL_FIELDS, AgreementVersion, Participation, Stu
 LOCAL_DATETIME = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 
 
+class FeatureNamesField(forms.CharField):
+    """The protocol's declared features, one name per line, in the order the model takes them."""
+
+    widget = forms.Textarea(attrs={"rows": 4})
+
+    def prepare_value(self, value: Any) -> str:
+        return "\n".join(value) if isinstance(value, list) else (value or "")
+
+    def to_python(self, value: Any) -> list[str]:
+        return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+
+
 class ProtocolForm(forms.ModelForm):
     """The title and protocol of a study. Never saved: its cleaned data goes to a service."""
+
+    feature_names = FeatureNamesField(
+        required=False, label="Feature names",
+        help_text="One per line, in the order the model takes them; each site's registered data set is checked "
+                  "against them, name by name. Leave empty to check only the number of features and the label.")
 
     class Meta:
         model = Study

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from consortium.federated.dataset_schema import schema_mismatches
 from sites.models import Site
 from studies.choices import (
     ApprovalDecision,
@@ -34,6 +35,7 @@ from studies.models import (
     AgreementSignature,
     AgreementVersion,
     Approval,
+    DatasetRegistration,
     Dpia,
     EthicsApproval,
     Participation,
@@ -195,10 +197,11 @@ class _Facts:
     ethics: dict[int, EthicsApproval] = field(default_factory=dict)
     approvals: dict[str, Approval] = field(default_factory=dict)
     reviews: dict[int, ProtocolReview] = field(default_factory=dict)  # per site, its newest protocol review
+    datasets: dict[int, DatasetRegistration] = field(default_factory=dict)  # per site, its newest registration
 
 
 def _load(studies: list[Study], moment: datetime, at: datetime | None = None) -> dict[int, _Facts]:
-    """Seven queries, whatever the number of studies and sites; as of a moment eight (the sites come apart),
+    """Eight queries, whatever the number of studies and sites; as of a moment nine (the sites come apart),
     plus one for the study as it stood (`evaluate`)."""
     facts = {study.pk: _Facts() for study in studies}
     ids = list(facts)
@@ -231,6 +234,10 @@ def _load(studies: list[Study], moment: datetime, at: datetime | None = None) ->
     reviews = ProtocolReview.objects.filter(study__in=ids, **({"reviewed_at__lte": at} if at else {}))
     for review in reviews.order_by("reviewed_at", "pk"):
         facts[review.study_id].reviews[review.site_id] = review  # the newest wins
+    # Registrations are append-only too: as of a moment, the newest one made by then.
+    registrations = DatasetRegistration.objects.filter(study__in=ids, **({"registered_at__lte": at} if at else {}))
+    for registration in registrations.order_by("registered_at", "pk"):
+        facts[registration.study_id].datasets[registration.site_id] = registration  # the newest wins
     return facts
 
 
@@ -264,7 +271,8 @@ def _judge(study: Study, facts: _Facts, action: str, moment: datetime, site_id: 
     current_protocol = study.protocol_sha256()
     verdicts = [
         _site_verdict(p, facts.agreement, facts.signed, facts.ethics.get(p.site_id), moment,
-                      _protocol_check(facts.reviews.get(p.site_id), current_protocol, p.site))
+                      _protocol_check(facts.reviews.get(p.site_id), current_protocol, p.site),
+                      _dataset_check(facts.datasets.get(p.site_id), study, p.site))
         for p in facts.participations
     ]
     # The quorum counts every eligible site, even when one site is asked about.
@@ -353,6 +361,7 @@ def _site_verdict(
     ethics: EthicsApproval | None,
     moment: datetime,
     protocol: Check,
+    dataset: Check,
 ) -> SiteVerdict:
     site = participation.site
     here = {"site_id": site.pk, "site_name": site.name}
@@ -365,6 +374,7 @@ def _site_verdict(
         _agreement_check(agreement, site.pk in signed, moment, site, here),
         _ethics_check(ethics, moment, site, here),
         protocol,
+        dataset,
     ]
     return SiteVerdict(site.pk, site.name, tuple(checks))
 
@@ -374,14 +384,29 @@ def _protocol_check(review: ProtocolReview | None, current: str, site: Site) -> 
     here = {"site_id": site.pk, "site_name": site.name}
     short = f"{current[:12]}..."
     if review is None:
-        return Check("protocol_accepted", False, f"Has not reviewed the protocol ({short}).", **here)
+        return Check(GateCheck.PROTOCOL_ACCEPTED, False, f"Has not reviewed the protocol ({short}).", **here)
     if review.protocol_sha256 != current:
         what = "accepted" if review.decision == ReviewDecision.ACCEPTED else "rejected"
-        return Check("protocol_accepted", False, f"Has not reviewed the amended protocol ({short}); it {what} "
-                     f"an earlier version ({review.protocol_sha256[:12]}...).", **here)
+        return Check(GateCheck.PROTOCOL_ACCEPTED, False, f"Has not reviewed the amended protocol ({short}); it "
+                     f"{what} an earlier version ({review.protocol_sha256[:12]}...).", **here)
     if review.decision == ReviewDecision.REJECTED:
-        return Check("protocol_accepted", False, f"Rejected the current protocol ({short}): {review.reason}", **here)
-    return Check("protocol_accepted", True, f"Accepted the current protocol ({short}).", **here)
+        return Check(GateCheck.PROTOCOL_ACCEPTED, False, f"Rejected the current protocol ({short}): {review.reason}",
+                     **here)
+    return Check(GateCheck.PROTOCOL_ACCEPTED, True, f"Accepted the current protocol ({short}).", **here)
+
+
+def _dataset_check(registration: DatasetRegistration | None, study: Study, site: Site) -> Check:
+    """The site's agent registered its data set and it matches the protocol's schema, feature by feature. The
+    match is judged now, against the current protocol: an amendment of the schema is checked at once."""
+    verdict = partial(Check, GateCheck.DATASET_REGISTERED, site_id=site.pk, site_name=site.name)
+    if registration is None:
+        return verdict(False, "Has not registered its data set (its agent registers it when it connects).")
+    problems = schema_mismatches(registration.summary, feature_names=study.feature_names,
+                                 num_features=study.num_features, label_column=study.label_column)
+    if problems:
+        return verdict(False, f"Its data set does not match the protocol: {'; '.join(problems)}.")
+    return verdict(True, f"Registered {registration.rows} rows ({registration.positives} positive, "
+                         f"{registration.negatives} negative), matching the protocol.")
 
 
 def _local(value: datetime, site: Site) -> str:

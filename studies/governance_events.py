@@ -86,7 +86,7 @@ PAYLOADS = {
 }
 
 CHANGED_WHAT = {"agreement": "Data use agreement", "dpia": "DPIA", "ethics": "Ethics approval",
-                "protocol_review": "Protocol"}
+                "protocol_review": "Protocol", "dataset": "Data set"}
 
 
 def _because(d: Payload) -> str:

@@ -2,6 +2,7 @@
 every workflow lives in `studies.services`."""
 
 import hashlib
+from collections import Counter
 from typing import Any
 
 from django.conf import settings
@@ -55,6 +56,7 @@ PROTOCOL_FIELDS = (
     "max_update_norm",
     "label_column",
     "num_features",
+    "feature_names",
     "federated_statistics",
     "secure_aggregation",
     "disclosure_min_sites",
@@ -65,6 +67,24 @@ def governance_history() -> HistoricalRecords:
     """Every saved state of a record the gate reads, with the moment it took effect, so that the gate can be
     asked how things stood at any moment (`studies.history`). Who acted and why stays in the audit log."""
     return HistoricalRecords(user_db_constraint=False)
+
+
+MAX_FEATURE_NAME = 200
+
+
+def validate_feature_names(value: Any) -> None:
+    """The protocol's declared features: a list of distinct, non-empty names (empty list: not declared)."""
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValidationError("Give the feature names as a list of strings, in the order the model takes them.")
+    if len(value) > 100_000:
+        raise ValidationError("At most 100,000 feature names.")
+    bad = [name for name in value if not name.strip() or name != name.strip() or len(name) > MAX_FEATURE_NAME]
+    if bad:
+        raise ValidationError(f"Feature names must be non-empty, without leading or trailing spaces and at most "
+                              f"{MAX_FEATURE_NAME} characters: {bad[0][:40]!r}.")
+    repeated = sorted(name for name, count in Counter(value).items() if count > 1)
+    if repeated:
+        raise ValidationError(f"Feature names repeat: {', '.join(repeated[:5])}.")
 
 
 def sha256_text(text: str) -> str:
@@ -142,6 +162,12 @@ class Study(models.Model):
         default=30, validators=[MinValueValidator(1), MaxValueValidator(100_000)],
         help_text="Feature columns in each site's data (every column but the label).",
     )
+    feature_names = models.JSONField(
+        default=list, blank=True, validators=[validate_feature_names],
+        help_text='The expected feature columns, in the order the model takes them (a JSON list, e.g. ["age", '
+                  '"lactate"]); each site\'s registered data set is checked against it, name by name. Empty: only '
+                  "the count and the label column are checked.",
+    )
     federated_statistics = models.BooleanField(
         default=True, help_text="Run a statistics round first so every site standardizes with the global mean and SD.",
     )
@@ -172,6 +198,12 @@ class Study(models.Model):
             # DP-FedAvg's noise is calibrated to a clipped mean; a median or Krum has another sensitivity.
             raise ValidationError({"dp_noise_multiplier": "Differential privacy works with averaging strategies "
                                                           "(FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad) only."})
+        names = self.feature_names
+        if isinstance(names, list) and names and len(names) != self.num_features:
+            raise ValidationError({"feature_names": f"{len(names)} feature names are declared, but the model takes "
+                                                    f"{self.num_features} features (num_features)."})
+        if isinstance(names, list) and self.label_column in names:
+            raise ValidationError({"feature_names": f"The label column {self.label_column!r} is not a feature."})
         if self.secure_aggregation:
             secure_aggregation_problems(self)
         if self.dp_target_epsilon is not None and self.dp_noise_multiplier <= 0:
@@ -378,6 +410,38 @@ class ProtocolReview(models.Model):
 
     def __str__(self) -> str:
         return f"{self.site_id} {self.decision} protocol {self.protocol_sha256[:12]} of study {self.study_id}"
+
+
+class DatasetRegistration(models.Model):
+    """What a site's agent registered about the data set it trains a study on (Fed-BioMed's site data
+    management): row count, label balance and per feature its name, type and missing values, computed at the
+    site. Never rows. Append-only: the newest registration of a site counts, and the gate checks it against
+    the protocol's schema (`dataset_registered`); an update may not declare more rows than it counts."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="dataset_registrations")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="dataset_registrations")
+    rows = models.PositiveIntegerField()
+    label_column = models.CharField(max_length=100)
+    positives = models.PositiveIntegerField()
+    negatives = models.PositiveIntegerField()
+    summary = models.JSONField(help_text="The summary as the agent sent it (consortium.federated.dataset_schema).")
+    summary_sha256 = models.CharField(max_length=64)
+    registered_by = models.CharField(max_length=200, help_text="The agent (site and token prefix) that sent it.")
+    registered_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-registered_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(condition=Q(positives__lte=models.F("rows")) & Q(negatives__lte=models.F("rows")),
+                                   name="dataset_label_counts_within_rows"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site_id} registered {self.rows} rows for study {self.study_id}"
+
+    @property
+    def features(self) -> list[dict[str, Any]]:
+        return list(self.summary.get("features") or [])
 
 
 class Approval(models.Model):

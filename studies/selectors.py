@@ -1,16 +1,27 @@
 """Reads for pages, the API and services: always scoped to what the user may see."""
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Prefetch, Q, QuerySet
 
 from consortium.errors import Forbidden, NotFound
+from consortium.federated.dataset_schema import schema_mismatches
 from consortium.roles import sees_everything
 from sites.models import Site
 from sites.permissions import sites_for
-from studies.choices import STUDY_REVIEWABLE, ApprovalDecision, DpiaStatus, StudyStatus
-from studies.models import AgreementVersion, Approval, Dpia, EthicsApproval, Participation, ProtocolReview, Study
+from studies.choices import PARTICIPATION_CURRENT, STUDY_REVIEWABLE, ApprovalDecision, DpiaStatus, StudyStatus
+from studies.models import (
+    AgreementVersion,
+    Approval,
+    DatasetRegistration,
+    Dpia,
+    EthicsApproval,
+    Participation,
+    ProtocolReview,
+    Study,
+)
 from studies.permissions import can_read_dpia, studies_for
 
 User = AbstractBaseUser | AnonymousUser
@@ -190,3 +201,59 @@ def study_site_participation(study: Study, site_id: int) -> Participation:
     if found is None:
         raise NotFound("That site was never invited to this study.", study=study)
     return found
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """A site's newest data set registration as the study page shows it, with its schema report now."""
+
+    site: Site
+    registration: DatasetRegistration | None
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """matches / mismatch / unregistered."""
+        if self.registration is None:
+            return "unregistered"
+        return "mismatch" if self.mismatches else "matches"
+
+    @property
+    def missing_values(self) -> int:
+        return sum(int(f.get("missing") or 0) for f in self.registration.features) if self.registration else 0
+
+
+def dataset_summaries(user: User, study: Study, participations: list[Participation]) -> list[DatasetSummary]:
+    """Per site taking part, its newest data set summary (row count, label balance, schema status), within the
+    disclosure rules: the PI, DPOs, auditors and consortium admins see every site's; a site admin sees only the
+    sites they administer. Counts only, never rows. One query."""
+    everyone = user.pk == study.pi_id or sees_everything(user)  # the study's PI: no permission query per page
+    own = set(sites_for(user).values_list("pk", flat=True)) if not everyone else set()
+    shown = [p for p in participations if p.is_current and (everyone or p.site_id in own)]
+    newest: dict[int, DatasetRegistration] = {}
+    rows = DatasetRegistration.objects.filter(study=study, site__in=[p.site_id for p in shown])
+    for registration in rows.order_by("registered_at", "pk"):
+        newest[registration.site_id] = registration
+    summaries = []
+    for participation in shown:
+        registration = newest.get(participation.site_id)
+        mismatches = schema_mismatches(registration.summary, feature_names=study.feature_names,
+                                       num_features=study.num_features,
+                                       label_column=study.label_column) if registration else []
+        summaries.append(DatasetSummary(participation.site, registration, mismatches))
+    return summaries
+
+
+def agent_studies(site_id: int) -> list[dict[str, Any]]:
+    """The studies a site currently takes part in, for its agent: the protocol and its hash, and the summary
+    hash of the site's newest registration (the agent registers again when its own differs)."""
+    participations = (Participation.objects.filter(site_id=site_id, status__in=PARTICIPATION_CURRENT)
+                      .select_related("study").order_by("study_id"))
+    studies = [p.study for p in participations if p.study.status != StudyStatus.CLOSED]
+    registered: dict[int, str] = {}
+    for study_id, digest in (DatasetRegistration.objects.filter(site_id=site_id, study__in=studies)
+                             .order_by("registered_at", "pk").values_list("study_id", "summary_sha256")):
+        registered[study_id] = digest
+    return [{"study_id": study.pk, "study_title": study.title, "status": study.status,
+             "protocol": study.protocol(), "protocol_sha256": study.protocol_sha256(),
+             "dataset_summary_sha256": registered.get(study.pk)} for study in studies]

@@ -9,8 +9,9 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from consortium.roles import Role
-from sites.models import Site
-from sites.services import signing_authority_grant, site_admin_assign
+from sites.agents import AgentPrincipal
+from sites.models import AgentToken, Site
+from sites.services import agent_token_create, signing_authority_grant, site_admin_assign
 from studies import services
 from studies.demo import approve_and_activate
 from studies.models import Participation, Study
@@ -89,7 +90,40 @@ def govern_site(p: Personas, study: Study, site: Site, *, days: int = 365) -> Pa
     services.ethics_record(actor=admin, participation=participation, reference=f"IRB-{site.code}-1",
                            valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=days))
     accept_protocol(admin, participation)
+    register_dataset(p, study, site)
     return participation
+
+
+# The rows each governed site registers by default: more than any test's update declares, unless it means to.
+REGISTERED_ROWS = 1000
+REGISTRATION_TOKEN = "Agent next to the data"
+
+
+def matching_summary(study: Study, *, rows: int = REGISTERED_ROWS, positives: int | None = None) -> dict:
+    """A data set summary that matches the study's schema: its declared features, else `num_features` columns
+    named x1, x2, ..., and its label column (binary, balanced unless `positives` says otherwise)."""
+    study.refresh_from_db()
+    names = list(study.feature_names) or [f"x{i}" for i in range(1, study.num_features + 1)]
+    positives = rows // 2 if positives is None else positives
+    return {"rows": rows, "label_column": study.label_column,
+            "label": {"present": True, "positives": positives, "negatives": rows - positives, "other": 0},
+            "features": [{"name": name, "type": "float", "missing": 0} for name in names]}
+
+
+def site_agent(p: Personas, site: Site, admin: User | None = None) -> AgentPrincipal:
+    """The site's agent, through a token its admin (default: the persona's) created, reused once made."""
+    token = AgentToken.objects.filter(site=site, name=REGISTRATION_TOKEN, revoked_at__isnull=True).first()
+    if token is None:
+        token, _ = agent_token_create(actor=admin or p.site_admin_of(site), site=site, name=REGISTRATION_TOKEN)
+    return AgentPrincipal(token)
+
+
+def register_dataset(p: Personas, study: Study, site: Site, summary: dict | None = None, *,
+                     admin: User | None = None, **shape):
+    """The site's agent registers its data set for the study, as it does when it connects (by default one
+    that matches the protocol's schema)."""
+    return services.dataset_register(actor=site_agent(p, site, admin), study_id=study.pk,
+                                     summary=summary if summary is not None else matching_summary(study, **shape))
 
 
 def accept_protocol(admin, participation: Participation) -> None:

@@ -18,6 +18,7 @@ from studies.models import (
     AgreementSignature,
     AgreementVersion,
     Approval,
+    DatasetRegistration,
     Dpia,
     EthicsApproval,
     Participation,
@@ -39,6 +40,7 @@ GOVERNED = (
     EthicsApproval,
     Participation,
     Approval,
+    DatasetRegistration,
 )
 
 

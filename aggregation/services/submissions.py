@@ -37,6 +37,7 @@ from consortium.federated.metric_keys import (
 from consortium.locks import locked
 from studies.choices import GateAction
 from studies.governance import evaluate
+from studies.models import DatasetRegistration
 
 
 def _require_gate(round_: Round, site_id: int, action: str) -> None:
@@ -108,6 +109,7 @@ def update_submit(
     metrics, histogram = _split_base_evaluation(metrics, round_)
     _check_numbers(num_examples, metrics, round_)
     _check_known_examples(num_examples, round_, actor)
+    _check_registered_examples(num_examples, round_, actor)
     _require_gate(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
     tensors = _decode(body, round_)
     weight_norm, delta_norm = _norms(tensors, version_tensors(round_.base_version))
@@ -160,6 +162,19 @@ def _check_known_examples(num_examples: int, round_: Round, actor: Any) -> None:
         raise ValidationFailed(f"X-Num-Examples is {num_examples}, but {actor.site} counted {known[0]} training rows "
                                f"in the statistics round (round {known[1]}); a site may not declare more examples "
                                "than it has.", code="num_examples_above_known", study=round_.study_id,
+                               site=actor.site_id)
+
+
+def _check_registered_examples(num_examples: int, round_: Round, actor: Any) -> None:
+    """Nor more than the rows of the data set the site registered for the study (its newest registration):
+    the agent trains on a split of those rows, so a larger count is an inflated FedAvg weight. (Without a
+    registration the gate refuses the site anyway.)"""
+    registered = (DatasetRegistration.objects.filter(study_id=round_.study_id, site_id=actor.site_id)
+                  .order_by("-registered_at", "-pk").values_list("rows", flat=True).first())
+    if registered is not None and num_examples > registered:
+        raise ValidationFailed(f"X-Num-Examples is {num_examples}, but {actor.site} registered a data set of "
+                               f"{registered} rows for this study; a site may not declare more examples than it "
+                               "registered.", code="num_examples_above_registered", study=round_.study_id,
                                site=actor.site_id)
 
 

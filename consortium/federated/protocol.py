@@ -11,7 +11,8 @@ from typing import Any
 # void every approval given before it existed; changing it on a study does, like any protocol edit.
 # Before the protocol carried a privacy target, delta was a setting (1e-5) and nothing was enforced.
 LATER_PROTOCOL_FIELDS: dict[str, Any] = {"max_update_norm": 1e4, "secure_aggregation": False, "dp_target_epsilon": None,
-                                         "dp_delta": 1e-5, "disclosure_min_sites": 3}
+                                         "dp_delta": 1e-5, "disclosure_min_sites": 3,
+                                         "feature_names": []}
 
 
 def protocol_hash(protocol: Mapping[str, Any]) -> str:

@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     agent = Agent(client, table, label=args.label, val_fraction=args.val_fraction, seed=args.seed,
                   say=say, studies=args.study, witness=witness, policy=policy, keep_record=True,
-                  record_path=args.record)
+                  record_path=args.record, data_path=args.data)
     try:
         return agent.run(once=args.once, poll=args.poll)
     except KeyboardInterrupt:

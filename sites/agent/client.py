@@ -224,6 +224,18 @@ class AgentClient:
         return self.request("POST", f"/api/agent/rounds/{round_id}/decline/", body=body,
                             headers={"Content-Type": "application/json"}).json() or {}
 
+    def studies(self) -> list[dict[str, Any]]:
+        """The studies this site takes part in, with their protocol, its hash and the hash of the data set summary
+        the coordinator holds for this site (null: none registered)."""
+        return self.request("GET", "/api/agent/studies/").json() or []
+
+    def register_dataset(self, study_id: int, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """Register the summary of this site's data set for a study (counts only); the answer carries the schema
+        report (`matches_protocol`, `mismatches`)."""
+        body = json.dumps(dict(summary), allow_nan=False).encode("utf-8")
+        return self.request("POST", f"/api/agent/studies/{study_id}/dataset/", body=body,
+                            headers={"Content-Type": "application/json"}).json() or {}
+
     def ledger(self, study_id: int) -> list[dict[str, Any]]:
         """This site's rows of the study's contribution ledger, as the coordinator records them."""
         return self.request("GET", f"/api/agent/ledger/?study={study_id}").json() or []

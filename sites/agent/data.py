@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_LABEL = "target"
+# Cells read as missing (NaN; empty, or R and pandas' "NA"): counted in the registration, refused for training.
+MISSING_CELLS = {"", "na"}
 
 
 class DataError(ValueError):
@@ -30,11 +32,13 @@ class Table:
     values: np.ndarray  # shape (rows, columns)
     source: str = "the data file"
 
-    def dataset(self, label: str) -> Dataset:
-        """Features are every column except `label`, in file order; the label must be 0 or 1."""
+    def dataset(self, label: str, order: Sequence[str] = ()) -> Dataset:
+        """Features are every column except `label`, in file order, or in `order` (the protocol's declared
+        features) when they are the same names; the label must be 0 or 1 and no cell may be missing."""
         if label not in self.columns:
             raise DataError(f"{self.source} has no label column {label!r}; its columns are: "
                             f"{', '.join(self.columns)}. Pass --label with the right column name.")
+        self._refuse_missing()
         index = self.columns.index(label)
         labels = self.values[:, index]
         bad = np.flatnonzero((labels != 0) & (labels != 1))
@@ -45,7 +49,39 @@ class Table:
         if not features:
             raise DataError(f"{self.source} has no feature columns besides the label {label!r}.")
         x = np.delete(self.values, index, axis=1)
+        if order and sorted(order) == sorted(features) and list(order) != features:
+            # The model's inputs are positional: every site feeds them in the protocol's order.
+            position = {name: i for i, name in enumerate(features)}
+            x, features = x[:, [position[name] for name in order]], list(order)
         return Dataset(features=features, x=x, y=labels.astype(np.float32))
+
+    def _refuse_missing(self) -> None:
+        rows, columns = np.nonzero(np.isnan(self.values))
+        if rows.size:
+            name = self.columns[int(columns[0])]
+            count = int(np.isnan(self.values[:, columns[0]]).sum())
+            raise DataError(f"Column {name!r} of {self.source} has {count} missing value(s) (first on line "
+                            f"{int(rows[0]) + 2}); the model trains on complete rows only: fill in or drop them.")
+
+    def summary(self, label: str) -> dict[str, Any]:
+        """What the agent registers for a study (`consortium.federated.dataset_schema`): row count, each
+        feature's name, type and missing values, and the label's balance. Counts only, never rows."""
+        present = label in self.columns
+        labels = self.values[:, self.columns.index(label)] if present else np.zeros(0)
+        positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
+        features = [{"name": name, "type": _feature_type(self.values[:, i]), "missing": int(np.isnan(
+            self.values[:, i]).sum())} for i, name in enumerate(self.columns) if name != label]
+        return {"rows": int(self.values.shape[0]), "label_column": label, "features": features,
+                "label": {"present": present, "positives": positives, "negatives": negatives,
+                          "other": int(labels.size - positives - negatives)}}
+
+
+def _feature_type(column: np.ndarray) -> str:
+    """binary (only 0 and 1), integer (whole numbers) or float; missing cells are ignored."""
+    known = column[~np.isnan(column)]
+    if known.size and np.isin(known, (0.0, 1.0)).all():
+        return "binary"
+    return "integer" if known.size and (known == np.round(known)).all() else "float"
 
 
 @dataclass(frozen=True)
@@ -68,7 +104,7 @@ class Dataset:
 
 
 def load_table(path: str | Path) -> Table:
-    """Read a CSV with a header row; every cell must be a finite number."""
+    """Read a CSV with a header row; every cell must be a finite number or empty ("NA"): missing."""
     path = Path(path)
     source = str(path)
     try:
@@ -102,6 +138,9 @@ def _parse_row(row: list[str], columns: list[str], line: int, source: str) -> li
         raise DataError(f"Line {line} of {source} has {len(row)} cells; the header has {len(columns)} columns.")
     parsed = []
     for name, cell in zip(columns, row, strict=True):
+        if cell.strip().lower() in MISSING_CELLS:
+            parsed.append(math.nan)
+            continue
         try:
             value = float(cell)
         except ValueError:

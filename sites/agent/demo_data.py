@@ -48,6 +48,11 @@ def demo_dataset() -> Dataset:
                    y=np.asarray(bunch.target, dtype=np.float32))
 
 
+def feature_names() -> list[str]:
+    """The 30 feature columns of the demo's site CSVs, in their order (what the demo study declares)."""
+    return list(demo_dataset().features)
+
+
 def split_test(dataset: Dataset, seed: int, test_fraction: float = TEST_FRACTION) -> tuple[Dataset, Dataset]:
     """(pool for the sites, held-out test set), stratified by label and fixed by `seed`."""
     pool_rows, test_rows = train_test_split(np.arange(len(dataset)), test_size=test_fraction, random_state=seed,

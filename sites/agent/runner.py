@@ -9,6 +9,7 @@ never sent.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +27,16 @@ from .client import (
     TokenRefused,
     new_idempotency_key,
 )
-from .data import DEFAULT_LABEL, DataError, Dataset, Table, local_statistics, split, standardize
+from .data import DEFAULT_LABEL, DataError, Dataset, Table, load_table, local_statistics, split, standardize
 from .policy import Policy
 from .record import LocalRecord, RecordError, default_record_path
+from .registration import Registrar
 from .training import LocalUpdate, Protocol, check_features, evaluate, local_update
 from .witness import Witness
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
+# How often a polling agent looks again at its site's studies (a new study, an amended protocol, a changed file).
+REGISTER_EVERY_SECONDS = 30.0
 
 
 class FatalAgentError(AgentError):
@@ -63,15 +67,21 @@ class Agent:
     def __init__(self, client: AgentClient, table: Table, *, label: str | None = None, val_fraction: float = 0.2,
                  seed: int = 0, say: Callable[[str], None] = print, studies: Sequence[int] = (),
                  witness: Witness | None = None, policy: Policy | None = None, record: LocalRecord | None = None,
-                 keep_record: bool = False, record_path: str | None = None):
+                 keep_record: bool = False, record_path: str | None = None, data_path: str | None = None,
+                 register_every: float = REGISTER_EVERY_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.client, self.table, self.label = client, table, label
         self.witness = witness  # checks the coordinator's audit checkpoints at each poll
+        # With `data_path`, a changed data file is read again (and registered again) without a restart.
+        self.data_path, self._data_stamp = data_path, _stamp(data_path)
+        self.register_every, self.clock = register_every, clock
+        self._registered_at: float | None = None
         # With `keep_record`, the record is opened at `record_path`, or by default once the coordinator has named
         # the site (`introduce`).
         self.policy, self.record = policy, record
         self.keep_record, self.record_path = keep_record, record_path
         self.studies = set(studies)  # empty: every study the site takes part in
         self.val_fraction, self.seed, self.say = val_fraction, seed, say
+        self.registrar = Registrar(client, label=label, say=say, studies=self.studies)
         self.finished: set[int] = set()  # rounds submitted, or refused for good, by this process
         self.pending: dict[int, PendingUpdate] = {}
         self._idle = False
@@ -100,6 +110,8 @@ class Agent:
                     if not introduced:
                         self.introduce()
                         introduced = True
+                    if self._registered_at is None or self.clock() - self._registered_at >= self.register_every:
+                        self.register_datasets()
                     result = self.run_once()
                 except CoordinatorUnreachable as exc:
                     if once:
@@ -112,6 +124,29 @@ class Agent:
         except (FatalAgentError, CoordinatorUnreachable, RecordError) as exc:
             self.say(f"Stopping: {exc}")
             return 1
+
+    def register_datasets(self) -> None:
+        """Register this site's data set summary for each of its studies where the coordinator does not hold it
+        (at start, then every `register_every` seconds: a new study, an amended protocol or a changed file)."""
+        self._reload_if_changed()
+        try:
+            self.registrar.sync(self.table)
+        except TokenRefused as exc:
+            raise FatalAgentError(str(exc)) from exc
+        self._registered_at = self.clock()
+
+    def _reload_if_changed(self) -> None:
+        stamp = _stamp(self.data_path)
+        if self.data_path is None or stamp == self._data_stamp:
+            return
+        self._data_stamp = stamp
+        try:
+            self.table = load_table(self.data_path)
+        except DataError as exc:
+            self.say(f"The data file changed but cannot be read; keeping the earlier one: {exc}")
+            return
+        self.say(f"The data file changed: read {self.table.values.shape[0]} rows and {len(self.table.columns)} "
+                 f"columns from {self.table.source} again.")
 
     def run_once(self) -> PassResult:
         """Process every open round not yet submitted, oldest first."""
@@ -180,7 +215,7 @@ class Agent:
                                round=round_["number"], protocol_sha256=round_.get("protocol_sha256"), reason=reason)
 
     def _dataset(self, protocol: Protocol) -> Dataset:
-        dataset = self.table.dataset(self.label or protocol.label_column or DEFAULT_LABEL)
+        dataset = self.table.dataset(self.label or protocol.label_column or DEFAULT_LABEL, protocol.feature_names)
         check_features(protocol, dataset)
         return dataset
 
@@ -256,6 +291,17 @@ class Agent:
         if standardization:
             train_set, val_set = standardize(train_set, standardization), standardize(val_set, standardization)
         return train_set, val_set
+
+
+def _stamp(path: str | None) -> tuple[int, int] | None:
+    """When and how big the data file was last written: a change means the site edited it."""
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 def _fatal_on_refusal(call: Callable[[], Any]) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +49,7 @@ class Protocol:
     learning_rate: float = 0.05
     proximal_mu: float = 0.0
     label_column: str = "target"
+    feature_names: Sequence[str] = ()  # declared by the protocol: the order the model takes them in
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Protocol:

@@ -3,6 +3,7 @@ writes, and records the audit event, in one transaction; a refusal is rolled bac
 
 from studies.services.agreements import agreement_publish, agreement_sign
 from studies.services.approvals import study_approve, study_reject
+from studies.services.datasets import dataset_register
 from studies.services.dpia import dpia_approve, dpia_reject, dpia_revise, dpia_save, dpia_submit
 from studies.services.ethics import ethics_record
 from studies.services.participation import (
@@ -27,6 +28,7 @@ from studies.services.study import (
 __all__ = [
     "agreement_publish",
     "agreement_sign",
+    "dataset_register",
     "dpia_approve",
     "dpia_reject",
     "dpia_revise",

@@ -177,6 +177,7 @@ def study_context(user: AbstractBaseUser, study: Study, *, at: datetime | None =
         "participation_rows": participation_rows(user, participations, actions=actions, current=current,
                                                  study=study),
         "approvals": selectors.study_approvals(study),
+        "dataset_summaries": selectors.dataset_summaries(user, study, participations),
         "invitable_sites": _invitable_sites(participations) if "invite_site" in actions else [],
         **gate_context(study, participations, at=at),
     }

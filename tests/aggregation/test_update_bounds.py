@@ -24,6 +24,7 @@ from tests.aggregation.support import (
     stored_files,
     submit,
 )
+from tests.base import register_dataset
 
 pytestmark = pytest.mark.usefixtures("no_broker")
 
@@ -69,6 +70,8 @@ def test_it_fails_a_round_whose_aggregate_is_not_finite_storing_nothing_and_reop
     v1 = round_aggregate(round_id=first.pk)
     second = Round.objects.get(study=study, number=2)
     assert second.base_version == v1
+    for site in (p.site_a, p.site_b):  # sites that registered that many rows (else the count is refused)
+        register_dataset(p, study, site, rows=2_000_000_000)
     for agent in (agent_a, agent_b):
         submit(agent, second, body=shifted(second, 1e29), num_examples=2_000_000_000)
     versions_on_disk = stored_files("versions")

@@ -38,7 +38,7 @@ BASE_METRICS = {"val_auc": 0.7, "val_accuracy": 0.6, "val_loss": 0.6, "val_examp
 # view (chain head, insert), the newest events, the rounds with their versions, their updates, their
 # statistics, their evaluations, the round-opened and refused events, and the gate's six. PostgreSQL adds the
 # audit chain's lock.
-DASHBOARD_QUERIES = {"sqlite": 19, "postgresql": 20}  # +1: the viewer's disclosure (`studies.disclosure`)
+DASHBOARD_QUERIES = {"sqlite": 21, "postgresql": 22}  # the viewer's disclosure; the gate's reviews and data sets
 
 
 def dashboard_url(study: Study) -> str:

@@ -38,7 +38,7 @@ BLOCKED = "Only 1 eligible updates; the quorum is 2."
 # Queries of one overview page view for a DPO: session, user, roles, the studies, the gate's six, the newest
 # rounds, the newest evaluated versions, and the audit event (chain head, insert). PostgreSQL adds the audit
 # chain's advisory lock.
-OVERVIEW_QUERIES = {"sqlite": 14, "postgresql": 15}
+OVERVIEW_QUERIES = {"sqlite": 16, "postgresql": 17}  # the gate reads protocol reviews and data sets too
 
 
 def row_of(body: str, study: Study) -> str:

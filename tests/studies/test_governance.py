@@ -12,12 +12,30 @@ from sites.models import Site
 from studies import services
 from studies.choices import GateAction, ParticipationStatus, StudyStatus
 from studies.governance import evaluate
-from studies.models import AgreementSignature, EthicsApproval, Participation, Study
-from tests.base import Personas, activate, active_study, approve_dpia, draft_study, govern_site
+from studies.models import (
+    AgreementSignature,
+    DatasetRegistration,
+    EthicsApproval,
+    Participation,
+    ProtocolReview,
+    Study,
+)
+from tests.base import (
+    Personas,
+    accept_protocol,
+    activate,
+    active_study,
+    approve_dpia,
+    draft_study,
+    govern_site,
+    matching_summary,
+    register_dataset,
+)
 from tests.support import study_in
 
 ACTIONS = GateAction.values
-GATE_QUERIES = 6  # agreement, participations+sites, signatures, ethics, approvals, DPIA
+# agreement, DPIA, participations+sites, signatures, ethics, approvals, protocol reviews, data set registrations
+GATE_QUERIES = 8
 
 
 def failures(result) -> list[tuple[str, str | None, str]]:
@@ -46,7 +64,8 @@ def test_it_passes_every_check_for_a_fully_governed_study(p):
     assert result.allowed and result.failures == []
     assert {c.name for c in result.study_checks} == {"study_active", "approvals", "dpia", "privacy_budget", "quorum"}
     assert {(c.name, c.site_id) for c in result.checks if c.site_id} == {
-        (name, site.pk) for name in ("participation", "agreement_signed", "ethics") for site in (p.site_a, p.site_b)
+        (name, site.pk) for name in ("participation", "agreement_signed", "ethics", "protocol_accepted",
+                                     "dataset_registered") for site in (p.site_a, p.site_b)
     }
     assert [v.site_id for v in result.eligible_sites] == [p.site_a.pk, p.site_b.pk]
 
@@ -222,6 +241,8 @@ def test_it_ends_an_ethics_approval_at_2359_amsterdam_time_exact_to_the_second(p
                                 participation=participation)
         services.ethics_record(actor=p.site_a_admin, participation=participation, reference="METC-AMS",
                                valid_from=today - timedelta(days=30), valid_until=until)
+        accept_protocol(p.site_a_admin, participation)
+        register_dataset(p, study, p.site_a)
         activate(p, study)
     study.refresh_from_db()
 
@@ -266,6 +287,17 @@ def add_governed_sites(p: Personas, study: Study, count: int) -> None:
         EthicsApproval(study=study, site=site, reference=f"IRB-{i}", valid_from=now - timedelta(days=1),
                        valid_until=now + timedelta(days=90), recorded_by=p.pi, recorded_at=now)
         for i, site in enumerate(sites)
+    ])
+    ProtocolReview.objects.bulk_create([
+        ProtocolReview(study=study, site=site, decision="accepted", protocol_sha256=study.protocol_sha256(),
+                       protocol_snapshot=study.protocol(), reviewed_by=p.pi, reviewed_at=now) for site in sites
+    ])
+    summary = matching_summary(study)
+    DatasetRegistration.objects.bulk_create([
+        DatasetRegistration(study=study, site=site, rows=summary["rows"], label_column=summary["label_column"],
+                            positives=summary["label"]["positives"], negatives=summary["label"]["negatives"],
+                            summary=summary, summary_sha256="0" * 64, registered_by="agent", registered_at=now)
+        for site in sites
     ])
 
 

@@ -9,8 +9,13 @@ from django.core.management import CommandError, call_command
 from consortium.audit.log import verify_chain
 from consortium.audit.models import AuditEvent
 from consortium.roles import Role
+from sites.agent.data import load_table
+from sites.agent.demo_data import write_partitions
+from sites.agents import AgentPrincipal
 from sites.models import Site
 from sites.permissions import can_administer
+from sites.services import agent_token_create
+from studies import services
 from studies.choices import ApprovalDecision, DpiaStatus, StudyStatus
 from studies.governance import evaluate
 from studies.management.commands.seed_demo import ACTIVE_TITLE, DEMO_PASSWORD, PENDING_TITLE
@@ -44,11 +49,20 @@ def test_it_creates_four_sites_with_their_admins_and_the_roles():
 
 
 @pytest.mark.django_db
-def test_it_makes_the_active_study_pass_the_gate_with_four_sites():
+def test_it_makes_the_active_study_pass_the_gate_with_four_sites_once_their_agents_register(tmp_path):
     seed()
     study = Study.objects.get(title=ACTIVE_TITLE)
     assert study.status == StudyStatus.ACTIVE
-    assert (study.quorum, study.rounds, study.label_column) == (3, 20, "target")
+    assert (study.quorum, study.rounds, study.label_column, len(study.feature_names)) == (3, 20, "target", 30)
+    waiting = evaluate(study, "aggregate").failures
+    assert {check.name for check in waiting} == {"dataset_registered", "quorum"}
+    # Each hospital's agent registers its partition when `serve_demo` starts it (here: through the same service).
+    for code, path in write_partitions(tmp_path, [site.code for site in Site.objects.all()]).items():
+        site = Site.objects.get(code=code)
+        token, _ = agent_token_create(actor=User.objects.get(username=f"admin_{code}"), site=site, name="demo agent")
+        done = services.dataset_register(actor=AgentPrincipal(token), study_id=study.pk,
+                                         summary=load_table(path).summary("target"))
+        assert done.mismatches == []
     result = evaluate(study, "aggregate")
     assert result.allowed, [check.reason for check in result.failures]
     assert len(result.eligible_sites) == 4

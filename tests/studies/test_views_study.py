@@ -18,7 +18,15 @@ from sites.services import signing_authority_grant, site_admin_assign
 from studies import services
 from studies.choices import DpiaStatus, StudyStatus
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Dpia, Study
-from tests.base import active_study, approve_dpia, draft_study, govern_site, make_user
+from tests.base import (
+    accept_protocol,
+    active_study,
+    approve_dpia,
+    draft_study,
+    govern_site,
+    make_user,
+    register_dataset,
+)
 from tests.pages import client_for, denied, page
 
 
@@ -203,7 +211,8 @@ def test_it_keeps_the_study_page_query_count_flat_from_3_to_12_sites(p, django_a
     with django_assert_max_num_queries(len(at_3.captured_queries)):
         body = page(client.get(url))
     assert body.count('data-check="ethics"') == 12
-    assert len(at_3.captured_queries) <= 25  # 23 today: session, user, roles, study, audit append, sections, gate,
+    assert len(at_3.captured_queries) <= 29  # 29 today: session, user, roles, study, audit append, sections, gate
+    # (with protocol reviews and data set registrations), the sites' protocol reviews, their data set summaries,
     # and 2 for the rounds summary (newest round with the closed count, newest model version)
 
 
@@ -225,6 +234,8 @@ def _add_governed_sites(p, study: Study, count: int, start: int = 0) -> list[Sit
             valid_from=now - timedelta(days=1),
             valid_until=now + timedelta(days=90),
         )
+        accept_protocol(admin, participation)
+        register_dataset(p, study, site, admin=admin)
         sites.append(site)
     return sites
 

@@ -31,7 +31,7 @@ from sites.agent import data as agent_data
 from sites.agent import demo_data
 from studies.choices import ModelKind, Strategy
 from studies.demo import federation_study
-from studies.models import Study
+from studies.models import DatasetRegistration, Study
 
 # Options that set a protocol field of the study, with their types (`--model` sets `model_kind`).
 PROTOCOL_OPTIONS = {"strategy": str, "server_learning_rate": float, "trim_fraction": float, "byzantine_sites": int,
@@ -74,7 +74,7 @@ class Command(BaseCommand):
         stamp = timezone.now()
         data = _federation_data(options, demo.demo_dir() / "runs" / f"{stamp:%Y%m%d-%H%M%S-%f}")
         protocol = {key: options[key] for key in PROTOCOL_OPTIONS if options.get(key) is not None}
-        protocol.update(label_column=data.label, num_features=data.num_features)
+        protocol.update(label_column=data.label, num_features=data.num_features, feature_names=data.feature_names)
         if protocol.get("quorum", 1) > len(data.files):
             raise CommandError(f"--quorum {protocol['quorum']} is more than the {len(data.files)} sites.")
         demo.interrupt_on_sigterm()
@@ -92,13 +92,16 @@ class Command(BaseCommand):
         tokens = demo.ensure_tokens(sorted(data.files))
         logs = Path(demo.demo_dir()) / "logs" / f"study{study.pk}"
         port = options["port"] or demo.free_port()
-        processes = [demo.start_server(port, logs / "server.log"), demo.start_worker(logs / "worker.log",
-                                                                                     tick_seconds=1)]
+        processes = [demo.start_server(port, logs / "server.log")]
         processes += demo.start_agents(f"http://127.0.0.1:{port}", tokens, data.files, logs, poll=0.5,
                                        studies=[study.pk], seed=seed)
         self.stdout.write(f"Study {study.pk} ({rounds} rounds, {study.get_strategy_display()}): server on port {port}, "
                           f"worker, {len(tokens)} agents; logs in {logs}")
         try:
+            # The worker (which opens rounds) starts once every site's agent has registered its data set, so the
+            # first round counts every site, not only those whose agents happened to start first.
+            self._wait_for_registrations(study, len(tokens), options["timeout"], processes, logs)
+            processes.append(demo.start_worker(logs / "worker.log", tick_seconds=1))
             self._wait(study, rounds, options["timeout"], processes, logs)
         finally:
             demo.stop(processes)
@@ -107,14 +110,23 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(_json_line(figures))
 
+    def _wait_for_registrations(self, study: Study, sites: int, timeout: float, processes: list, logs: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _stop_if_dead(processes, logs)
+            registered = DatasetRegistration.objects.filter(study=study).values("site").distinct().count()
+            if registered >= sites:
+                self.stdout.write(f"  {registered} sites registered their data sets")
+                return
+            time.sleep(0.5)
+        raise CommandError(f"Timed out after {timeout:.0f} s waiting for the agents to register their data sets; "
+                           f"see the logs in {logs}")
+
     def _wait(self, study: Study, rounds: int, timeout: float, processes: list, logs: Path) -> None:
         """Until the training rounds and the evaluation of the final model have closed."""
         deadline, reported = time.monotonic() + timeout, 0
         while time.monotonic() < deadline:
-            dead = [process for process in processes if process.poll() is not None]
-            if dead:
-                raise CommandError(f"A federation process stopped (exit {dead[0].returncode}): "
-                                   f"{' '.join(map(str, dead[0].args))[:200]}; see the logs in {logs}")
+            _stop_if_dead(processes, logs)
             done = Round.objects.filter(study=study, kind=RoundKind.TRAINING, status=RoundStatus.CLOSED).count()
             stuck = Round.objects.filter(study=study, status__in=[RoundStatus.BLOCKED, RoundStatus.FAILED]).first()
             if stuck:
@@ -166,6 +178,13 @@ class Command(BaseCommand):
             self.stdout.write(f"Final model v{figures['final_version']} on the sites' validation splits "
                               f"({figures['final_validation_examples']} rows, federated ROC): AUC "
                               f"{figures['final_validation_auc']:.4f}")
+
+
+def _stop_if_dead(processes: list, logs: Path) -> None:
+    dead = [process for process in processes if process.poll() is not None]
+    if dead:
+        raise CommandError(f"A federation process stopped (exit {dead[0].returncode}): "
+                           f"{' '.join(map(str, dead[0].args))[:200]}; see the logs in {logs}")
 
 
 def _federation_data(options: dict[str, Any], run_dir: Path) -> demo.FederationData:

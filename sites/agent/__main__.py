@@ -67,7 +67,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for the split and the batch order (default 0)")
     p.add_argument("--study", type=int, action="append", default=[],
                    help="work only on this study id (repeatable; default: every study the site takes part in)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one HTTP answer (default 30)")
     p.add_argument("--witness-file", help="where this site keeps the coordinator's audit checkpoints it has seen, and "
                    "any alert (default: next to --data, DATA.witness.json)")
     p.add_argument("--audit-public-key", metavar="FILE", help="the coordinator's audit key (PEM) to pin; default: "

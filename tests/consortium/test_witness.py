@@ -16,7 +16,7 @@ from consortium.audit.keys import public_key_pem
 from consortium.audit.log import record, verify_chain
 from consortium.evidence import signing
 from consortium.evidence.checkpoint import sign_checkpoint
-from sites.agent.client import AgentClient, Response
+from sites.agent.client import AgentClient, Response, Transport
 from sites.agent.witness import Witness
 from tests.sites.agent_support import issue
 from tests.witness_support import forget_checkpoints, rewrite_history
@@ -26,7 +26,8 @@ class InProcessAgentClient(AgentClient):
     """The agent's own client (retries, error mapping), its requests answered by the Django app in-process."""
 
     def __init__(self, token: str) -> None:
-        super().__init__("http://testserver", token, max_attempts=1)
+        # In-process: nothing travels, so plain http to Django's test host is allowed here.
+        super().__init__("http://testserver", token, max_attempts=1, transport=Transport(allow_insecure_http=True))
         self.api = APIClient()
 
     def _send(self, method, path, body, headers):

@@ -71,6 +71,12 @@ def make_personas() -> Personas:
     )
 
 
+def appoint_site_admin(actor, site: Site, user) -> None:
+    """Make `user` an admin of `site` who also holds its signing authority (as the personas' admins do)."""
+    site_admin_assign(actor=actor, site=site, user=user)
+    signing_authority_grant(actor=user, site=site, user=user)
+
+
 def draft_study(p: Personas, *, title: str = "Sepsis risk", quorum: int = 2, **protocol) -> Study:
     return services.study_create(
         actor=p.pi, title=title, clinical_question="Can we predict sepsis within 48 h of admission?",
@@ -95,7 +101,7 @@ def govern_site(p: Personas, study: Study, site: Site, *, days: int = 365) -> Pa
 
 
 # The rows each governed site registers by default: more than any test's update declares, unless it means to.
-REGISTERED_ROWS = 1000
+REGISTERED_ROWS = 100_000
 REGISTRATION_TOKEN = "Agent next to the data"
 
 

@@ -24,9 +24,9 @@ from consortium.federated import codec
 from consortium.federated.metrics import score_histogram
 from sites.agents import AgentPrincipal
 from sites.models import Site
-from sites.services import agent_token_create, signing_authority_grant, site_admin_assign
+from sites.services import agent_token_create
 from studies.models import Participation, Study
-from tests.base import Personas, active_study
+from tests.base import Personas, active_study, appoint_site_admin
 from tests.support import Refusal, refused
 
 # Every aggregation table: equal snapshots mean a refused request stored nothing.
@@ -84,8 +84,7 @@ def agent_for(p: Personas, site: Site, name: str = "Agent next to the data") -> 
 def third_site(p: Personas) -> Site:
     """Site C, administered by site B's admin (so `govern_site` and `agent_for` can act for it)."""
     site = Site.objects.create(name="Karolinska", code="ki", city="Stockholm", country="SE")
-    site_admin_assign(actor=p.admin, site=site, user=p.site_b_admin)
-    signing_authority_grant(actor=p.site_b_admin, site=site, user=p.site_b_admin)
+    appoint_site_admin(p.admin, site, p.site_b_admin)
     return site
 
 

@@ -10,12 +10,11 @@ from aggregation.models import Round
 from aggregation.services import round_aggregate
 from aggregation.site_summary import PAGE_SIZE, WORST_LINES
 from sites.models import Site
-from sites.services import site_admin_assign
 from studies import services as study_services
 from studies.models import Participation
 from tests.aggregation.support import GOOD_METRICS, agent_for, open_round, submit
 from tests.aggregation.test_views_dashboard import BASE_METRICS, dashboard_url, embedded
-from tests.base import active_study
+from tests.base import active_study, appoint_site_admin
 from tests.pages import client_for, page
 
 
@@ -24,7 +23,7 @@ def _sites(p, count: int, prefix: str) -> list[Site]:
     made = []
     for i in range(count):
         site = Site.objects.create(name=f"{prefix} {i:02d}", code=f"{prefix.lower()}{i:02d}", city="", country="NL")
-        site_admin_assign(actor=p.admin, site=site, user=p.site_b_admin)
+        appoint_site_admin(p.admin, site, p.site_b_admin)
         made.append(site)
     return made
 

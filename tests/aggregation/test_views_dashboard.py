@@ -15,7 +15,6 @@ from aggregation.models import Round
 from aggregation.services import round_aggregate
 from consortium.audit.models import AuditEvent
 from sites.models import Site
-from sites.services import signing_authority_grant, site_admin_assign
 from studies.models import Study, StudyEvent
 from tests.aggregation.support import (
     GOOD_METRICS,
@@ -27,7 +26,7 @@ from tests.aggregation.support import (
     third_site,
     three_site_study,
 )
-from tests.base import Personas, make_user
+from tests.base import Personas, appoint_site_admin, make_user
 from tests.pages import client_for, denied, page
 
 pytestmark = pytest.mark.usefixtures("no_broker")
@@ -48,8 +47,7 @@ def dashboard_url(study: Study) -> str:
 def uninvolved_site_admin(p: Personas):
     site = Site.objects.create(name="Rigshospitalet", code="rh", city="Copenhagen", country="DK")
     admin = make_user("site_c_admin")
-    site_admin_assign(actor=p.admin, site=site, user=admin)
-    signing_authority_grant(actor=admin, site=site, user=admin)
+    appoint_site_admin(p.admin, site, admin)
     return admin
 
 

@@ -11,7 +11,6 @@ from aggregation.models import ModelVersion, Round
 from aggregation.services import round_aggregate, statistics_submit
 from consortium.audit.models import AuditEvent
 from sites.models import Site
-from sites.services import signing_authority_grant, site_admin_assign
 from studies import services as study_services
 from tests.aggregation.support import (
     GOOD_METRICS,
@@ -21,7 +20,7 @@ from tests.aggregation.support import (
     open_round,
     submit,
 )
-from tests.base import Personas, active_study, make_user
+from tests.base import Personas, active_study, appoint_site_admin, make_user
 from tests.pages import client_for, denied, page
 
 pytestmark = pytest.mark.usefixtures("no_broker")
@@ -38,8 +37,7 @@ def uninvolved_site_admin(p: Personas):
     """The admin of a site that takes no part in the study."""
     site = Site.objects.create(name="Karolinska", code="ki", city="Stockholm", country="SE")
     admin = make_user("site_c_admin")
-    site_admin_assign(actor=p.admin, site=site, user=admin)
-    signing_authority_grant(actor=admin, site=site, user=admin)
+    appoint_site_admin(p.admin, site, admin)
     return admin
 
 

@@ -14,13 +14,13 @@ from rest_framework.test import APIClient
 from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.roles import Role
 from sites.models import Site
-from sites.services import signing_authority_grant, site_admin_assign
 from studies import services
 from studies.choices import DpiaStatus, StudyStatus
 from studies.models import PROTOCOL_FIELDS, AgreementVersion, Dpia, Study
 from tests.base import (
     accept_protocol,
     active_study,
+    appoint_site_admin,
     approve_dpia,
     draft_study,
     govern_site,
@@ -221,8 +221,7 @@ def _add_governed_sites(p, study: Study, count: int, start: int = 0) -> list[Sit
     for n in range(start, start + count):
         site = Site.objects.create(name=f"Hospital {n:02d}", code=f"h{n:02d}")
         admin = make_user(f"admin_h{n:02d}")
-        site_admin_assign(actor=p.admin, site=site, user=admin)
-        signing_authority_grant(actor=admin, site=site, user=admin)
+        appoint_site_admin(p.admin, site, admin)
         participation = services.participation_invite(actor=p.pi, study=study, site=site)
         services.participation_grant(actor=admin, participation=participation)
         services.agreement_sign(actor=admin, agreement=study.agreement_versions.get(), participation=participation)

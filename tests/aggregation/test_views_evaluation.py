@@ -75,7 +75,7 @@ def test_the_dashboard_hides_the_note_while_every_site_has_its_auc(fed):
 
 def test_the_dashboard_marks_the_sites_that_evaluated_the_final_model(fed):
     skewed_history(fed)
-    body = page(client_for(fed.p.site_a_admin).get(reverse("aggregation:dashboard", args=[fed.study.pk])))
+    body = page(client_for(fed.p.pi).get(reverse("aggregation:dashboard", args=[fed.study.pk])))
     heatmap = embedded(body, "dashboard-figures")["heatmap"]["data"][0]
     assert heatmap["x"] == [1, 2]
     assert all(row[1].startswith("submitted: final model evaluated") for row in heatmap["text"])

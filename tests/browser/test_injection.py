@@ -19,7 +19,7 @@ from sites.services import agent_token_create, site_update
 from studies import services
 from studies.models import Participation, Study
 from tests.aggregation.support import agent_for, open_round, submit
-from tests.base import PASSWORD, Personas, make_personas
+from tests.base import PASSWORD, Personas, accept_protocol, make_personas, register_dataset
 from tests.browser.conftest import csp_violations, log_in, shot, watched_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("model_store", "no_broker")]
@@ -53,6 +53,8 @@ def governed_with_payloads(p: Personas) -> Study:
         services.ethics_record(actor=admin, participation=participation, reference=PAYLOAD,
                                valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=365))
         agent_token_create(actor=admin, site=site, name=PAYLOAD)
+        accept_protocol(admin, participation)
+        register_dataset(p, study, site)
     services.dpia_save(actor=p.dpo, study=study, summary=PAYLOAD, risk_level="medium",
                        valid_until=now + timedelta(days=365))
     services.dpia_submit(actor=p.dpo, study=study)

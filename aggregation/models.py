@@ -8,7 +8,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
-from sites.models import Site
+from sites.models import Revocable, Site, revocation_complete
 from studies.models import Study
 
 
@@ -171,7 +171,7 @@ class Standardization(models.Model):
         return f"Standardization of {self.study_id} ({self.sites} sites, {self.examples} rows)"
 
 
-class FlowerCoordinatorToken(models.Model):
+class FlowerCoordinatorToken(Revocable):
     """The credential of a study's Flower coordinator (its ServerApp's `GovernedStrategy`), issued by the
     study's PI: `Authorization: Bearer csf_<prefix>_<secret>`, stored as the SHA-256 of the secret like an
     agent token. While a live one exists the study's rounds are run by Flower, not by Consortium's scheduler."""
@@ -182,28 +182,15 @@ class FlowerCoordinatorToken(models.Model):
     key_hash = models.CharField(max_length=64, editable=False, help_text="SHA-256 (hex) of the secret.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
-                                   related_name="+")
-    revoke_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
         constraints = [
-            models.CheckConstraint(
-                condition=(Q(revoked_at__isnull=True, revoked_by__isnull=True, revoke_reason="")
-                           | (Q(revoked_at__isnull=False, revoked_by__isnull=False) & ~Q(revoke_reason=""))),
-                name="flower_token_revocation_complete",
-                violation_error_message="A revoked token records who revoked it, when and why.",
-            ),
+            revocation_complete("flower_token_revocation_complete", "token"),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix})"
-
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
 
 
 class FlowerRound(models.Model):

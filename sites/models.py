@@ -52,7 +52,37 @@ class SiteGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Site, on_delete=models.CASCADE)
 
 
-class AgentToken(models.Model):
+class Revocable(models.Model):
+    """A credential revoked for good: when, by whom and why are recorded together, or not at all
+    (`revocation_complete`). Revocation takes effect on the credential's next use."""
+
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    revoke_reason = models.TextField(blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+def revocation_complete(name: str, what: str) -> models.CheckConstraint:
+    """The check that a revoked credential records who revoked it, when and why (and a live one none of it)."""
+    return models.CheckConstraint(
+        condition=(
+            models.Q(revoked_at__isnull=True, revoked_by__isnull=True, revoke_reason="")
+            | (models.Q(revoked_at__isnull=False, revoked_by__isnull=False) & ~models.Q(revoke_reason=""))
+        ),
+        name=name,
+        violation_error_message=f"A revoked {what} records who revoked it, when and why.",
+    )
+
+
+class AgentToken(Revocable):
     """A credential the site agent of one hospital presents as `Authorization: Bearer cst_<prefix>_<secret>`.
 
     Only the SHA-256 of the secret is stored: the secret is 32 random bytes from `secrets`, so a fast
@@ -67,11 +97,6 @@ class AgentToken(models.Model):
     key_hash = models.CharField(max_length=64, editable=False, help_text="SHA-256 (hex) of the secret.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    revoke_reason = models.TextField(blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True, help_text="Last use, to the minute.")
     expires_at = models.DateTimeField(help_text="From this moment the token is refused (a rotation brings it "
                                                 "forward, to the end of the overlap with the new token).")
@@ -79,28 +104,17 @@ class AgentToken(models.Model):
     class Meta:
         ordering = ["-created_at", "-pk"]
         constraints = [
-            models.CheckConstraint(
-                condition=(
-                    models.Q(revoked_at__isnull=True, revoked_by__isnull=True, revoke_reason="")
-                    | (models.Q(revoked_at__isnull=False, revoked_by__isnull=False) & ~models.Q(revoke_reason=""))
-                ),
-                name="agent_token_revocation_complete",
-                violation_error_message="A revoked token records who revoked it, when and why.",
-            ),
+            revocation_complete("agent_token_revocation_complete", "token"),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix})"
 
     @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
-
-    @property
     def is_expired(self) -> bool:
         return self.expires_at <= timezone.now()
 
-class FlowerNode(models.Model):
+class FlowerNode(Revocable):
     """The public key of a site's Flower SuperNode (Flower's node authentication), registered by the site's
     admin like an agent token: a Flower node whose key is registered here acts for this site, and for no other.
 
@@ -113,11 +127,6 @@ class FlowerNode(models.Model):
     fingerprint = models.CharField(max_length=64, editable=False, help_text="SHA-256 (hex) of the DER public key.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    revoke_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -125,19 +134,8 @@ class FlowerNode(models.Model):
             models.UniqueConstraint(fields=["fingerprint"], condition=models.Q(revoked_at__isnull=True),
                                     name="flower_node_one_live_key",
                                     violation_error_message="This public key is already registered."),
-            models.CheckConstraint(
-                condition=(
-                    models.Q(revoked_at__isnull=True, revoked_by__isnull=True, revoke_reason="")
-                    | (models.Q(revoked_at__isnull=False, revoked_by__isnull=False) & ~models.Q(revoke_reason=""))
-                ),
-                name="flower_node_revocation_complete",
-                violation_error_message="A revoked key records who revoked it, when and why.",
-            ),
+            revocation_complete("flower_node_revocation_complete", "key"),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.fingerprint[:12]})"
-
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None

@@ -50,6 +50,10 @@ class Walk:
         assert "{" not in url, f"{template}: give the walk an id for this path"
         return url
 
+    def params(self, template: str) -> dict[str, int]:
+        """The query parameters a read needs (the agent's ledger: the site's own rows of one study)."""
+        return {"study": self.fed.study.pk} if template == "/api/agent/ledger/" else {}
+
     def caller(self, template: str) -> APIClient:
         if template.startswith("/api/agent/flower/"):
             return self._flower_coordinator()
@@ -95,13 +99,14 @@ def test_it_audits_every_read_of_study_data_and_classifies_every_other_get(walk)
             problems.append(f"{template}: neither an audited read of study data nor classified as none")
             continue
         mark = last_seq()
-        response = walk.caller(template).get(url)
+        response = walk.caller(template).get(url, walk.params(template))
         written = [(event.action, event.outcome) for event in events_after(mark)]
         if response.status_code != 200 or written != [(reads.action, AuditOutcome.OK)]:
             problems.append(f"{template}: {response.status_code}, wrote {written}, expected {reads.action}")
             continue
         event = events_after(mark)[0]
-        if template.startswith(("/api/studies/{id}/", "/api/participations/", "/api/agent/rounds/{round_id}")):
+        if template.startswith(("/api/studies/{id}/", "/api/participations/", "/api/agent/rounds/{round_id}",
+                                "/api/agent/ledger/")):
             assert event.study_id == walk.fed.study.pk, template
         if template.startswith("/api/sites/{id}/ledger"):
             assert (event.site_id, event.details["studies"]) == (walk.fed.p.site_a.pk, [walk.fed.study.pk]), template

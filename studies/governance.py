@@ -397,8 +397,12 @@ def _protocol_check(review: ProtocolReview | None, current: str, site: Site) -> 
 
 def _dataset_check(registration: DatasetRegistration | None, study: Study, site: Site) -> Check:
     """The site's agent registered its data set and it matches the protocol's schema, feature by feature. The
-    match is judged now, against the current protocol: an amendment of the schema is checked at once."""
+    match is judged now, against the current protocol: an amendment of the schema is checked at once. A protocol
+    that declares no feature names requires no registration, but one that was made is still judged."""
     verdict = partial(Check, GateCheck.DATASET_REGISTERED, site_id=site.pk, site_name=site.name)
+    if registration is None and not study.feature_names:
+        # No declared schema (e.g. a Flower federation, whose clients are not our agent): nothing to match yet.
+        return verdict(True, "The protocol declares no data schema; no registration is required.")
     if registration is None:
         return verdict(False, "Has not registered its data set (its agent registers it when it connects).")
     problems = schema_mismatches(registration.summary, feature_names=study.feature_names,

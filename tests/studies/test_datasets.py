@@ -67,11 +67,18 @@ def test_re_registering_the_right_data_restores_eligibility_and_the_newest_count
     assert evaluate(study, "aggregate").allowed
 
 
-def test_an_unregistered_site_is_not_eligible(p):
-    study = active_study(p, num_features=4)
+def test_an_unregistered_site_is_not_eligible_when_the_protocol_declares_a_schema(p, study):
     DatasetRegistration.objects.filter(study=study, site=p.site_b).delete()  # as if its agent never connected
     check = dataset_check(study, p.site_b)
     assert not check.passed and check.reason.startswith("Has not registered its data set")
+
+
+def test_without_a_declared_schema_registration_is_optional_but_a_registration_is_still_judged(p):
+    study = active_study(p, num_features=4)  # e.g. a Flower federation, whose clients are not our agent
+    DatasetRegistration.objects.filter(study=study, site=p.site_b).delete()
+    assert dataset_check(study, p.site_b).passed
+    register_dataset(p, study, p.site_b, matching_summary(study) | {"label_column": "outcome"})
+    assert not dataset_check(study, p.site_b).passed
 
 
 def test_an_amended_schema_is_judged_at_once_against_the_registered_data(p, study):

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from django.db import IntegrityError, transaction
+from scipy.stats import chi2
 
 from aggregation.choices import RoundKind, RoundStatus, UpdateStatus
 from aggregation.models import ModelVersion, Round, Update
@@ -330,8 +331,15 @@ def test_it_draws_fresh_dp_noise_when_the_same_round_is_aggregated_again(p):
             raise Rollback
     # Same round, same updates, same settings: only noise nobody can predict makes the two models differ.
     assert all(not torch.equal(models[0][name], models[1][name]) for name in models[0])
-    difference = torch.cat([(models[0][name] - models[1][name]).reshape(-1) for name in models[0]])
-    assert float(difference.std()) == pytest.approx(2 ** 0.5 * 1.0 * 0.5 / 2, rel=0.5)  # sqrt(2) z C / n
+    difference = torch.cat([(models[0][name] - models[1][name]).reshape(-1) for name in models[0]]).double()
+    # Each value of the difference is N(0, sigma^2) with sigma = sqrt(2) z C / n, so the mean of their squares over
+    # sigma^2 is chi-squared with k degrees of freedom over k: outside these bounds one time in 500,000 (a wrong
+    # noise scale, e.g. no 1/n or z C missing, falls far outside them).
+    sigma = 2 ** 0.5 * 1.0 * 0.5 / 2
+    k = difference.numel()
+    ratio = float(difference.pow(2).mean()) / sigma**2
+    low, high = chi2.ppf(1e-6, k) / k, chi2.ppf(1 - 1e-6, k) / k
+    assert low < ratio < high, (ratio, low, high)
 
 
 def test_it_keeps_no_noise_seed_in_provenance_audit_log_or_live_events(p):

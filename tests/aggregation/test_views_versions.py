@@ -14,6 +14,7 @@ from consortium.audit.models import AuditEvent, AuditOutcome
 from consortium.errors import NotFound
 from consortium.version import code_version
 from sites.models import Site
+from sites.services import site_admin_assign
 from studies import services as study_services
 from tests.aggregation.support import (
     GOOD_METRICS,
@@ -25,7 +26,7 @@ from tests.aggregation.support import (
     third_site,
     three_site_study,
 )
-from tests.base import Personas, appoint_site_admin, make_user
+from tests.base import Personas, make_user
 from tests.pages import client_for, denied, page
 from tests.support import actions_after, last_seq
 
@@ -46,7 +47,7 @@ def uninvolved_site_admin(p: Personas):
     """The admin of a site that takes no part in the study."""
     site = Site.objects.create(name="Uppsala", code="uu", city="Uppsala", country="SE")
     admin = make_user("site_d_admin")
-    appoint_site_admin(p.admin, site, admin)
+    site_admin_assign(actor=p.admin, site=site, user=admin)  # it signs nothing: no signing authority
     return admin
 
 

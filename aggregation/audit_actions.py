@@ -39,6 +39,13 @@ class AggregationAction:
     ROUND_FAILED = "aggregation.round.failed"
     ROUND_DECLINE = "aggregation.round.decline"
     ROUND_DECLINED = "aggregation.round.declined"
+    # Secure-aggregation rounds (`aggregation.services.secure`): a site's message for a stage (the attempt, then
+    # what was accepted), a stage opening and closing, a site left out of the sum as a dropout.
+    SECURE_SUBMIT = "aggregation.secure.submit"
+    SECURE_ACCEPTED = "aggregation.secure.accepted"
+    SECURE_EXCLUDED = "aggregation.secure.excluded"
+    SECURE_STAGE_OPENED = "aggregation.secure.stage_opened"
+    SECURE_STAGE_CLOSED = "aggregation.secure.stage_closed"
     STATISTICS_ACCEPTED = "aggregation.statistics.accepted"
     STATISTICS_EXCLUDED = "aggregation.statistics.excluded"
     STATISTICS_SUBMIT = "aggregation.statistics.submit"

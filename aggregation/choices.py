@@ -32,3 +32,17 @@ class UpdateStatus(models.TextChoices):
     ACCEPTED = "accepted", "Accepted"
     INCLUDED = "included", "Included in the new model"
     EXCLUDED = "excluded", "Excluded"
+
+
+class SecureStage(models.TextChoices):
+    """The stages of a secure-aggregation round (docs/secure-aggregation.md), in order, then its outcome."""
+
+    KEYS = "keys", "Keys"
+    SHARES = "shares", "Shares"
+    MASKED_INPUTS = "masked_inputs", "Masked inputs"
+    UNMASKING = "unmasking", "Unmasking"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+SECURE_STAGES_OPEN = [SecureStage.KEYS, SecureStage.SHARES, SecureStage.MASKED_INPUTS, SecureStage.UNMASKING]

@@ -27,6 +27,7 @@ class RoundEventKind(models.TextChoices):
     ROUND_CLOSED = "round.closed", "Round closed"
     ROUND_BLOCKED = "round.blocked", "Round blocked"
     ROUND_FAILED = "round.failed", "Round failed"
+    SECURE_STAGE = "secure.stage", "Secure aggregation stage"
 
 
 class RoundRef(TypedDict):
@@ -130,6 +131,17 @@ RoundMetrics = TypedDict("RoundMetrics", {
     "sites": dict[str, SiteRoundFigures],  # site id -> figures
 })
 
+class SecureStageMoved(RoundRef):
+    """A secure round's stage opened or closed (`aggregation.services.secure`); `sites`: how many it admitted."""
+
+    stage: str
+    opened: bool
+    sites: int | None
+    reason: str
+
+
+SECURE_STAGE_NAMES = {"keys": "keys", "shares": "shares", "masked_inputs": "masked inputs", "unmasking": "unmasking"}
+
 PAYLOADS = {
     RoundEventKind.ROUND_OPENED: RoundOpened,
     RoundEventKind.UPDATE_RECEIVED: UpdateReceived,
@@ -143,6 +155,7 @@ PAYLOADS = {
     RoundEventKind.ROUND_CLOSED: RoundMoved,
     RoundEventKind.ROUND_BLOCKED: RoundMoved,
     RoundEventKind.ROUND_FAILED: RoundMoved,
+    RoundEventKind.SECURE_STAGE: SecureStageMoved,
 }
 
 
@@ -154,6 +167,14 @@ def _opened_what(d: Payload) -> str:
 
 def _in(d: Payload) -> str:
     return f"{d.get('submitted')} of {d.get('eligible')} eligible sites in."
+
+
+def _secure_stage(d: Payload) -> str:
+    stage = SECURE_STAGE_NAMES.get(str(d.get("stage")), str(d.get("stage")))
+    if d.get("opened"):
+        return f"Round {d.get('round')}, secure aggregation: the {stage} stage opened. {d.get('reason')}"
+    return (f"Round {d.get('round')}, secure aggregation: the {stage} stage closed with {d.get('sites')} sites "
+            f"({d.get('reason')}).")
 
 
 def _round_metrics(d: Payload) -> str:
@@ -187,6 +208,7 @@ SENTENCES = {
     RoundEventKind.ROUND_CLOSED: lambda d: f"Round {d.get('round')} closed: {d.get('reason')}",
     RoundEventKind.ROUND_BLOCKED: lambda d: f"Round {d.get('round')} blocked: {d.get('reason')}",
     RoundEventKind.ROUND_FAILED: lambda d: f"Round {d.get('round')} failed: {d.get('reason')}",
+    RoundEventKind.SECURE_STAGE: _secure_stage,
 }
 
 TONES = {
@@ -202,6 +224,7 @@ TONES = {
     RoundEventKind.ROUND_CLOSED: "good",
     RoundEventKind.ROUND_BLOCKED: "bad",
     RoundEventKind.ROUND_FAILED: "bad",
+    RoundEventKind.SECURE_STAGE: "info",
 }
 
 

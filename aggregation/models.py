@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, UpdateStatus
+from aggregation.choices import ROUND_LIVE, RoundKind, RoundStatus, SecureStage, UpdateStatus
 from sites.models import Revocable, Site, revocation_complete
 from studies.models import Study
 
@@ -205,3 +205,47 @@ class FlowerRound(models.Model):
 
     def __str__(self) -> str:
         return f"Flower round {self.server_round} ({self.round})"
+
+
+class SecureRound(models.Model):
+    """What makes a training round a secure-aggregation round (docs/secure-aggregation.md): its public setup,
+    its stage and what each closed stage fixed. The coordinator holds public keys, ciphertexts it cannot read
+    and masked vectors; the `CoordinatorRound` is rebuilt from these rows and the sites' messages at each step."""
+
+    round = models.OneToOneField(Round, primary_key=True, on_delete=models.PROTECT, related_name="secure")
+    stage = models.CharField(max_length=16, choices=SecureStage.choices, default=SecureStage.KEYS)
+    config = models.JSONField(help_text="The round's RoundConfig (context, vector length, clip, threshold, ...).")
+    roster = models.JSONField(default=list, blank=True, help_text="The public keys of the sites admitted at keys.")
+    mail = models.JSONField(default=dict, blank=True,
+                            help_text="Recipient site -> {sender site: encrypted shares}, fixed when shares closed.")
+    request = models.JSONField(default=dict, blank=True, help_text="Survivors and dropouts, fixed when masked "
+                                                                   "inputs closed.")
+    stage_deadline = models.DateTimeField(help_text="When the stage closes with the sites that answered by then.")
+    reason = models.TextField(blank=True, help_text="Why the round failed closed (empty otherwise).")
+    result = models.JSONField(default=dict, blank=True, help_text="What unmasking revealed: the total weight, "
+                                                                  "survivors, dropouts and the error bound.")
+
+    def __str__(self) -> str:
+        return f"Secure aggregation of {self.round} ({self.get_stage_display()})"
+
+
+class SecureMessage(models.Model):
+    """One site's message for one stage of a secure round, as it sent it: public keys, encrypted shares, a
+    masked input (on disk, content-addressed) or its unmasking answer. One per site per stage."""
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="secure_messages")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    stage = models.CharField(max_length=16, choices=SecureStage.choices)
+    payload = models.JSONField(default=dict, blank=True)
+    path = models.CharField(max_length=500, blank=True, help_text="The masked input's file (masked inputs only).")
+    sha256 = models.CharField(max_length=64, blank=True)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    submitted_by = models.CharField(max_length=200, help_text="The agent credential that sent it.")
+    received_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["round", "stage", "site_id"]
+        constraints = [models.UniqueConstraint(fields=["round", "site", "stage"], name="one_secure_message_per_stage")]
+
+    def __str__(self) -> str:
+        return f"{self.get_stage_display()} of {self.site_id} for round {self.round_id}"

@@ -36,7 +36,7 @@ def open_rounds_for_site(site_id: int) -> list[dict[str, Any]]:
     rounds = (
         Round.objects.filter(status=RoundStatus.OPEN, flower__isnull=True, study__participations__site_id=site_id,
                              study__participations__status__in=PARTICIPATION_CURRENT)
-        .select_related("study", "base_version").order_by("opened_at").distinct()
+        .select_related("study", "base_version", "secure").order_by("opened_at").distinct()
     )
     standardizations = {s.study_id: s for s in Standardization.objects.filter(study__in=[r.study_id for r in rounds])}
     answer = []
@@ -44,8 +44,12 @@ def open_rounds_for_site(site_id: int) -> list[dict[str, Any]]:
         if not evaluate(round_.study, GateAction.DOWNLOAD_MODEL, site=site_id).allowed:
             continue
         answers = {RoundKind.STATISTICS: round_.statistics, RoundKind.EVALUATION: round_.evaluations}
-        submitted = answers.get(round_.kind, round_.updates).filter(site_id=site_id).exists()
-        answer.append(_describe(round_, submitted, standardizations.get(round_.study_id)))
+        secure = getattr(round_, "secure", None)
+        # A secure round is never "submitted": the agent steps through its stages until it is done.
+        submitted = secure is None and answers.get(round_.kind, round_.updates).filter(site_id=site_id).exists()
+        described = _describe(round_, submitted, standardizations.get(round_.study_id))
+        described["secure_stage"] = secure.stage if secure is not None else None
+        answer.append(described)
     return answer
 
 

@@ -78,7 +78,7 @@ def run_case(sites: int, params: int, drop: float, degree: int | None) -> dict:
         masked, seconds, _ = timed(session.masked_input, mail[site], *updates[site])
         masking.append(seconds)
         overhead[site] += seconds
-        sent[site] += len(masked.to_bytes()) + len(json.dumps({"site": site, "sha256": masked.sha256,
+        sent[site] += len(masked.to_safetensors()) + len(json.dumps({"site": site, "sha256": masked.sha256,
                                                                 "masked_with": masked.masked_with}))
         coordinator.add_masked_input(masked)
     request = coordinator.close_masked_inputs()

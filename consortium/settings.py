@@ -252,6 +252,9 @@ if "DP_DELTA" in os.environ:
 # A model above this size (float32 bytes) is aggregated in parameter shards, at most AGGREGATION_MAX_SHARDS,
 # in parallel on the workers (`aggregation.services.sharding`).
 AGGREGATION_SHARD_BYTES = env_int("AGGREGATION_SHARD_BYTES", 64 * 1024 * 1024)
+# A secure-aggregation stage (keys, shares, unmasking) closes after this long with the sites that answered: the
+# others count as dropouts. The masked-input stage, where sites train, lasts at least to the round's deadline.
+SECAGG_STAGE_SECONDS = env_int("SECAGG_STAGE_SECONDS", 120)
 AGGREGATION_MAX_SHARDS = env_int("AGGREGATION_MAX_SHARDS", 8)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_UPDATE_BYTES + 1024 * 1024, 2_621_440)
 

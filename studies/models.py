@@ -246,6 +246,10 @@ def secure_aggregation_problems(study: Study) -> None:
         raise ValidationError({"dp_noise_multiplier": "Central differential privacy clips each site's update norm at "
                                                       "the coordinator, which secure aggregation makes impossible; "
                                                       "turn one of them off."})
+    if study.federated_statistics:
+        raise ValidationError({"federated_statistics": "The statistics round sends each site's sums in the clear, "
+                                                       "which a study with secure aggregation promises never to "
+                                                       "collect; turn federated statistics off."})
     if study.quorum < 3:
         raise ValidationError({"quorum": "Secure aggregation needs a quorum of at least 3 sites: the sum of two "
                                          "updates tells each site the other's."})

@@ -92,6 +92,17 @@ def update_excluded(update: Update, round_: Round, reason: str) -> None:
             {**_round(round_), "site_id": update.site_id, "site": update.site.name, "reason": reason})
 
 
+def update_excluded_site(round_: Round, site: Site, reason: str) -> None:
+    """A site left out of a round without an update row (a secure round's masked input, discarded)."""
+    publish(round_.study_id, RoundEventKind.UPDATE_EXCLUDED,
+            {**_round(round_), "site_id": site.pk, "site": site.name, "reason": reason})
+
+
+def secure_stage(round_: Round, stage: str, *, opened: bool, sites: int | None, reason: str) -> None:
+    publish(round_.study_id, RoundEventKind.SECURE_STAGE,
+            {**_round(round_), "stage": stage, "opened": opened, "sites": sites, "reason": reason})
+
+
 def statistics_excluded(round_: Round, site: Site, reason: str) -> None:
     """A site's statistics left out of the pooled figures at close: the same live event as an excluded update."""
     publish(round_.study_id, RoundEventKind.UPDATE_EXCLUDED,
@@ -114,12 +125,14 @@ def round_moved(round_: Round, reason: str, details: dict[str, Any]) -> None:
 
 
 def aggregation_finished(round_: Round, version: ModelVersion, included: list[Update], seconds: float,
-                         wait_seconds: float | None) -> None:
+                         wait_seconds: float | None, *, site_ids: list[int] | None = None) -> None:
     """The new version, how long aggregating took, and the round's metrics: the sites' evaluation of
-    the model they trained from (the global metric), their local metrics and the weight norms."""
+    the model they trained from (the global metric), their local metrics and the weight norms. A secure
+    round has no update in the clear: `site_ids` names its contributors, and no site's figures are sent."""
     publish(round_.study_id, RoundEventKind.AGGREGATION_FINISHED,
             {**_round(round_), "version": version.number, "duration_seconds": seconds, "wait_seconds": wait_seconds,
-             "sites": [u.site_id for u in included], "strategy": round_.study.strategy})
+             "sites": site_ids if site_ids is not None else [u.site_id for u in included],
+             "strategy": round_.study.strategy})
     _round_metrics(round_, version.number, version.provenance.get("weight_norm"), included)
 
 

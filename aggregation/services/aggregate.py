@@ -18,15 +18,16 @@ from aggregation.audit_actions import AggregationAction
 from aggregation.choices import ROUND_LIVE, RoundStatus, UpdateStatus
 from aggregation.dispatch import aggregation_send_on_commit, aggregation_shards_send
 from aggregation.locks import lock_round
-from aggregation.models import ModelVersion, Round, Update
+from aggregation.models import ModelVersion, Round, SecureRound, Update
 from aggregation.selectors import privacy_budget
-from aggregation.services import _events, sharding
+from aggregation.services import _events, secure, sharding
 from aggregation.services.recovery import aggregation_claim
 from aggregation.services.round_state import move_round
 from aggregation.services.rounds import round_open_next
 from aggregation.storage import absolute, store, version_tensors
 from consortium.audit.log import SYSTEM, bounded_reason, record
 from consortium.federated import codec
+from consortium.federated.secagg import SecAggError, masks
 from consortium.version import code_version
 from studies.choices import GateAction, GateCheck, RevocationPolicy
 from studies.events import publish_gate
@@ -101,6 +102,8 @@ def round_aggregate(*, round_id: int, moment: datetime | None = None) -> ModelVe
 
 
 def _aggregate(round_id: int, moment: datetime | None) -> ModelVersion | None:
+    if SecureRound.objects.filter(round_id=round_id).exists():
+        return _aggregate_secure(round_id, moment)
     for _ in range(MAX_ATTEMPTS):
         plan = _prepare(round_id, moment or timezone.now())
         if not isinstance(plan, Plan):
@@ -385,3 +388,114 @@ def _privacy(study: Study) -> dict[str, Any] | None:
     if budget is not None and ModelVersion.objects.filter(study=study, provenance__privacy__void=True).exists():
         budget = {**budget, "void": True, "void_reason": PREDICTABLE_EARLIER}
     return budget
+
+
+# --- secure aggregation: the sum of masked inputs, unmasked ----------------------------------------------------
+
+def _aggregate_secure(round_id: int, moment: datetime | None) -> ModelVersion | None:
+    """A secure round's aggregation: the survivors' unmasking answers remove the masks of the sum only, whose
+    weighted mean of the sites' changes is added to the base model; the strategy then acts on that aggregate
+    (FedAvg keeps it, a server optimiser takes its step). The gate is asked before and at the commit: a study
+    it refuses blocks the round, a survivor it no longer allows fails it closed (one input can never be taken
+    out of a masked sum). A tampered share or input fails the round closed with the reason."""
+    with transaction.atomic():
+        round_ = lock_round(round_id)
+        if round_.status != RoundStatus.AGGREGATING:
+            return ModelVersion.objects.filter(round=round_).first()
+        if _secure_refused(round_, _gate(round_, moment or timezone.now())):
+            return None
+        secure_round = SecureRound.objects.get(round=round_)
+    started = time.perf_counter()
+    try:
+        result = secure.rebuild(secure_round).finish()
+    except SecAggError as error:
+        with transaction.atomic():
+            round_ = lock_round(round_id)
+            if round_.status == RoundStatus.AGGREGATING:
+                secure.secure_fail(round_, error.reason)
+        return None
+    computed = _secure_compute(round_, result, started)
+    with transaction.atomic():
+        round_ = lock_round(round_id)
+        if round_.status != RoundStatus.AGGREGATING:
+            return ModelVersion.objects.filter(round=round_).first()
+        gate = _gate(round_, moment or timezone.now())
+        if _secure_refused(round_, gate):
+            return None
+        if computed.broken:
+            secure.secure_fail(round_, f"The aggregate is not finite ({', '.join(computed.broken)}); nothing stored.")
+            return None
+        return _produce_secure_version(round_, gate, computed, result)
+
+
+def _secure_refused(round_: Round, gate: GateResult) -> bool:
+    """Whether the gate now stops the round: a study-level refusal blocks it, a survivor it no longer allows
+    fails it closed."""
+    refusals = [check for check in gate.study_checks if not check.passed and check.name != GateCheck.QUORUM]
+    survivors = secure.survivor_ids(round_)
+    lost = sorted(survivors - {verdict.site_id for verdict in gate.eligible_sites})
+    if not refusals and not lost:
+        return False
+    publish_gate(round_.study, trigger="aggregation", gate=gate)
+    if refusals:
+        secure.secure_fail(round_, " ".join(check.reason for check in refusals), gate=gate)
+    else:
+        secure.secure_fail(round_, f"{len(lost)} of the sites whose masked input is in the sum lost the gate's "
+                                   "approval; one input can never be taken out of a masked sum, so nothing is stored.",
+                           gate=gate)
+    return True
+
+
+def _secure_compute(round_: Round, result: Any, started: float) -> Computed:
+    """The new model from the unmasked mean change, through the study's strategy (outside any transaction)."""
+    from aggregation import strategies
+
+    study = Study.objects.get(pk=round_.study_id)
+    current = version_tensors(round_.base_version)
+    shapes = {name: tuple(tensor.shape) for name, tensor in current.items()}
+    change = masks.unflatten(result.mean.astype("float32"), shapes)
+    averaged = {name: current[name] + torch.from_numpy(change[name].copy()).to(current[name].dtype)
+                for name in current}
+    base = round_.base_version
+    state = codec.read_file(absolute(base.optimizer_state_path)) if base.optimizer_state_path else {}
+    weights, state, _ = strategies.aggregate(study.strategy, current, [(averaged, 1.0)], state,
+                                             _strategy_settings(study))
+    weighting = strategies.Weighting((), _SECURE_WEIGHTING.format(
+        sites=len(result.survivors), total=result.total_weight, error=result.max_error))
+    return _stored(study.pk, weights, state, weighting, time.perf_counter() - started)
+
+
+_SECURE_WEIGHTING = ("Secure aggregation: the mean of {sites} sites' masked changes weighted by their examples "
+                     "({total} in all), unmasked as a sum only; no site's update or weight is known to the "
+                     "coordinator. Largest quantisation error per coordinate: {error:.2e}.")
+
+
+def _produce_secure_version(round_: Round, gate: GateResult, computed: Computed, result: Any) -> ModelVersion:
+    study, base = round_.study, round_.base_version
+    digests = secure.masked_digests(round_)
+    sites = {site.code: site for site in secure.sites_by_code(round_, result.survivors + result.dropped)}
+    agreement = AgreementVersion.objects.filter(study=study).order_by("-version").first()
+    provenance = {**version_provenance(study, round_, [], gate, computed.weighting),
+                  "aggregation_seconds": computed.seconds, "weight_norm": computed.weight_norm}
+    provenance["contributors"] = [
+        {"site_id": sites[code].pk, "site": sites[code].name, "num_examples": None, "weight": None,
+         "update_sha256": digests[code], "agreement_version": agreement.version if agreement else None}
+        for code in result.survivors]
+    summary = {"survivors": list(result.survivors), "dropped": list(result.dropped),
+               "total_weight": result.total_weight, "max_error": result.max_error}
+    provenance["secure_aggregation"] = summary
+    version = ModelVersion(study=study, number=base.number + 1, round=round_, path=computed.path,
+                           sha256=computed.sha256, size_bytes=computed.size_bytes, spec=base.spec,
+                           optimizer_state_path=computed.state_path, provenance=provenance)
+    version.full_clean()
+    version.save()
+    record_version(version, round_, provenance)
+    secure.secure_done(round_, summary)
+    waited = max((timezone.now() - round_.aggregation_started_at).total_seconds() - computed.seconds, 0.0)
+    study_round_released(study=study, round_number=round_.number, noise_multiplier=study.dp_noise_multiplier)
+    _events.aggregation_finished(round_, version, [], computed.seconds, waited,
+                                 site_ids=[sites[code].pk for code in result.survivors])
+    move_round(round_, RoundStatus.CLOSED, actor=SYSTEM, reason=f"Model v{version.number} aggregated from the "
+                                                               f"masked inputs of {len(result.survivors)} sites.")
+    round_open_next(study_id=study.pk)
+    return version

@@ -18,6 +18,7 @@ from aggregation.services import _events
 from aggregation.services._events import Progress
 from aggregation.services.recovery import aggregations_redispatch, sweep_temporary_files
 from aggregation.services.round_state import move_round
+from aggregation.services.secure import secure_round_start, secure_rounds_tick
 from aggregation.storage import store
 from consortium.audit.log import SYSTEM, record
 from consortium.federated import codec, zoo
@@ -60,11 +61,14 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
                        deadline=moment + timedelta(minutes=study.round_deadline_minutes))
         round_.full_clean()
         round_.save()
+        secure_round = study.secure_aggregation and kind == RoundKind.TRAINING
         record(actor=SYSTEM, action=AggregationAction.ROUND_OPENED, target=round_, study=study,
                details={"round": round_.number, "kind": round_.kind, "base_version": base.number if base else None,
-                        "deadline": round_.deadline.isoformat(),
+                        "deadline": round_.deadline.isoformat(), "secure_aggregation": secure_round,
                         "eligible_site_ids": [v.site_id for v in gate.eligible_sites]})
         _events.round_opened(round_, gate)
+        if secure_round:
+            secure_round_start(round_, gate, moment)
         return round_
 
 
@@ -244,8 +248,9 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
     again, remove what killed writers left in the model store, and tell live dashboards when an approval
     lapsed with time."""
     moment = moment or timezone.now()
-    # A Flower round is the Flower coordinator's to finish: no deadline or completion of ours applies.
-    ours = Round.objects.filter(status=RoundStatus.OPEN, flower__isnull=True)
+    # A Flower round is the Flower coordinator's to finish, a secure round closes stage by stage (its own
+    # deadlines): neither completes by counting updates.
+    ours = Round.objects.filter(status=RoundStatus.OPEN, flower__isnull=True, secure__isnull=True)
     for round_id in ours.filter(deadline__lte=moment).values_list("pk", flat=True):
         round_check_deadline(round_id=round_id, moment=moment)
     # A site that became ineligible may leave every remaining eligible site already submitted.
@@ -254,6 +259,7 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
             round_ = lock_round(round_id)
             if round_.status == RoundStatus.OPEN:
                 round_complete_if_ready(round_, moment=moment)
+    secure_rounds_tick(moment=moment)
     aggregations_redispatch(moment=moment)  # a worker died while aggregating, or took the task with it
     _sweep_now_and_then()
     idle = Study.objects.filter(status=StudyStatus.ACTIVE).exclude(rounds_run__status__in=ROUND_LIVE)

@@ -31,6 +31,7 @@ from .data import DEFAULT_LABEL, DataError, Dataset, Table, load_table, local_st
 from .policy import Policy
 from .record import LocalRecord, RecordError, default_record_path
 from .registration import Registrar
+from .secure import SecureRounds, model_change
 from .training import LocalUpdate, Protocol, check_features, evaluate, local_update
 from .witness import Witness
 
@@ -84,12 +85,14 @@ class Agent:
         self.registrar = Registrar(client, label=label, say=say, studies=self.studies)
         self.finished: set[int] = set()  # rounds submitted, or refused for good, by this process
         self.pending: dict[int, PendingUpdate] = {}
+        self.secure: SecureRounds | None = None  # once the coordinator has named the site (`introduce`)
         self._idle = False
 
     def introduce(self) -> dict[str, Any]:
         """GET /me/: proves the token works and names the site."""
         me = _fatal_on_refusal(self.client.me)
         site = me.get("site", {})
+        self.secure = SecureRounds(str(site.get("code")), self.client.request)
         if self.record is None and self.keep_record:
             self.record = LocalRecord(self.record_path or default_record_path(str(site.get("code"))))
             self.record.entries()  # a broken chain stops the agent now: its record is the site's evidence
@@ -176,6 +179,8 @@ class Agent:
                 self.decline(round_, refusal)
                 self.say(f"{title}: declined by this site's policy: {refusal}. The coordinator was told.")
                 return True
+            if round_.get("secure_stage"):
+                return self.secure_round(round_, title)
             if round_["kind"] == "statistics":
                 message = self.statistics_round(round_)
             elif round_["kind"] == "evaluation":
@@ -218,6 +223,30 @@ class Agent:
         dataset = self.table.dataset(self.label or protocol.label_column or DEFAULT_LABEL, protocol.feature_names)
         check_features(protocol, dataset)
         return dataset
+
+    def secure_round(self, round_: Mapping[str, Any], title: str) -> bool:
+        """One step of a secure round (sites.agent.secure): the stage's message, once; at the masked-input stage
+        the site trains and sends only its masked change to the model. Done when the round is done or failed."""
+        if self.secure is None:
+            self.introduce()
+        assert self.secure is not None
+        before = set(self.secure.sent.get(round_["round_id"], set()))
+        stage = self.secure.step(round_["round_id"], lambda: self._masked_change(round_))
+        if stage in ("done", "failed"):
+            self.finished.add(round_["round_id"])
+        elif stage not in before and stage in self.secure.sent.get(round_["round_id"], set()):
+            self.say(f"{title}: secure aggregation, sent this site's {stage.replace('_', ' ')}.")
+        return True
+
+    def _masked_change(self, round_: Mapping[str, Any]) -> tuple[Any, int]:
+        """Train as for a plain round, and hand secure aggregation the change to the model (never sent in the
+        clear) and the number of examples it was trained on."""
+        protocol = Protocol.from_json(round_["protocol"])
+        train_set, val_set = self._prepared(protocol, round_.get("standardization"))
+        model, global_state = self._download(round_, protocol)
+        update = local_update(protocol, global_state, train_set, val_set, seed=self.seed + int(round_["number"]))
+        self.say(f"round {round_['number']}: {_describe(protocol, model, update)}; masking the change.")
+        return model_change(update.state, global_state), int(update.num_examples)
 
     def statistics_round(self, round_: Mapping[str, Any]) -> str:
         protocol = Protocol.from_json(round_["protocol"])

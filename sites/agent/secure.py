@@ -9,7 +9,8 @@ The contract with the coordinator (all under /api/agent/rounds/<id>/secagg/):
     GET  ./                 {"stage", "config", "roster"?, "mail"?, "request"?, "reason"?}
     POST ./keys/            Keys.to_wire()
     POST ./shares/          Shares.to_wire()
-    POST ./masked-input/    the masked vector's bytes; headers X-SHA256, X-Masked-With (JSON list of sites)
+    POST ./masked-input/    safetensors of one uint32 tensor "masked"; headers X-SHA256 (of the body), X-Masked-With
+                            (JSON list of sites)
     POST ./unmask/          Unmask.to_wire()
 Stages: keys, shares, masked_inputs, unmasking, then done or failed (with a reason).
 """
@@ -17,6 +18,7 @@ Stages: keys, shares, masked_inputs, unmasking, then done or failed (with a reas
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,8 +66,10 @@ class SecureRounds:
                 mail = {sender: base64.b64decode(text) for sender, text in state["mail"].items()}
                 vector, weight = change()
                 masked = session.masked_input(mail, vector, weight)
-                self.request("POST", base + "masked-input/", body=masked.to_bytes(),
-                             headers={"Content-Type": "application/octet-stream", "X-SHA256": masked.sha256,
+                body = masked.to_safetensors()
+                self.request("POST", base + "masked-input/", body=body,
+                             headers={"Content-Type": "application/octet-stream",
+                                      "X-SHA256": hashlib.sha256(body).hexdigest(),
                                       "X-Masked-With": json.dumps(list(masked.masked_with))})
             elif stage == "unmasking" and stage not in done:
                 answer = session.unmask(UnmaskRequest.from_wire(state["request"]))

@@ -43,7 +43,7 @@ class Coordinator:
             elif tail == "shares/":
                 self.core.add_shares(Shares.from_wire(json.loads(body)))
             elif tail == "masked-input/":
-                vector = MaskedInput.vector_from_bytes(body, length=LENGTH + 1, sha256=headers["X-SHA256"])
+                vector = MaskedInput.from_safetensors(body, length=LENGTH + 1, sha256=headers["X-SHA256"])
                 self.core.add_masked_input(MaskedInput(site, vector, tuple(json.loads(headers["X-Masked-With"]))))
             elif tail == "unmask/":
                 self.core.add_unmask(Unmask.from_wire(json.loads(body)))

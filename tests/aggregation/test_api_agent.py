@@ -75,7 +75,7 @@ def test_it_lists_the_open_round_with_its_protocol_and_whether_the_site_submitte
         "round_id": round_.pk, "study_id": fed.study.pk, "study_title": "Sepsis risk", "number": 1,
         "kind": "training", "base_version": 0, "deadline": round_.deadline.isoformat(), "submitted": False,
         "protocol": fed.study.protocol(), "protocol_sha256": fed.study.protocol_sha256(),
-        "standardization": None,
+        "standardization": None, "secure_stage": None,
     }
     # The agent can check the hash itself, from the protocol it is sent, without trusting the coordinator.
     assert protocol_hash(listed["protocol"]) == listed["protocol_sha256"]

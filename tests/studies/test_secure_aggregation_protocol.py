@@ -12,7 +12,7 @@ from tests.studies.test_views_study import _create_data, client_for
 
 NEW_STUDY = {"title": "Readmission risk", "clinical_question": "Which patients return within 30 days?",
              "model_kind": "mlp", "strategy": "fedavg", "quorum": 3, "secure_aggregation": True,
-             "agreement_text": "Use pseudonymised data for readmission research only."}
+             "federated_statistics": False, "agreement_text": "Use pseudonymised data for readmission research only."}
 
 
 def test_it_creates_a_study_with_secure_aggregation_through_the_api(p):
@@ -23,7 +23,8 @@ def test_it_creates_a_study_with_secure_aggregation_through_the_api(p):
 
 
 def test_it_creates_a_study_with_secure_aggregation_through_the_form(p):
-    response = client_for(p.pi).post(reverse("studies:create"), _create_data(secure_aggregation="on", quorum=3))
+    response = client_for(p.pi).post(reverse("studies:create"), _create_data(secure_aggregation="on", quorum=3,
+                                                                                federated_statistics=""))
     assert response.status_code == 302
     assert Study.objects.get(title="Heart failure readmission").secure_aggregation is True
 
@@ -34,6 +35,7 @@ def test_it_creates_a_study_with_secure_aggregation_through_the_form(p):
     ({"strategy": "trimmed_mean"}, "strategy", "needs every site's update in the clear"),
     ({"dp_noise_multiplier": 1.0}, "dp_noise_multiplier", "clips each site's update norm at the coordinator"),
     ({"quorum": 2}, "quorum", "at least 3 sites"),
+    ({"federated_statistics": True}, "federated_statistics", "sends each site's sums in the clear"),
 ])
 def test_it_refuses_at_protocol_time_what_needs_individual_updates(p, overrides, field, reason):
     with nothing_changes(denied="studies.study.create"):
@@ -49,7 +51,7 @@ def test_it_is_hashed_only_when_on_so_earlier_approvals_stand(p):
     protocol = study.protocol()
     assert protocol["secure_aggregation"] is False
     assert study.protocol_sha256() == protocol_hash({k: v for k, v in protocol.items() if k != "secure_aggregation"})
-    secure = draft_study(p, title="Secure", quorum=3, secure_aggregation=True)
+    secure = draft_study(p, title="Secure", quorum=3, secure_aggregation=True, federated_statistics=False)
     assert secure.protocol()["secure_aggregation"] is True
     assert protocol_hash({**secure.protocol(), "secure_aggregation": False}) != secure.protocol_sha256()
 

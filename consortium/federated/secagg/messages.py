@@ -8,6 +8,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+from safetensors import numpy as safetensors_numpy
 
 from consortium.federated.secagg.errors import SecAggError
 
@@ -83,17 +84,26 @@ class MaskedInput:
     def sha256(self) -> str:
         return hashlib.sha256(self.vector.tobytes()).hexdigest()
 
-    def to_bytes(self) -> bytes:
-        return self.vector.astype("<u4", copy=False).tobytes()
+    def to_safetensors(self) -> bytes:
+        """The wire and storage form: safetensors holding one uint32 tensor "masked" (never pickle)."""
+        return safetensors_numpy.save({"masked": self.vector.astype("<u4", copy=False)})
 
     @staticmethod
-    def vector_from_bytes(data: bytes, *, length: int, sha256: str | None = None) -> np.ndarray:
-        """The vector from its wire bytes; refuses a wrong size or a SHA-256 that does not match."""
-        if len(data) != 4 * length:
-            raise SecAggError(f"A masked input must be {4 * length} bytes, not {len(data)}.")
+    def from_safetensors(data: bytes, *, length: int, sha256: str | None = None) -> np.ndarray:
+        """The vector from its safetensors bytes: one tensor "masked" of `length` uint32 values and nothing else;
+        refuses anything else, and bytes that do not match `sha256` (altered in transit or at rest)."""
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise SecAggError("The masked input does not match its SHA-256 (altered in transit or at rest).")
-        return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        if len(data) > 4 * length + 1024:
+            raise SecAggError(f"A masked input of {length} values cannot be {len(data)} bytes.")
+        try:
+            tensors = safetensors_numpy.load(data)
+        except Exception as error:  # noqa: BLE001 - whatever the parser says, it is not a masked input
+            raise SecAggError(f"The masked input is not a safetensors file ({error}).") from error
+        vector = tensors.get("masked")
+        if set(tensors) != {"masked"} or vector is None or vector.dtype != np.uint32 or vector.shape != (length,):
+            raise SecAggError(f"A masked input must hold exactly one tensor \"masked\" of {length} uint32 values.")
+        return vector.astype(np.uint32)
 
 
 @dataclass(frozen=True)

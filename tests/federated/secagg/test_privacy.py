@@ -2,6 +2,7 @@
 not the update, fewer than t shares tell nothing, and altered shares or inputs are caught or fail closed."""
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import pytest
@@ -151,12 +152,15 @@ def test_a_tampered_mask_key_share_of_a_dropout_fails_closed():
 def test_a_masked_input_altered_in_transit_is_refused():
     run = Round()
     message = run.mask("a")
-    data = bytearray(message.to_bytes())
-    data[100] ^= 0xFF
+    original = message.to_safetensors()
+    data = bytearray(original)
+    data[-7] ^= 0xFF
     with pytest.raises(SecAggError, match="does not match its SHA-256"):
-        MaskedInput.vector_from_bytes(bytes(data), length=LENGTH + 1, sha256=message.sha256)
-    with pytest.raises(SecAggError, match="must be"):
-        MaskedInput.vector_from_bytes(bytes(data[:-4]), length=LENGTH + 1)
+        MaskedInput.from_safetensors(bytes(data), length=LENGTH + 1, sha256=hashlib.sha256(original).hexdigest())
+    with pytest.raises(SecAggError, match="not a safetensors file"):
+        MaskedInput.from_safetensors(bytes(data[:-4]), length=LENGTH + 1)
+    with pytest.raises(SecAggError, match=f"exactly one tensor \"masked\" of {LENGTH + 2} uint32"):
+        MaskedInput.from_safetensors(original, length=LENGTH + 2)
 
 
 def test_an_altered_weight_makes_the_sum_fail_closed():

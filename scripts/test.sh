@@ -26,8 +26,27 @@ else
   marker=(-m "not browser")
 fi
 
-echo "== suite on SQLite"
-env -u DATABASE_URL "$BIN/pytest" "${marker[@]}" "$@"
+# Unit tests on both cores (pytest-xdist, a test database per worker); the integration and browser tests start
+# servers, workers and browsers of their own and share Redis databases, so they run one at a time.
+UNIT=(-n "${TEST_WORKERS:-2}" -m "not integration and not browser")
+# A step that selects no test (arguments naming only unit tests, say) is no failure; a run where none ran is.
+ran=0
+run() {
+  local rc=0
+  "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then return 0; fi
+  if [ "$rc" -eq 0 ]; then ran=1; fi
+  return "$rc"
+}
+
+echo "== suite on SQLite: unit tests"
+run env -u DATABASE_URL "$BIN/pytest" "${UNIT[@]}" "$@"
+echo "== suite on SQLite: integration and browser tests"
+if [ ${#marker[@]} -eq 0 ]; then
+  run env -u DATABASE_URL "$BIN/pytest" -m "integration or browser" "$@"
+else
+  run env -u DATABASE_URL "$BIN/pytest" -m "integration and not browser" "$@"
+fi
 
 if "$BIN/python" - "$PG_URL" <<'PY'
 import sys
@@ -41,12 +60,20 @@ except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
     sys.exit(1)
 PY
 then
-  echo "== suite on PostgreSQL ($PG_URL)"
-  # Browser tests drive the same pages, and the Flower federation runs on its own SQLite file: once is enough.
-  DATABASE_URL="$PG_URL" "$BIN/pytest" -m "not browser and not flower" "$@"
+  echo "== suite on PostgreSQL ($PG_URL): unit tests"
+  run env DATABASE_URL="$PG_URL" "$BIN/pytest" "${UNIT[@]}" "$@"
+  echo "== suite on PostgreSQL ($PG_URL): integration tests"
+  # Browser tests drive the same pages, the Flower federation runs on its own SQLite file, and the filesystem
+  # broker variants test the broker, not the database (the SQLite pass ran them): once is enough.
+  run env DATABASE_URL="$PG_URL" "$BIN/pytest" -m "integration and not flower" -k "not filesystem" "$@"
 elif [ "$REQUIRED" = "1" ]; then
   echo "!! PostgreSQL not reachable and REQUIRE_SERVICES=1" >&2
   exit 1
 else
   echo "!! NOTICE: PostgreSQL not reachable: the PostgreSQL run is SKIPPED"
+fi
+
+if [ "$ran" -ne 1 ]; then
+  echo "!! no test ran" >&2
+  exit 5
 fi

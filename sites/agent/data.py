@@ -183,6 +183,15 @@ def local_statistics(train: Dataset) -> dict[str, Any]:
     }
 
 
+def own_standardization(train: Dataset) -> dict[str, Any]:
+    """This site's own mean and SD of each feature over its training rows: what a site standardizes with when the
+    study has no statistics round to pool them (a secure study: that round would send sums in the clear)."""
+    mean = train.x.mean(axis=0)
+    std = train.x.std(axis=0)
+    return {"features": list(train.features), "mean": [float(v) for v in mean],
+            "std": [float(v) if v > 1e-12 else 1.0 for v in std]}
+
+
 def standardize(dataset: Dataset, standardization: Mapping[str, Sequence[Any]]) -> Dataset:
     """(x - mean) / std with the global statistics the coordinator sent, matched to our columns by name.
 

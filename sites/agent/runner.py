@@ -27,7 +27,17 @@ from .client import (
     TokenRefused,
     new_idempotency_key,
 )
-from .data import DEFAULT_LABEL, DataError, Dataset, Table, load_table, local_statistics, split, standardize
+from .data import (
+    DEFAULT_LABEL,
+    DataError,
+    Dataset,
+    Table,
+    load_table,
+    local_statistics,
+    own_standardization,
+    split,
+    standardize,
+)
 from .policy import Policy
 from .record import LocalRecord, RecordError, default_record_path
 from .registration import Registrar
@@ -317,6 +327,8 @@ class Agent:
 
     def _prepared(self, protocol: Protocol, standardization: Mapping[str, Any] | None) -> tuple[Dataset, Dataset]:
         train_set, val_set = split(self._dataset(protocol), self.val_fraction, self.seed)
+        if not standardization and protocol.secure_aggregation:
+            standardization = own_standardization(train_set)  # no statistics round: the site's own figures
         if standardization:
             train_set, val_set = standardize(train_set, standardization), standardize(val_set, standardization)
         return train_set, val_set

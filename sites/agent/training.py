@@ -50,6 +50,7 @@ class Protocol:
     proximal_mu: float = 0.0
     label_column: str = "target"
     feature_names: Sequence[str] = ()  # declared by the protocol: the order the model takes them in
+    secure_aggregation: bool = False  # masked inputs only; no statistics round, so each site standardizes itself
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Protocol:

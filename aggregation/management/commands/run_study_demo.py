@@ -61,6 +61,9 @@ class Command(BaseCommand):
         for option, kind in PROTOCOL_OPTIONS.items():
             if option not in ("strategy", "model_kind"):
                 protocol.add_argument(f"--{option.replace('_', '-')}", type=kind)
+        protocol.add_argument("--secure-aggregation", action="store_true",
+                              help="the sites send masked inputs only (SecAgg+): the coordinator learns their sum, "
+                                   "never one update; no statistics round (it would send sums in the clear)")
         run = parser.add_argument_group("the run")
         run.add_argument("--seed", type=int, default=0,
                          help="the held-out split, the agents' validation splits and batch order, and the reference "
@@ -75,6 +78,9 @@ class Command(BaseCommand):
         data = _federation_data(options, demo.demo_dir() / "runs" / f"{stamp:%Y%m%d-%H%M%S-%f}")
         protocol = {key: options[key] for key in PROTOCOL_OPTIONS if options.get(key) is not None}
         protocol.update(label_column=data.label, num_features=data.num_features, feature_names=data.feature_names)
+        if options["secure_aggregation"]:
+            protocol.update(secure_aggregation=True, federated_statistics=False,
+                            quorum=max(protocol.get("quorum", 3), 3))
         if protocol.get("quorum", 1) > len(data.files):
             raise CommandError(f"--quorum {protocol['quorum']} is more than the {len(data.files)} sites.")
         demo.interrupt_on_sigterm()
@@ -151,6 +157,9 @@ class Command(BaseCommand):
         standardization = getattr(study, "standardization", None)
         global_std = {"features": standardization.features, "mean": standardization.mean,
                       "std": standardization.std} if standardization else None
+        if global_std is None and study.secure_aggregation:
+            # Each site standardized with its own figures; the test rows, with those of all training rows.
+            global_std = agent_data.own_standardization(agent_data.pooled(list(data.train.values())))
         federated = demo_data.evaluate(version_tensors(final), data.test, protocol,
                                        standardization=global_std)["auc"]
         site_aucs = {code: _alone(rows, protocol, epochs, data.test, seed) for code, rows in sorted(data.train.items())}

@@ -206,7 +206,7 @@ def rounds_summary(study: Study) -> RoundsSummary:
     closed = (Round.objects.filter(study=OuterRef("study"), kind=RoundKind.TRAINING, status=RoundStatus.CLOSED)
               .order_by().values("study").annotate(n=Count("pk")).values("n"))
     current = (Round.objects.filter(study=study).annotate(training_closed=Coalesce(Subquery(closed), 0))
-               .order_by("-number").first())
+               .select_related("secure").order_by("-number").first())
     declines = list(RoundDecline.objects.filter(round__study=study).select_related("round", "site")[:RECENT_DECLINES])
     return RoundsSummary(current, latest_version(study), current.training_closed if current else 0, study.rounds,
                          declines)

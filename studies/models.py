@@ -242,10 +242,6 @@ def secure_aggregation_problems(study: Study) -> None:
         raise ValidationError({"strategy": f"{study.get_strategy_display()} needs every site's update in the clear; "
                                            "with secure aggregation the coordinator holds only their sum. Choose "
                                            "FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad."})
-    if study.dp_noise_multiplier > 0:
-        raise ValidationError({"dp_noise_multiplier": "Central differential privacy clips each site's update norm at "
-                                                      "the coordinator, which secure aggregation makes impossible; "
-                                                      "turn one of them off."})
     if study.federated_statistics:
         raise ValidationError({"federated_statistics": "The statistics round sends each site's sums in the clear, "
                                                        "which a study with secure aggregation promises never to "

@@ -458,16 +458,18 @@ def _secure_compute(round_: Round, result: Any, started: float) -> Computed:
                 for name in current}
     base = round_.base_version
     state = codec.read_file(absolute(base.optimizer_state_path)) if base.optimizer_state_path else {}
-    weights, state, _ = strategies.aggregate(study.strategy, current, [(averaged, 1.0)], state,
-                                             _strategy_settings(study))
+    # Any DP noise is in the sum already (each site added its share): the coordinator adds none of its own.
+    settings = {**_strategy_settings(study), "dp_noise_multiplier": 0.0}
+    weights, state, _ = strategies.aggregate(study.strategy, current, [(averaged, 1.0)], state, settings)
     weighting = strategies.Weighting((), _SECURE_WEIGHTING.format(
         sites=len(result.survivors), total=result.total_weight, error=result.max_error))
     return _stored(study.pk, weights, state, weighting, time.perf_counter() - started)
 
 
 _SECURE_WEIGHTING = ("Secure aggregation: the mean of {sites} sites' masked changes weighted by their examples "
-                     "({total} in all), unmasked as a sum only; no site's update or weight is known to the "
-                     "coordinator. Largest quantisation error per coordinate: {error:.2e}.")
+                     "({total} in all; with distributed DP every site counts 1), unmasked as a sum only; no site's "
+                     "update or weight is known to the coordinator. Largest quantisation error per coordinate: "
+                     "{error:.2e}.")
 
 
 def _produce_secure_version(round_: Round, gate: GateResult, computed: Computed, result: Any) -> ModelVersion:

@@ -43,6 +43,7 @@ from consortium.federated.secagg import (
     Unmask,
     UnmaskRequest,
 )
+from consortium.federated.secagg.distributed_dp import ring_clip
 from consortium.federated.secagg.roster import MIN_SITES
 from sites.models import Site
 from studies.choices import GateAction, GateCheck
@@ -61,12 +62,16 @@ NEXT = {SecureStage.KEYS: SecureStage.SHARES, SecureStage.SHARES: SecureStage.MA
 def secure_round_start(round_: Round, gate: GateResult, moment: datetime) -> SecureRound:
     """Set up a new training round of a secure study: a context no other round shares (from the OS's entropy),
     the model's length, and the SecAgg+ graph for the number of sites the gate allows now."""
-    sites = len(gate.eligible_sites)
+    sites, study = len(gate.eligible_sites), round_.study
+    min_sites = max(MIN_SITES, study.quorum)
+    # With DP each site clips and noises its change itself and counts with weight 1 (distributed DP): the range
+    # must hold the noise (sites check it, and refuse a round that would clip their noise away).
+    dp = {"clip": ring_clip(noise_multiplier=study.dp_noise_multiplier, clip_norm=study.dp_clip_norm,
+                            min_sites=min_sites), "max_weight": 1} if study.dp_noise_multiplier > 0 else {"clip": CLIP}
     config = RoundConfig(
         context=f"consortium/study-{round_.study_id}/round-{round_.number}/".encode() + secrets.token_bytes(16),
-        vector_length=parameter_count(round_.base_version), clip=CLIP,
-        degree=None if sites <= FULL_GRAPH_SITES else SPARSE_DEGREE,
-        min_sites=max(MIN_SITES, round_.study.quorum))
+        vector_length=parameter_count(round_.base_version), degree=None if sites <= FULL_GRAPH_SITES else SPARSE_DEGREE,
+        min_sites=min_sites, **dp)
     secure = SecureRound(round=round_, config=config.to_wire(), stage_deadline=_stage_deadline(round_, SecureStage.KEYS,
                                                                                                moment))
     secure.full_clean()

@@ -41,7 +41,7 @@ from .data import (
 from .policy import Policy
 from .record import LocalRecord, RecordError, default_record_path
 from .registration import Registrar
-from .secure import SecureRounds, model_change
+from .secure import DistributedPrivacy, SecureRounds, model_change
 from .training import LocalUpdate, Protocol, check_features, evaluate, local_update
 from .witness import Witness
 
@@ -241,7 +241,10 @@ class Agent:
             self.introduce()
         assert self.secure is not None
         before = set(self.secure.sent.get(round_["round_id"], set()))
-        stage = self.secure.step(round_["round_id"], lambda: self._masked_change(round_))
+        protocol = Protocol.from_json(round_["protocol"])
+        privacy = DistributedPrivacy(protocol.dp_noise_multiplier, protocol.dp_clip_norm, max(3, protocol.quorum)) \
+            if protocol.dp_noise_multiplier > 0 else None
+        stage = self.secure.step(round_["round_id"], lambda: self._masked_change(round_), privacy)
         if stage in ("done", "failed"):
             self.finished.add(round_["round_id"])
         elif stage not in before and stage in self.secure.sent.get(round_["round_id"], set()):

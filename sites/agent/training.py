@@ -51,6 +51,9 @@ class Protocol:
     label_column: str = "target"
     feature_names: Sequence[str] = ()  # declared by the protocol: the order the model takes them in
     secure_aggregation: bool = False  # masked inputs only; no statistics round, so each site standardizes itself
+    dp_noise_multiplier: float = 0.0  # with secure aggregation: the site adds its share of the noise (distributed DP)
+    dp_clip_norm: float = 1.0
+    quorum: int = 1
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Protocol:

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from aggregation.choices import RoundStatus, SecureStage
@@ -25,11 +26,14 @@ from aggregation.storage import absolute, version_tensors
 from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, GateRefused, ValidationFailed
 from consortium.federated.secagg import Keys, MaskedInput, Roster, RoundConfig, SiteSession, UnmaskRequest, masks
+from consortium.federated.secagg.distributed_dp import privatize, ring_clip, site_noise_std
+from sites.agent.secure import DistributedPrivacy
 from sites.models import Site
 from studies.models import Participation, StudyEvent
 from studies.services import participation_suspend
 from tests.aggregation.support import agent_for, open_round
 from tests.base import active_study, appoint_site_admin
+from tests.studies.test_views_study import client_for
 
 pytestmark = pytest.mark.usefixtures("no_broker")
 
@@ -50,8 +54,8 @@ def secure_study(p, extra_sites: int = 1, **protocol):
 class Sites:
     """The sites' side, as their agents run it: one SiteSession each, messages through the services."""
 
-    def __init__(self, round_, agents):
-        self.round, self.agents = round_, agents
+    def __init__(self, round_, agents, privacy=None):
+        self.round, self.agents, self.privacy = round_, agents, privacy
         config = RoundConfig.from_wire(SecureRound.objects.get(round=round_).config)
         self.sessions = {code: SiteSession(config, code) for code in agents}
         rng = np.random.default_rng()
@@ -76,7 +80,11 @@ class Sites:
 
     def masked_input(self, code):
         mail = {s: base64.b64decode(t) for s, t in self.state(code)["mail"].items()}
-        masked = self.sessions[code].masked_input(mail, *self.changes[code])
+        change, weight = self.changes[code]
+        if self.privacy is not None:  # as the agent does (sites.agent.secure): clip, noise, weight 1
+            change, weight = privatize(change, noise_multiplier=self.privacy.noise_multiplier,
+                                       clip_norm=self.privacy.clip_norm, min_sites=self.privacy.min_sites), 1
+        masked = self.sessions[code].masked_input(mail, change, weight)
         return masked, masked.to_safetensors()
 
     def mask(self, *codes):
@@ -309,3 +317,42 @@ def test_stage_deadlines_never_reopen_a_finished_round(p):
     assert round_.status == RoundStatus.FAILED and "needs 3" in round_.status_reason
     rounds_tick(moment=timezone.now() + timedelta(hours=1))
     assert SecureRound.objects.get(round=round_).stage == SecureStage.FAILED
+
+
+def test_with_dp_each_site_noises_its_own_change_counts_once_and_the_round_spends_the_budget(p):
+    study, agents = secure_study(p, dp_noise_multiplier=0.5, dp_clip_norm=2.0, dp_target_epsilon=100.0)
+    round_ = open_round(study)
+    config = RoundConfig.from_wire(SecureRound.objects.get(round=round_).config)
+    assert config.max_weight == 1 and config.clip == ring_clip(noise_multiplier=0.5, clip_norm=2.0, min_sites=3)
+    privacy = DistributedPrivacy(noise_multiplier=0.5, clip_norm=2.0, min_sites=3)
+    sites = Sites(round_, agents, privacy)
+    codes = sorted(agents)
+    sites.keys(*codes)
+    sites.shares(*codes)
+    sites.mask(*codes)
+    sites.unmask(*codes)
+
+    version = round_aggregate(round_id=round_.pk)
+
+    secure = SecureRound.objects.get(round=round_)
+    assert secure.result["total_weight"] == 3  # every site counted once, whatever its examples
+    unweighted = np.mean([sites.changes[c][0].astype(np.float64) for c in codes], axis=0)
+    noise_of_mean = site_noise_std(noise_multiplier=0.5, clip_norm=2.0, min_sites=3) * np.sqrt(3) / 3
+    assert np.abs(new_model_change(round_, version) - unweighted).max() < 6 * noise_of_mean
+    study.refresh_from_db()
+    assert study.privacy_spent() == {0.5: 1}
+    assert version.provenance["privacy"]["epsilon_spent"] > 0
+
+
+def test_the_study_page_shows_the_secure_rounds_stage_and_the_rounds_page_why_one_failed(p):
+    study, agents = secure_study(p)
+    round_ = open_round(study)
+    sites = Sites(round_, agents)
+    sites.keys(*sorted(agents))
+    page = client_for(p.pi).get(reverse("studies:detail", args=[study.pk])).content.decode()
+    assert 'data-stage="shares"' in page and "the coordinator holds only masked inputs" in page
+    deadline_passes(round_)  # nobody sent shares: the round fails closed, and the next one opens at its keys
+    page = client_for(p.pi).get(reverse("studies:detail", args=[study.pk])).content.decode()
+    assert 'data-stage="keys"' in page
+    rounds = client_for(p.pi).get(reverse("aggregation:rounds", args=[study.pk])).content.decode()
+    assert "Secure aggregation stopped: Only 0 sites completed the shares stage" in rounds

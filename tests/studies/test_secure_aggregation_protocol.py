@@ -33,7 +33,6 @@ def test_it_creates_a_study_with_secure_aggregation_through_the_form(p):
     ({"strategy": "median"}, "strategy", "needs every site's update in the clear"),
     ({"strategy": "krum"}, "strategy", "needs every site's update in the clear"),
     ({"strategy": "trimmed_mean"}, "strategy", "needs every site's update in the clear"),
-    ({"dp_noise_multiplier": 1.0}, "dp_noise_multiplier", "clips each site's update norm at the coordinator"),
     ({"quorum": 2}, "quorum", "at least 3 sites"),
     ({"federated_statistics": True}, "federated_statistics", "sends each site's sums in the clear"),
 ])
@@ -44,6 +43,13 @@ def test_it_refuses_at_protocol_time_what_needs_individual_updates(p, overrides,
     body = response.json()
     assert body["error"] == "validation_failed" and reason in body["detail"]
     assert field in body["fields"]
+
+
+def test_it_combines_with_dp_as_distributed_dp_with_a_privacy_target(p):
+    response = client(p.pi).post("/api/studies/", {**NEW_STUDY, "dp_noise_multiplier": 1.0, "dp_clip_norm": 0.5,
+                                                   "dp_target_epsilon": 8.0}, format="json")
+    assert response.status_code == 201, response.json()
+    assert (response.json()["secure_aggregation"], response.json()["dp_noise_multiplier"]) == (True, 1.0)
 
 
 def test_it_is_hashed_only_when_on_so_earlier_approvals_stand(p):

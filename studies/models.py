@@ -242,10 +242,10 @@ def secure_aggregation_problems(study: Study) -> None:
         raise ValidationError({"strategy": f"{study.get_strategy_display()} needs every site's update in the clear; "
                                            "with secure aggregation the coordinator holds only their sum. Choose "
                                            "FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad."})
-    if study.federated_statistics:
-        raise ValidationError({"federated_statistics": "The statistics round sends each site's sums in the clear, "
-                                                       "which a study with secure aggregation promises never to "
-                                                       "collect; turn federated statistics off."})
+    if study.federated_statistics and not study.feature_names:
+        raise ValidationError({"feature_names": "With secure aggregation the statistics round masks each site's "
+                                                "sums, so every site must add them up in one order: name the "
+                                                "features (feature_names), or turn federated statistics off."})
     if study.quorum < 3:
         raise ValidationError({"quorum": "Secure aggregation needs a quorum of at least 3 sites: the sum of two "
                                          "updates tells each site the other's."})

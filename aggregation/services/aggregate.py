@@ -23,7 +23,7 @@ from aggregation.selectors import privacy_budget
 from aggregation.services import _events, secure, sharding
 from aggregation.services.recovery import aggregation_claim
 from aggregation.services.round_state import move_round
-from aggregation.services.rounds import round_open_next
+from aggregation.services.rounds import pooled_standardization, round_open_next
 from aggregation.storage import absolute, store, version_tensors
 from consortium.audit.log import SYSTEM, bounded_reason, record
 from consortium.federated import codec
@@ -414,6 +414,15 @@ def _aggregate_secure(round_id: int, moment: datetime | None) -> ModelVersion | 
             if round_.status == RoundStatus.AGGREGATING:
                 secure.secure_fail(round_, error.reason)
         return None
+    if result.sums is not None:
+        with transaction.atomic():
+            round_ = lock_round(round_id)
+            if round_.status != RoundStatus.AGGREGATING:
+                return None
+            gate = _gate(round_, moment or timezone.now())
+            if not _secure_refused(round_, gate):
+                _close_secure_statistics(round_, result)
+        return None
     computed = _secure_compute(round_, result, started)
     with transaction.atomic():
         round_ = lock_round(round_id)
@@ -501,3 +510,26 @@ def _produce_secure_version(round_: Round, gate: GateResult, computed: Computed,
                                                                f"masked inputs of {len(result.survivors)} sites.")
     round_open_next(study_id=study.pk)
     return version
+
+
+def _close_secure_statistics(round_: Round, result: Any) -> None:
+    """A secure statistics round: the exact sums of the survivors' counts, sums and sums of squares become the
+    pooled mean and SD, unless their count exceeds the rows the survivors registered (a site declared more than
+    it holds: the round fails closed)."""
+    features = list(round_.study.feature_names)
+    width = len(features)
+    count, sums, squares = result.sums[0], list(result.sums[1:1 + width]), list(result.sums[1 + width:])
+    registered = secure.registered_rows(round_, result.survivors)
+    if not 0 < round(count) <= registered:
+        secure.secure_fail(round_, f"The masked counts add up to {count:.0f} rows; the surviving sites registered "
+                                   f"{registered}: an input was wrong, so no statistics are released.")
+        return
+    standardization = pooled_standardization(round_, features, int(round(count)), sums, squares,
+                                              len(result.survivors))
+    summary = {"survivors": list(result.survivors), "dropped": list(result.dropped), "sites": len(result.survivors)}
+    secure.secure_done(round_, summary)
+    move_round(round_, RoundStatus.CLOSED, actor=SYSTEM,
+               reason=f"Global mean and standard deviation computed from the masked sums of {len(result.survivors)} "
+                      "sites.", details={"sites": len(result.survivors), "examples": standardization.examples,
+                                         "secure_aggregation": summary})
+    round_open_next(study_id=round_.study_id)

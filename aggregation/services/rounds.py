@@ -61,7 +61,7 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
                        deadline=moment + timedelta(minutes=study.round_deadline_minutes))
         round_.full_clean()
         round_.save()
-        secure_round = study.secure_aggregation and kind == RoundKind.TRAINING
+        secure_round = study.secure_aggregation and kind in (RoundKind.TRAINING, RoundKind.STATISTICS)
         record(actor=SYSTEM, action=AggregationAction.ROUND_OPENED, target=round_, study=study,
                details={"round": round_.number, "kind": round_.kind, "base_version": base.number if base else None,
                         "deadline": round_.deadline.isoformat(), "secure_aggregation": secure_round,
@@ -210,17 +210,23 @@ def _exclude_statistics(rows: list[SiteStatistics], gate: GateResult, round_: Ro
 
 
 def _pool(round_: Round, rows: list[SiteStatistics]) -> Standardization:
-    """The pooled mean and population SD (numpy's default, as the central reference model standardizes with)."""
-    total = sum(row.count for row in rows)
     width = len(rows[0].sums)
-    mean = [sum(row.sums[i] for row in rows) / total for i in range(width)]
+    return pooled_standardization(round_, rows[0].features, sum(row.count for row in rows),
+                                  [sum(row.sums[i] for row in rows) for i in range(width)],
+                                  [sum(row.sums_of_squares[i] for row in rows) for i in range(width)], len(rows))
+
+
+def pooled_standardization(round_: Round, features: list[str], total: int, sums: list[float],
+                           squares: list[float], sites: int) -> Standardization:
+    """The pooled mean and population SD (numpy's default, as the central reference model standardizes with),
+    from the sums over every pooled site (in the clear, or unmasked as a sum only by secure aggregation)."""
+    mean = [s / total for s in sums]
     std = []
-    for i in range(width):
-        squares = sum(row.sums_of_squares[i] for row in rows)
-        variance = max(squares / total - mean[i] ** 2, 0.0)
+    for i, m in enumerate(mean):
+        variance = max(squares[i] / total - m ** 2, 0.0)
         std.append(math.sqrt(variance) if variance > 1e-24 else 1.0)  # a constant feature is left unscaled
-    standardization = Standardization(study=round_.study, round=round_, features=rows[0].features, mean=mean,
-                                      std=std, sites=len(rows), examples=total)
+    standardization = Standardization(study=round_.study, round=round_, features=features, mean=mean,
+                                      std=std, sites=sites, examples=total)
     standardization.full_clean()
     standardization.save()
     return standardization

@@ -24,7 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from aggregation.audit_actions import AggregationAction
-from aggregation.choices import SECURE_STAGES_OPEN, RoundStatus, SecureStage
+from aggregation.choices import SECURE_STAGES_OPEN, RoundKind, RoundStatus, SecureStage
 from aggregation.dispatch import aggregation_send_on_commit
 from aggregation.locks import lock_round, lock_round_for_site
 from aggregation.models import ModelVersion, Round, SecureMessage, SecureRound
@@ -42,12 +42,14 @@ from consortium.federated.secagg import (
     Shares,
     Unmask,
     UnmaskRequest,
+    integers,
 )
 from consortium.federated.secagg.distributed_dp import ring_clip
 from consortium.federated.secagg.roster import MIN_SITES
 from sites.models import Site
 from studies.choices import GateAction, GateCheck
 from studies.governance import GateResult, evaluate
+from studies.models import DatasetRegistration
 
 # Each coordinate of a site's change to the model is clipped to +-CLIP before it is quantised (the ring's range).
 CLIP = 1.0
@@ -60,18 +62,24 @@ NEXT = {SecureStage.KEYS: SecureStage.SHARES, SecureStage.SHARES: SecureStage.MA
 
 
 def secure_round_start(round_: Round, gate: GateResult, moment: datetime) -> SecureRound:
-    """Set up a new training round of a secure study: a context no other round shares (from the OS's entropy),
-    the model's length, and the SecAgg+ graph for the number of sites the gate allows now."""
+    """Set up a new round of a secure study: a context no other round shares (from the OS's entropy), the
+    model's length (training) or the statistics' (exact sums), and the SecAgg+ graph for the number of sites the
+    gate allows now."""
     sites, study = len(gate.eligible_sites), round_.study
     min_sites = max(MIN_SITES, study.quorum)
     # With DP each site clips and noises its change itself and counts with weight 1 (distributed DP): the range
     # must hold the noise (sites check it, and refuse a round that would clip their noise away).
     dp = {"clip": ring_clip(noise_multiplier=study.dp_noise_multiplier, clip_norm=study.dp_clip_norm,
                             min_sites=min_sites), "max_weight": 1} if study.dp_noise_multiplier > 0 else {"clip": CLIP}
+    if round_.kind == RoundKind.STATISTICS:
+        # The count, and per feature the sum and the sum of squares, as exact fixed-point limbs; each site counts 1.
+        shape = {"vector_length": integers.length(1 + 2 * len(study.feature_names)), "encoding": "integers",
+                 "max_weight": 1}
+    else:
+        shape = {"vector_length": parameter_count(round_.base_version), **dp}
     config = RoundConfig(
         context=f"consortium/study-{round_.study_id}/round-{round_.number}/".encode() + secrets.token_bytes(16),
-        vector_length=parameter_count(round_.base_version), degree=None if sites <= FULL_GRAPH_SITES else SPARSE_DEGREE,
-        min_sites=min_sites, **dp)
+        degree=None if sites <= FULL_GRAPH_SITES else SPARSE_DEGREE, min_sites=min_sites, **shape)
     secure = SecureRound(round=round_, config=config.to_wire(), stage_deadline=_stage_deadline(round_, SecureStage.KEYS,
                                                                                                moment))
     secure.full_clean()
@@ -396,6 +404,16 @@ def survivor_ids(round_: Round) -> set[int]:
 def masked_digests(round_: Round) -> dict[str, str]:
     """Each site's masked input's SHA-256: what the coordinator holds for it, never its update."""
     return {code: row.sha256 for code, row in _messages(_secure_of(round_), SecureStage.MASKED_INPUTS).items()}
+
+
+def registered_rows(round_: Round, codes: Iterable[str]) -> int:
+    """The rows the sites registered for the study's data set (each site's newest registration)."""
+    total = 0
+    for site in Site.objects.filter(code__in=list(codes)):
+        newest = (DatasetRegistration.objects.filter(study_id=round_.study_id, site=site)
+                  .order_by("-registered_at", "-pk").values_list("rows", flat=True).first())
+        total += newest or 0
+    return total
 
 
 def sites_by_code(round_: Round, codes: Iterable[str]) -> list[Site]:

@@ -15,8 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from consortium.federated import codec
 from consortium.federated.metric_keys import BASE, TRAINING_SECONDS, VAL_ACCURACY, VAL_AUC, VAL_EXAMPLES
+from consortium.federated.secagg import integers
 
 from .client import (
     AgentClient,
@@ -242,14 +245,30 @@ class Agent:
         assert self.secure is not None
         before = set(self.secure.sent.get(round_["round_id"], set()))
         protocol = Protocol.from_json(round_["protocol"])
-        privacy = DistributedPrivacy(protocol.dp_noise_multiplier, protocol.dp_clip_norm, max(3, protocol.quorum)) \
-            if protocol.dp_noise_multiplier > 0 else None
-        stage = self.secure.step(round_["round_id"], lambda: self._masked_change(round_), privacy)
+        if round_["kind"] == "statistics":
+            stage = self.secure.step(round_["round_id"], lambda: self._masked_statistics(round_))
+        else:
+            privacy = DistributedPrivacy(protocol.dp_noise_multiplier, protocol.dp_clip_norm,
+                                         max(3, protocol.quorum)) if protocol.dp_noise_multiplier > 0 else None
+            stage = self.secure.step(round_["round_id"], lambda: self._masked_change(round_), privacy)
         if stage in ("done", "failed"):
             self.finished.add(round_["round_id"])
         elif stage not in before and stage in self.secure.sent.get(round_["round_id"], set()):
             self.say(f"{title}: secure aggregation, sent this site's {stage.replace('_', ' ')}.")
         return True
+
+    def _masked_statistics(self, round_: Mapping[str, Any]) -> tuple[Any, int]:
+        """The statistics round under secure aggregation: the count, sums and sums of squares over the training
+        rows, in the protocol's feature order, as exact fixed-point limbs; only their sum over sites is unmasked."""
+        protocol = Protocol.from_json(round_["protocol"])
+        train_set, _ = split(self._dataset(protocol), self.val_fraction, self.seed)
+        if list(train_set.features) != list(protocol.feature_names):
+            raise DataError("A secure statistics round sums the features in the protocol's order; this data set's "
+                            f"features ({', '.join(train_set.features)}) are not the protocol's.")
+        stats = local_statistics(train_set)
+        self.say(f"round {round_['number']}: masking counts, sums and sums of squares of {len(train_set.features)} "
+                 f"features over {len(train_set)} training rows (no rows sent).")
+        return integers.encode(np.array([stats["count"], *stats["sum"], *stats["sum_sq"]], dtype=np.float64)), 1
 
     def _masked_change(self, round_: Mapping[str, Any]) -> tuple[Any, int]:
         """Train as for a plain round, and hand secure aggregation the change to the model (never sent in the

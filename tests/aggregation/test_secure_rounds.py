@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from aggregation.choices import RoundStatus, SecureStage
-from aggregation.models import ModelVersion, SecureMessage, SecureRound
+from aggregation.models import ModelVersion, SecureMessage, SecureRound, SiteStatistics, Standardization
 from aggregation.services import round_aggregate, rounds_tick
 from aggregation.services.secure import (
     secure_keys_submit,
@@ -25,7 +25,16 @@ from aggregation.services.secure import (
 from aggregation.storage import absolute, version_tensors
 from consortium.audit.models import AuditEvent
 from consortium.errors import Conflict, GateRefused, ValidationFailed
-from consortium.federated.secagg import Keys, MaskedInput, Roster, RoundConfig, SiteSession, UnmaskRequest, masks
+from consortium.federated.secagg import (
+    Keys,
+    MaskedInput,
+    Roster,
+    RoundConfig,
+    SiteSession,
+    UnmaskRequest,
+    integers,
+    masks,
+)
 from consortium.federated.secagg.distributed_dp import privatize, ring_clip, site_noise_std
 from sites.agent.secure import DistributedPrivacy
 from sites.models import Site
@@ -59,8 +68,15 @@ class Sites:
         config = RoundConfig.from_wire(SecureRound.objects.get(round=round_).config)
         self.sessions = {code: SiteSession(config, code) for code in agents}
         rng = np.random.default_rng()
-        self.changes = {code: (rng.normal(0, 0.05, config.vector_length).astype(np.float32), 10 * (i + 1))
-                        for i, code in enumerate(sorted(agents))}
+        if config.encoding == "integers":  # a statistics round: count, per feature sum and sum of squares
+            width = (config.vector_length // integers.LIMBS - 1) // 2
+            self.statistics = {code: np.array([50 + 10 * i, *rng.normal(0.1, 0.02, width) * 50,
+                                               *(rng.normal(2500, 300, width) ** 2 * 50)])
+                               for i, code in enumerate(sorted(agents))}
+            self.changes = {code: (integers.encode(values), 1) for code, values in self.statistics.items()}
+        else:
+            self.changes = {code: (rng.normal(0, 0.05, config.vector_length).astype(np.float32), 10 * (i + 1))
+                            for i, code in enumerate(sorted(agents))}
 
     def state(self, code):
         return secure_state(actor=self.agents[code], round_id=self.round.pk)
@@ -356,3 +372,47 @@ def test_the_study_page_shows_the_secure_rounds_stage_and_the_rounds_page_why_on
     assert 'data-stage="keys"' in page
     rounds = client_for(p.pi).get(reverse("aggregation:rounds", args=[study.pk])).content.decode()
     assert "Secure aggregation stopped: Only 0 sites completed the shares stage" in rounds
+
+
+def test_the_statistics_round_is_masked_too_and_only_the_pooled_figures_come_out(p):
+    names = ["age", "lactate", "crp", "heart_rate"]
+    study, agents = secure_study(p, federated_statistics=True, feature_names=names)
+    round_ = open_round(study)
+    assert round_.kind == "statistics"
+    sites = Sites(round_, agents)
+    codes = sorted(agents)
+    sites.keys(*codes)
+    sites.shares(*codes)
+    sites.mask(*codes)
+    sites.unmask(*codes)
+
+    round_aggregate(round_id=round_.pk)
+
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.CLOSED
+    assert not SiteStatistics.objects.filter(round=round_).exists()  # no site's figures were ever held
+    total = sum(sites.statistics.values())
+    standardization = Standardization.objects.get(study=study)
+    assert standardization.features == names and standardization.examples == int(total[0])
+    assert np.allclose(standardization.mean, total[1:5] / total[0], rtol=1e-9)
+    assert np.allclose(standardization.std, np.sqrt(total[5:] / total[0] - (total[1:5] / total[0]) ** 2), rtol=1e-6)
+    assert study.rounds_run.get(number=2).kind == "training"  # training follows, securely too
+    assert stage(study.rounds_run.get(number=2)) == SecureStage.KEYS
+
+
+def test_a_statistics_round_whose_counts_exceed_the_registered_rows_fails_closed(p):
+    study, agents = secure_study(p, federated_statistics=True, feature_names=["age", "lactate", "crp", "hr"])
+    round_ = open_round(study)
+    sites = Sites(round_, agents)
+    codes = sorted(agents)
+    liar = codes[0]
+    sites.statistics[liar][0] = 10**7  # more rows than its registration says it holds
+    sites.changes[liar] = (integers.encode(sites.statistics[liar]), 1)
+    sites.keys(*codes)
+    sites.shares(*codes)
+    sites.mask(*codes)
+    sites.unmask(*codes)
+    round_aggregate(round_id=round_.pk)
+    round_.refresh_from_db()
+    assert round_.status == RoundStatus.FAILED and "no statistics are released" in round_.status_reason
+    assert not Standardization.objects.filter(study=study).exists()

@@ -1,6 +1,6 @@
 """A secure-aggregation study end to end: a real server, a real Celery worker and four site agents (separate
-processes over HTTP) run `run_study_demo --secure-aggregation`. The agents train on the breast cancer data and
-send masked inputs only; the coordinator unmasks the sum, and the model learns as plain FedAvg does."""
+processes over HTTP) run `run_study_demo --secure-aggregation`. The agents mask their statistics and then their
+model changes; the coordinator unmasks only sums, and the model learns as plain FedAvg does."""
 
 import json
 import os
@@ -37,12 +37,15 @@ def test_four_agents_run_secure_rounds_over_http_and_the_coordinator_holds_no_up
     for _, provenance in versions[1:]:
         assert provenance["secure_aggregation"]["survivors"] == ["amc", "charite", "clinic", "hus"]
         assert all(c["num_examples"] is None and len(c["update_sha256"]) == 64 for c in provenance["contributors"])
-    # No update in the clear was ever stored; each site's masked input for each round was.
-    assert _count(database_url, "SELECT COUNT(*) FROM aggregation_update u JOIN aggregation_round r "
-                                "ON u.round_id = r.id WHERE r.study_id = %s", study) == 0
+    # No update or statistics in the clear were ever stored; each site's masked input for each round was (the
+    # statistics round and two training rounds), and the pooled standardization came from the masked sums.
+    for table in ("aggregation_update", "aggregation_sitestatistics"):
+        assert _count(database_url, f"SELECT COUNT(*) FROM {table} t JOIN aggregation_round r "
+                                    "ON t.round_id = r.id WHERE r.study_id = %s", study) == 0
     assert _count(database_url, "SELECT COUNT(*) FROM aggregation_securemessage m JOIN aggregation_round r "
-                                "ON m.round_id = r.id WHERE r.study_id = %s AND m.stage = 'masked_inputs'", study) == 8
+                                "ON m.round_id = r.id WHERE r.study_id = %s AND m.stage = 'masked_inputs'", study) == 12
+    assert _count(database_url, "SELECT examples FROM aggregation_standardization WHERE study_id = %s", study) > 300
     _, kinds = _events(database_url, study)
-    assert kinds.count("secure.stage") == 16 and kinds.count("aggregation.finished") == 2
+    assert kinds.count("secure.stage") == 24 and kinds.count("aggregation.finished") == 2
     verify = _run(env, "verify_audit", timeout=120)
     assert verify.returncode == 0 and "Audit chain intact" in verify.stdout, verify.stdout + verify.stderr

@@ -34,7 +34,7 @@ def test_it_creates_a_study_with_secure_aggregation_through_the_form(p):
     ({"strategy": "krum"}, "strategy", "needs every site's update in the clear"),
     ({"strategy": "trimmed_mean"}, "strategy", "needs every site's update in the clear"),
     ({"quorum": 2}, "quorum", "at least 3 sites"),
-    ({"federated_statistics": True}, "federated_statistics", "sends each site's sums in the clear"),
+    ({"federated_statistics": True}, "feature_names", "every site must add them up in one order"),
 ])
 def test_it_refuses_at_protocol_time_what_needs_individual_updates(p, overrides, field, reason):
     with nothing_changes(denied="studies.study.create"):

@@ -79,7 +79,7 @@ class Command(BaseCommand):
         protocol = {key: options[key] for key in PROTOCOL_OPTIONS if options.get(key) is not None}
         protocol.update(label_column=data.label, num_features=data.num_features, feature_names=data.feature_names)
         if options["secure_aggregation"]:
-            protocol.update(secure_aggregation=True, federated_statistics=False,
+            protocol.update(secure_aggregation=True,
                             quorum=max(protocol.get("quorum", 3), 3))
         if protocol.get("quorum", 1) > len(data.files):
             raise CommandError(f"--quorum {protocol['quorum']} is more than the {len(data.files)} sites.")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from consortium.federated.secagg import integers, masks, shamir
 from consortium.federated.secagg import keys as crypto
-from consortium.federated.secagg import masks, shamir
 from consortium.federated.secagg.errors import SecAggError
 from consortium.federated.secagg.messages import Keys, MaskedInput, Shares, Unmask, UnmaskRequest
 from consortium.federated.secagg.roster import Roster, RoundConfig
@@ -27,6 +27,7 @@ class Result:
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
     max_error: float
+    sums: np.ndarray | None = None  # "integers" encoding: the exact sums (`integers.decode`); `mean` is empty
 
 
 class CoordinatorRound:
@@ -141,6 +142,12 @@ class CoordinatorRound:
         masks.add_and_mask(total, [self._masked[site] for site in request.survivors], seeds)
         if int(total[-1]) > len(request.survivors) * self.config.max_weight:
             raise SecAggError("The unmasked sum of weights is impossible: a masked input was altered.")
+        if self.config.encoding == "integers":
+            if int(total[-1]) != len(request.survivors):
+                raise SecAggError("The unmasked count of inputs is not the number of survivors: an input was altered.")
+            sums = integers.decode(total[:-1], sites=len(request.survivors))
+            return Result(np.empty(0, np.float32), len(request.survivors), request.survivors, request.dropped, 0.0,
+                          sums)
         mean, weight = masks.dequantize(total, clip=self.config.clip, max_weight=self.config.max_weight,
                                         levels=roster.levels)
         bound = masks.quantization_error(sites=len(request.survivors), clip=self.config.clip,

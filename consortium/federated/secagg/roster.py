@@ -14,6 +14,7 @@ from consortium.federated.secagg.errors import SecAggError
 from consortium.federated.secagg.messages import Keys
 
 MIN_SITES = 3
+ENCODINGS = frozenset({"quantized", "integers"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class RoundConfig:
     degree: int | None = None
     threshold: int | None = None
     min_sites: int = MIN_SITES
+    # "quantized": a model change, clipped and weighted (training rounds); "integers": values already encoded as
+    # exact fixed-point limbs (`integers.py`, the statistics round), summed as they are, each site counting 1.
+    encoding: str = "quantized"
 
     def __post_init__(self) -> None:
         if not self.context:
@@ -44,11 +48,13 @@ class RoundConfig:
             raise SecAggError("The SecAgg+ degree must be an even number of at least 2.")
         if self.min_sites < MIN_SITES:
             raise SecAggError(f"Secure aggregation needs at least {MIN_SITES} sites.")
+        if self.encoding not in ENCODINGS:
+            raise SecAggError(f"The encoding must be one of {sorted(ENCODINGS)}, not {self.encoding!r}.")
 
     def to_wire(self) -> dict:
         return {"context": base64.b64encode(self.context).decode(), "vector_length": self.vector_length,
                 "clip": self.clip, "max_weight": self.max_weight, "degree": self.degree,
-                "threshold": self.threshold, "min_sites": self.min_sites}
+                "threshold": self.threshold, "min_sites": self.min_sites, "encoding": self.encoding}
 
     @classmethod
     def from_wire(cls, payload: dict) -> "RoundConfig":
@@ -58,7 +64,8 @@ class RoundConfig:
                        max_weight=int(payload["max_weight"]),
                        degree=None if payload.get("degree") is None else int(payload["degree"]),
                        threshold=None if payload.get("threshold") is None else int(payload["threshold"]),
-                       min_sites=int(payload.get("min_sites", MIN_SITES)))
+                       min_sites=int(payload.get("min_sites", MIN_SITES)),
+                       encoding=str(payload.get("encoding", "quantized")))
         except (KeyError, TypeError, ValueError) as error:
             raise SecAggError(f"The round's secure-aggregation settings are malformed ({error}).") from error
 

@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
+from consortium.federated.secagg import integers, masks, shamir
 from consortium.federated.secagg import keys as crypto
-from consortium.federated.secagg import masks, shamir
 from consortium.federated.secagg.errors import SecAggError
 from consortium.federated.secagg.messages import Keys, MaskedInput, Shares, Unmask, UnmaskRequest
 from consortium.federated.secagg.roster import Roster, RoundConfig
@@ -76,8 +76,14 @@ class SiteSession:
         if len(held) < roster.threshold:
             raise SecAggError(f"Only {len(held)} neighbours completed the shares stage; the round needs "
                               f"{roster.threshold}.")
-        vector = masks.quantize(update, weight, clip=self.config.clip, max_weight=self.config.max_weight,
-                                levels=roster.levels)
+        if self.config.encoding == "integers":  # exact fixed-point limbs (`integers.py`): summed as they are
+            limbs = np.asarray(update)
+            if limbs.dtype != np.uint32 or (limbs >> integers.LIMB_BITS).any():
+                raise SecAggError("An exact sum takes uint32 limbs below 2**16 (`integers.encode`).")
+            vector = np.append(limbs, np.uint32(1)).astype(masks.RING)
+        else:
+            vector = masks.quantize(update, weight, clip=self.config.clip, max_weight=self.config.max_weight,
+                                    levels=roster.levels)
         if vector.size != self.config.vector_length + 1:
             raise SecAggError(f"The update has {vector.size - 1} values; the round expects "
                               f"{self.config.vector_length}.")

@@ -60,6 +60,18 @@ def secure_study(p, extra_sites: int = 1, **protocol):
     return study, {site.code: agent_for(p, site)[0] for site in sites}
 
 
+def started(p, extra_sites: int = 1, **protocol):
+    """A secure study's first round, open at its keys stage, and its sites' side (codes sorted)."""
+    study, agents = secure_study(p, extra_sites, **protocol)
+    round_ = open_round(study)
+    return study, round_, Sites(round_, agents), sorted(agents)
+
+
+def suspend(p, study, site, reason: str) -> None:
+    participation_suspend(actor=p.site_admin_of(site), participation=Participation.objects.get(study=study, site=site),
+                          reason=reason)
+
+
 class Sites:
     """The sites' side, as their agents run it: one SiteSession each, messages through the services."""
 
@@ -115,6 +127,11 @@ class Sites:
             secure_unmask_submit(actor=self.agents[code], round_id=self.round.pk,
                                  payload=self.sessions[code].unmask(request).to_wire())
 
+    def every_stage(self, *codes):
+        """Keys, shares, masked inputs and unmasking answers from each of these sites, in order."""
+        for step in (self.keys, self.shares, self.mask, self.unmask):
+            step(*codes)
+
     def expected_change(self, codes):
         total = sum(self.changes[c][1] for c in codes)
         return sum(self.changes[c][0].astype(np.float64) * self.changes[c][1] for c in codes) / total
@@ -134,10 +151,7 @@ def new_model_change(round_, version):
 
 
 def test_three_sites_get_fedavg_of_their_changes_and_the_coordinator_holds_only_masked_inputs(p):
-    study, agents = secure_study(p)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p)
 
     sites.keys(*codes)
     assert stage(round_) == SecureStage.SHARES
@@ -181,10 +195,7 @@ def test_three_sites_get_fedavg_of_their_changes_and_the_coordinator_holds_only_
 
 
 def test_a_site_that_drops_out_after_sharing_is_recovered_at_the_deadline(p):
-    study, agents = secure_study(p, extra_sites=2)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p, extra_sites=2)
     sites.keys(*codes)
     sites.shares(*codes)
     gone, kept = codes[0], codes[1:]
@@ -203,16 +214,12 @@ def test_a_site_that_drops_out_after_sharing_is_recovered_at_the_deadline(p):
 
 
 def test_a_survivor_suspended_during_unmasking_fails_the_round_closed_since_its_input_is_in_the_sum(p):
-    study, agents = secure_study(p, extra_sites=2)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p, extra_sites=2)
     sites.keys(*codes)
     sites.shares(*codes)
     sites.mask(*codes)
     revoked = Site.objects.get(code=codes[0])
-    participation_suspend(actor=p.site_admin_of(revoked), participation=Participation.objects.get(
-        study=study, site=revoked), reason="Our DPO withdrew consent.")
+    suspend(p, study, revoked, "Our DPO withdrew consent.")
     sites.unmask(*codes[1:])  # the others answer; the stage closes without waiting for the suspended site
 
     round_.refresh_from_db()
@@ -222,16 +229,12 @@ def test_a_survivor_suspended_during_unmasking_fails_the_round_closed_since_its_
 
 
 def test_a_site_suspended_while_masked_inputs_are_open_is_a_dropout(p):
-    study, agents = secure_study(p, extra_sites=2)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p, extra_sites=2)
     sites.keys(*codes)
     sites.shares(*codes)
     sites.mask(*codes[:3])
     revoked = Site.objects.get(code=codes[0])
-    participation_suspend(actor=p.site_admin_of(revoked), participation=Participation.objects.get(
-        study=study, site=revoked), reason="Our DPO withdrew consent.")
+    suspend(p, study, revoked, "Our DPO withdrew consent.")
     sites.mask(codes[3])  # the last site the gate still allows: the stage closes
     secure = SecureRound.objects.get(round=round_)
     assert secure.stage == SecureStage.UNMASKING
@@ -245,10 +248,7 @@ def test_a_site_suspended_while_masked_inputs_are_open_is_a_dropout(p):
 
 
 def test_below_the_quorum_the_round_fails_closed_with_the_reason_and_stores_nothing(p):
-    study, agents = secure_study(p)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p)
     sites.keys(*codes)
     sites.shares(*codes)
     sites.mask(*codes[:2])
@@ -262,10 +262,7 @@ def test_below_the_quorum_the_round_fails_closed_with_the_reason_and_stores_noth
 
 
 def test_too_few_unmasking_answers_fail_the_round_closed(p):
-    study, agents = secure_study(p, extra_sites=2)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p, extra_sites=2)
     sites.keys(*codes)
     sites.shares(*codes)
     sites.mask(*codes)
@@ -277,20 +274,17 @@ def test_too_few_unmasking_answers_fail_the_round_closed(p):
 
 
 def test_a_tampered_masked_input_is_refused_with_a_clear_reason_and_recorded(p):
-    study, agents = secure_study(p)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p)
     sites.keys(*codes)
     sites.shares(*codes)
     masked, body = sites.masked_input(codes[0])
     digest = hashlib.sha256(body).hexdigest()
     tampered = body[:-5] + bytes([body[-5] ^ 1]) + body[-4:]
     with pytest.raises(ValidationFailed, match="does not match its SHA-256"):
-        secure_masked_input_submit(actor=agents[codes[0]], round_id=round_.pk, body=tampered, sha256=digest,
+        secure_masked_input_submit(actor=sites.agents[codes[0]], round_id=round_.pk, body=tampered, sha256=digest,
                                    masked_with=list(masked.masked_with))
     with pytest.raises(ValidationFailed, match="masked with"):
-        secure_masked_input_submit(actor=agents[codes[0]], round_id=round_.pk, body=body, sha256=digest,
+        secure_masked_input_submit(actor=sites.agents[codes[0]], round_id=round_.pk, body=body, sha256=digest,
                                    masked_with=list(masked.masked_with)[:1])
     denials = AuditEvent.objects.filter(action="aggregation.secure.submit", outcome="denied", study_id=study.pk)
     assert denials.count() == 2
@@ -298,14 +292,11 @@ def test_a_tampered_masked_input_is_refused_with_a_clear_reason_and_recorded(p):
 
 
 def test_a_message_for_another_stage_or_another_site_or_twice_is_refused(p):
-    study, agents = secure_study(p)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p)
     with pytest.raises(Conflict, match="keys stage"):
-        secure_shares_submit(actor=agents[codes[0]], round_id=round_.pk, payload={})
+        secure_shares_submit(actor=sites.agents[codes[0]], round_id=round_.pk, payload={})
     with pytest.raises(ValidationFailed, match="speaks for site"):
-        secure_keys_submit(actor=agents[codes[0]], round_id=round_.pk, payload=sites.sessions[codes[1]].keys()
+        secure_keys_submit(actor=sites.agents[codes[0]], round_id=round_.pk, payload=sites.sessions[codes[1]].keys()
                            .to_wire())
     sites.keys(codes[0])
     with pytest.raises(Conflict, match="already sent its keys"):
@@ -313,21 +304,16 @@ def test_a_message_for_another_stage_or_another_site_or_twice_is_refused(p):
 
 
 def test_the_gate_is_asked_for_each_message(p):
-    study, agents = secure_study(p)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    site = Site.objects.get(code=sorted(agents)[0])
-    participation_suspend(actor=p.site_admin_of(site), participation=Participation.objects.get(study=study, site=site),
-                          reason="Paused.")
+    study, round_, sites, codes = started(p)
+    site = Site.objects.get(code=codes[0])
+    suspend(p, study, site, "Paused.")
     with pytest.raises(GateRefused):
         sites.keys(site.code)
 
 
 def test_stage_deadlines_never_reopen_a_finished_round(p):
-    study, agents = secure_study(p)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    sites.keys(*sorted(agents)[:1])
+    study, round_, sites, codes = started(p)
+    sites.keys(codes[0])
     deadline_passes(round_)  # one site's keys: fewer than the round needs
     round_.refresh_from_db()
     assert round_.status == RoundStatus.FAILED and "needs 3" in round_.status_reason
@@ -336,17 +322,11 @@ def test_stage_deadlines_never_reopen_a_finished_round(p):
 
 
 def test_with_dp_each_site_noises_its_own_change_counts_once_and_the_round_spends_the_budget(p):
-    study, agents = secure_study(p, dp_noise_multiplier=0.5, dp_clip_norm=2.0, dp_target_epsilon=100.0)
-    round_ = open_round(study)
+    study, round_, sites, codes = started(p, dp_noise_multiplier=0.5, dp_clip_norm=2.0, dp_target_epsilon=100.0)
     config = RoundConfig.from_wire(SecureRound.objects.get(round=round_).config)
     assert config.max_weight == 1 and config.clip == ring_clip(noise_multiplier=0.5, clip_norm=2.0, min_sites=3)
-    privacy = DistributedPrivacy(noise_multiplier=0.5, clip_norm=2.0, min_sites=3)
-    sites = Sites(round_, agents, privacy)
-    codes = sorted(agents)
-    sites.keys(*codes)
-    sites.shares(*codes)
-    sites.mask(*codes)
-    sites.unmask(*codes)
+    sites.privacy = DistributedPrivacy(noise_multiplier=0.5, clip_norm=2.0, min_sites=3)
+    sites.every_stage(*codes)
 
     version = round_aggregate(round_id=round_.pk)
 
@@ -361,10 +341,8 @@ def test_with_dp_each_site_noises_its_own_change_counts_once_and_the_round_spend
 
 
 def test_the_study_page_shows_the_secure_rounds_stage_and_the_rounds_page_why_one_failed(p):
-    study, agents = secure_study(p)
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    sites.keys(*sorted(agents))
+    study, round_, sites, codes = started(p)
+    sites.keys(*codes)
     page = client_for(p.pi).get(reverse("studies:detail", args=[study.pk])).content.decode()
     assert 'data-stage="shares"' in page and "the coordinator holds only masked inputs" in page
     deadline_passes(round_)  # nobody sent shares: the round fails closed, and the next one opens at its keys
@@ -376,15 +354,9 @@ def test_the_study_page_shows_the_secure_rounds_stage_and_the_rounds_page_why_on
 
 def test_the_statistics_round_is_masked_too_and_only_the_pooled_figures_come_out(p):
     names = ["age", "lactate", "crp", "heart_rate"]
-    study, agents = secure_study(p, federated_statistics=True, feature_names=names)
-    round_ = open_round(study)
+    study, round_, sites, codes = started(p, federated_statistics=True, feature_names=names)
     assert round_.kind == "statistics"
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
-    sites.keys(*codes)
-    sites.shares(*codes)
-    sites.mask(*codes)
-    sites.unmask(*codes)
+    sites.every_stage(*codes)
 
     round_aggregate(round_id=round_.pk)
 
@@ -401,17 +373,11 @@ def test_the_statistics_round_is_masked_too_and_only_the_pooled_figures_come_out
 
 
 def test_a_statistics_round_whose_counts_exceed_the_registered_rows_fails_closed(p):
-    study, agents = secure_study(p, federated_statistics=True, feature_names=["age", "lactate", "crp", "hr"])
-    round_ = open_round(study)
-    sites = Sites(round_, agents)
-    codes = sorted(agents)
+    study, round_, sites, codes = started(p, federated_statistics=True, feature_names=["age", "lactate", "crp", "hr"])
     liar = codes[0]
     sites.statistics[liar][0] = 10**7  # more rows than its registration says it holds
     sites.changes[liar] = (integers.encode(sites.statistics[liar]), 1)
-    sites.keys(*codes)
-    sites.shares(*codes)
-    sites.mask(*codes)
-    sites.unmask(*codes)
+    sites.every_stage(*codes)
     round_aggregate(round_id=round_.pk)
     round_.refresh_from_db()
     assert round_.status == RoundStatus.FAILED and "no statistics are released" in round_.status_reason

@@ -243,7 +243,8 @@ def _load(studies: list[Study], moment: datetime, at: datetime | None = None,
     for review in reviews.order_by("reviewed_at", "pk"):
         facts[review.study_id].reviews[review.site_id] = review  # the newest wins
     # Registrations are append-only too: as of a moment, the newest one made by then.
-    registrations = DatasetRegistration.objects.filter(study__in=ids, **one, **({"registered_at__lte": at} if at else {}))
+    registrations = DatasetRegistration.objects.filter(study__in=ids, **one,
+                                                       **({"registered_at__lte": at} if at else {}))
     for registration in registrations.order_by("registered_at", "pk"):
         facts[registration.study_id].datasets[registration.site_id] = registration  # the newest wins
     return facts

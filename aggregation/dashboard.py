@@ -180,6 +180,12 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
              "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
              "cell_states": CELL_STATES, "check_labels": CHECK_LABELS, "expiry_days": settings.EXPIRY_WARNING_DAYS,
              "auc_gaps": gaps, "summary": summary.as_state()}
+    if summary.summarised:
+        # Live, the worst sites change as rounds end: the page re-ranks them and draws a line that enters the
+        # worst from the AUCs of the sites this viewer may see (`static/js/dashboard.js`).
+        every = site_auc_series(rounds)
+        state["summary"]["auc"] = {site.site_id: every.get(site.site_id, []) for site in sites
+                                   if disclosure.sees_site(site.site_id)}
     panel = gate_panel(gate.as_dict())
     if summary.summarised:
         rows = {site_id: i for i, site_id in enumerate(summary.row_ids)}
@@ -345,15 +351,22 @@ def global_metric_figure(rounds: list[Round], disclosure: Disclosure = FULL) -> 
     return _figure(traces, layout)
 
 
-def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool = True) -> dict[str, Any]:
-    """Each of `sites`' AUC of each evaluated version, and (`band`) the band from the lowest to the highest site."""
+def site_auc_series(rounds: list[Round]) -> dict[int, list[tuple[int, float]]]:
+    """Per site, its AUC of each evaluated version: (version, AUC), oldest first."""
     series: dict[int, list[tuple[int, float]]] = {}
     for number, evaluation in _evaluated(rounds):
         for key, metrics in (evaluation.get("sites") or {}).items():
             if metrics.get(VAL_AUC) is not None:
                 series.setdefault(int(key), []).append((number, metrics[VAL_AUC]))
-    series = {site.site_id: series[site.site_id] for site in sites if site.site_id in series}
-    traces = [*(spread_band(series) if band else []), *_site_traces(sites, series, "")]
+    return series
+
+
+def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool = True) -> dict[str, Any]:
+    """Each of `sites`' AUC of each evaluated version, and (`band`) the band from the lowest to the highest of
+    every site, also those drawn without a line (a summary draws only the worst sites' lines)."""
+    every = site_auc_series(rounds)
+    series = {site.site_id: every[site.site_id] for site in sites if site.site_id in every}
+    traces = [*(spread_band(every) if band else []), *_site_traces(sites, series, "")]
     layout = _layout("Model version evaluated", "Site's AUC",
                      empty="" if series else "No site has evaluated a model version yet.")
     return _figure(traces, layout)

@@ -13,6 +13,7 @@ Queries are bounded whatever the number of rounds, sites and events: the newest 
 their versions, updates and statistics, the round-opened and refused-update events, and the gate's six.
 """
 
+import json
 import math
 import statistics as stats
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from typing import Any
 import plotly.graph_objects as go
 from django.conf import settings
 from django.db.models import Prefetch
+from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 from aggregation.choices import ROUND_LIVE, UpdateStatus
@@ -180,6 +182,12 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
              "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
              "cell_states": CELL_STATES, "check_labels": CHECK_LABELS, "expiry_days": settings.EXPIRY_WARNING_DAYS,
              "auc_gaps": gaps, "summary": summary.as_state()}
+    if summary.summarised:
+        # Live, the worst sites change as rounds end: the page re-ranks them and draws a line that enters the
+        # worst from the AUCs of the sites this viewer may see (`static/js/dashboard.js`).
+        every = site_auc_series(rounds)
+        state["summary"]["auc"] = {site.site_id: every.get(site.site_id, []) for site in sites
+                                   if disclosure.sees_site(site.site_id)}
     panel = gate_panel(gate.as_dict())
     if summary.summarised:
         rows = {site_id: i for i, site_id in enumerate(summary.row_ids)}
@@ -200,7 +208,16 @@ def _rounds(study: Study) -> list[Round]:
     statistics = SiteStatistics.objects.select_related("site").only("round", "site", "received_at", "exclusion_reason",
                                                                     "site__name")
     evaluations = Evaluation.objects.select_related("site").only("round", "site", "received_at", "site__name")
+    # Only the parts of the large JSON columns that the charts show, extracted by the database: a round's gate
+    # (every check of every site), a version's provenance and its sites' score histograms grow with the sites,
+    # and decoding them all took a third of the page at 100 sites and 50 rounds.
     return list(Round.objects.filter(study=study).select_related("base_version", "produced_version")
+                .defer("gate_result", *(f"{version}__{name}" for version in ("base_version", "produced_version")
+                                        for name in ("evaluation", "provenance", "spec")))
+                .annotate(eligible_json=KeyTextTransform("eligible_site_ids", "gate_result"),
+                          evaluated_sites_json=KeyTextTransform("sites", "base_version__evaluation"),
+                          evaluated_global_json=KeyTextTransform("global", "base_version__evaluation"),
+                          produced_norm=KeyTextTransform("weight_norm", "produced_version__provenance"))
                 .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics),
                                   Prefetch("evaluations", queryset=evaluations))
                 .order_by("number"))
@@ -225,8 +242,10 @@ def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict
                 now_eligible: frozenset[int]) -> RoundView:
     """The round's eligible sites: the gate's at aggregation, else the live gate's for a live round, else
     those eligible when it opened; and each site's cell."""
-    if round_.gate_result.get("eligible_site_ids") is not None:
-        eligible = frozenset(round_.gate_result["eligible_site_ids"])
+    gated = _json(round_.eligible_json) if hasattr(round_, "eligible_json") else round_.gate_result.get(
+        "eligible_site_ids")
+    if gated is not None:
+        eligible = frozenset(gated)
     elif round_.status in ROUND_LIVE:
         eligible = now_eligible
     else:
@@ -322,9 +341,22 @@ def _evaluated(rounds: list[Round]) -> list[tuple[int, dict[str, Any]]]:
     """(version number, its evaluation) of each version a round trained from and that round has ended.
     While the round is live the sites' evaluations are still arriving: a partial mean is not shown, and the
     point appears when the round's `round.metrics` event does (a blocked or failed round sends one too)."""
-    versions = {r.base_version.number: r.base_version.evaluation or {} for r in rounds
+    versions = {r.base_version.number: _base_evaluation(r) for r in rounds
                 if r.base_version is not None and r.status not in ROUND_LIVE}
     return sorted(versions.items())
+
+
+def _base_evaluation(round_: Round) -> dict[str, Any]:
+    """The base version's evaluation as the charts read it (its sites and global figures)."""
+    if not hasattr(round_, "evaluated_sites_json"):  # a round not read by `_rounds`
+        return round_.base_version.evaluation or {}
+    parts = {"sites": _json(round_.evaluated_sites_json), "global": _json(round_.evaluated_global_json)}
+    return {key: value for key, value in parts.items() if value is not None}
+
+
+def _json(value: Any) -> Any:
+    """A JSON key the database extracted as text (PostgreSQL, and SQLite for objects and arrays) or as a value."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def global_metric_figure(rounds: list[Round], disclosure: Disclosure = FULL) -> dict[str, Any]:
@@ -345,15 +377,22 @@ def global_metric_figure(rounds: list[Round], disclosure: Disclosure = FULL) -> 
     return _figure(traces, layout)
 
 
-def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool = True) -> dict[str, Any]:
-    """Each of `sites`' AUC of each evaluated version, and (`band`) the band from the lowest to the highest site."""
+def site_auc_series(rounds: list[Round]) -> dict[int, list[tuple[int, float]]]:
+    """Per site, its AUC of each evaluated version: (version, AUC), oldest first."""
     series: dict[int, list[tuple[int, float]]] = {}
     for number, evaluation in _evaluated(rounds):
         for key, metrics in (evaluation.get("sites") or {}).items():
             if metrics.get(VAL_AUC) is not None:
                 series.setdefault(int(key), []).append((number, metrics[VAL_AUC]))
-    series = {site.site_id: series[site.site_id] for site in sites if site.site_id in series}
-    traces = [*(spread_band(series) if band else []), *_site_traces(sites, series, "")]
+    return series
+
+
+def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool = True) -> dict[str, Any]:
+    """Each of `sites`' AUC of each evaluated version, and (`band`) the band from the lowest to the highest of
+    every site, also those drawn without a line (a summary draws only the worst sites' lines)."""
+    every = site_auc_series(rounds)
+    series = {site.site_id: every[site.site_id] for site in sites if site.site_id in every}
+    traces = [*(spread_band(every) if band else []), *_site_traces(sites, series, "")]
     layout = _layout("Model version evaluated", "Site's AUC",
                      empty="" if series else "No site has evaluated a model version yet.")
     return _figure(traces, layout)
@@ -445,8 +484,10 @@ def norms_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
         for u in round_.updates.all():
             series.setdefault(u.site_id, []).append((round_.number, u.weight_norm))
         version = getattr(round_, "produced_version", None)
-        if version is not None and version.provenance.get("weight_norm") is not None:
-            produced.append((round_.number, version.provenance["weight_norm"]))
+        norm = (_json(round_.produced_norm) if hasattr(round_, "produced_norm")
+                else version.provenance.get("weight_norm") if version is not None else None)
+        if version is not None and norm is not None:
+            produced.append((round_.number, float(norm)))
     traces = _site_traces(sites, series, "")
     traces.append(_line("Global model", "global", [x for x, _ in produced], [y for _, y in produced], "#1f2328", "",
                         line={"width": 3}))

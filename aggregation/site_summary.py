@@ -47,12 +47,16 @@ class SiteSummary:
     filter: str = ""
     refused_now: int = 0
     row_ids: list[int] = field(default_factory=list)
+    misses: dict[int, int] = field(default_factory=dict)  # per site, the ended rounds it was eligible for and missed
+    refused_ids: list[int] = field(default_factory=list)  # the sites the gate refuses now
 
     def as_state(self) -> dict:
-        """What `static/js/dashboard.js` needs to keep live updates within the summary."""
+        """What `static/js/dashboard.js` needs to keep live updates within the summary, and to re-rank the
+        worst sites as rounds end (the same order as `summarise`)."""
         return {"summarised": self.summarised, "line_site_ids": [s.site_id for s in self.lines],
                 "row_site_ids": self.row_ids, "total": self.total, "matching": self.matching, "page": self.page,
-                "pages": self.pages, "filter": self.filter}
+                "pages": self.pages, "filter": self.filter, "worst_lines": WORST_LINES, "misses": self.misses,
+                "refused_site_ids": self.refused_ids}
 
 
 def summarise(sites: Sequence["SiteRef"], views: Sequence["RoundView"], eligible_now: frozenset[int], *,
@@ -61,20 +65,22 @@ def summarise(sites: Sequence["SiteRef"], views: Sequence["RoundView"], eligible
     sites = list(sites)
     if len(sites) <= SITE_DETAIL_LIMIT and not site_filter:
         return SiteSummary(False, sites, sites, len(sites), len(sites), row_ids=[s.site_id for s in sites])
-    ranked = sorted(sites, key=lambda s: _badness(s.site_id, views, eligible_now) + (s.name.casefold(), s.site_id))
+    misses = {s.site_id: _misses(s.site_id, views) for s in sites}
+    ranked = sorted(sites, key=lambda s: (0 if s.site_id not in eligible_now else 1, -misses[s.site_id],
+                                          s.name.casefold(), s.site_id))
     needle = site_filter.strip()[:MAX_FILTER_CHARS].casefold()
     matching = [s for s in ranked if needle in s.name.casefold()] if needle else ranked
     pages = max(1, ceil(len(matching) / PAGE_SIZE))
     page = min(max(1, page), pages)
     rows = matching[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
-    refused = sum(1 for s in sites if s.site_id not in eligible_now)
+    refused = [s.site_id for s in sites if s.site_id not in eligible_now]
     return SiteSummary(True, ranked[:WORST_LINES], rows, len(sites), len(matching), page, pages, site_filter.strip(),
-                       refused, [s.site_id for s in rows])
+                       len(refused), [s.site_id for s in rows], misses, refused)
 
 
-def _badness(site_id: int, views: Sequence["RoundView"], eligible_now: frozenset[int]) -> tuple[int, int]:
-    """Sort key, worst first: refused by the gate now, then rounds eligible for but not counted in."""
-    misses = sum(1 for view in views if view.eligible and site_id in view.eligible
-                 and view.round.status not in ROUND_LIVE  # a live round: nobody is late yet
-                 and view.cells.get(site_id, ("missing", ""))[0] != "submitted")
-    return (0 if site_id not in eligible_now else 1, -misses)
+def _misses(site_id: int, views: Sequence["RoundView"]) -> int:
+    """Ended rounds the site was eligible for but is not counted in. Worst first: refused by the gate now,
+    then the most misses."""
+    return sum(1 for view in views if view.eligible and site_id in view.eligible
+               and view.round.status not in ROUND_LIVE  # a live round: nobody is late yet
+               and view.cells.get(site_id, ("missing", ""))[0] != "submitted")

@@ -172,8 +172,11 @@ if CELERY_BROKER_URL == "filesystem://":
     _queue = DATA_DIR / "celery" / "queue"
     _queue.mkdir(parents=True, exist_ok=True)
     # kombu puts its broadcast (control) exchange files in ./control unless told otherwise.
+    # The worker looks for new message files this often (kombu's default is every second): an aggregation
+    # sent when a round completes starts within a tenth of a second; a listing of a small folder is cheap.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_queue), "data_folder_out": str(_queue),
-                                       "control_folder": str(DATA_DIR / "celery" / "control")}
+                                       "control_folder": str(DATA_DIR / "celery" / "control"),
+                                       "polling_interval": env_int("BROKER_POLL_MS", 100) / 1000}
 CELERY_TASK_IGNORE_RESULT = True
 # Results only for the tasks that declare them: the shards of a large model's aggregation, which a chord joins.
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL or f"file://{DATA_DIR / 'celery' / 'results'}")

@@ -87,7 +87,9 @@ class GateResult:
     """The gate's answer. `allowed` is the verdict for the action; the checks say why.
 
     `sites` lists every site ever invited (a revoked one stays, in red); the quorum counts only the sites
-    still taking part or invited: `eligible_count` of `counted_sites`, the figures its reason quotes."""
+    still taking part or invited: `eligible_count` of `counted_sites`, the figures its reason quotes. Asked
+    about one site for an action other than aggregation (no quorum), the gate reads that site alone, and the
+    two figures count it alone."""
 
     study_id: int
     action: str
@@ -163,7 +165,11 @@ def evaluate(
     then = instance_as_of(study, at)
     if then is None:
         return _not_yet(study, action, moment, site_id)
-    return _judge(then, _load([then], moment, at)[study.pk], action, moment, site_id, historical=at is not None)
+    # Only aggregation counts the quorum over every site; asked about one site for anything else, the gate
+    # reads that site's records alone (the agents' polls and submissions: cheap whatever the number of sites).
+    alone = site_id if site_id and action != GateAction.AGGREGATE else None
+    facts = _load([then], moment, at, site_id=alone)[study.pk]
+    return _judge(then, facts, action, moment, site_id, historical=at is not None)
 
 
 def evaluate_many(studies: Iterable[Study], action: str = GateAction.AGGREGATE, *,
@@ -200,18 +206,20 @@ class _Facts:
     datasets: dict[int, DatasetRegistration] = field(default_factory=dict)  # per site, its newest registration
 
 
-def _load(studies: list[Study], moment: datetime, at: datetime | None = None) -> dict[int, _Facts]:
+def _load(studies: list[Study], moment: datetime, at: datetime | None = None,
+          site_id: int | None = None) -> dict[int, _Facts]:
     """Eight queries, whatever the number of studies and sites; as of a moment nine (the sites come apart),
-    plus one for the study as it stood (`evaluate`)."""
+    plus one for the study as it stood (`evaluate`). With `site_id`, the per-site facts of that site only."""
     facts = {study.pk: _Facts() for study in studies}
     ids = list(facts)
+    one = {"site_id": site_id} if site_id else {}
     agreements = as_of(AgreementVersion, at).filter(study__in=ids).order_by("study", "-version")
     for agreement in agreements if at else agreements.defer("text"):  # a historical row has no deferred loading
         facts[agreement.study_id].agreement = facts[agreement.study_id].agreement or agreement
     for dpia in as_of(Dpia, at).filter(study__in=ids):
         facts[dpia.study_id].dpia = dpia
     # Per site its current participation, else its latest one (a revoked site stays visible, in red).
-    rows = _with_sites(as_of(Participation, at).filter(study__in=ids).select_related("site")
+    rows = _with_sites(as_of(Participation, at).filter(study__in=ids, **one).select_related("site")
                        .order_by("site__name", "-invited_at"), at)
     latest: dict[tuple[int, int], Participation] = {}
     for participation in rows:
@@ -221,21 +229,22 @@ def _load(studies: list[Study], moment: datetime, at: datetime | None = None) ->
     for (study_id, _), participation in latest.items():
         facts[study_id].participations.append(participation)
     agreement_study = {f.agreement.pk: study_id for study_id, f in facts.items() if f.agreement}
-    for agreement_id, site_id in as_of(AgreementSignature, at).filter(agreement__in=agreement_study).values_list(
+    for agreement_id, site_id in as_of(AgreementSignature, at).filter(agreement__in=agreement_study, **one).values_list(
         "agreement_id", "site_id"
     ):
         facts[agreement_study[agreement_id]].signed.add(site_id)
-    for approval in as_of(EthicsApproval, at).filter(study__in=ids).order_by("valid_until"):
+    for approval in as_of(EthicsApproval, at).filter(study__in=ids, **one).order_by("valid_until"):
         _keep_best_ethics(facts[approval.study_id].ethics, approval, moment)
     live = as_of(Approval, at).filter(study__in=ids, decision=ApprovalDecision.APPROVED, voided_at__isnull=True)
     for approval in live:
         facts[approval.study_id].approvals[approval.role] = approval
     # Reviews are append-only: as of a moment, the newest one given by then.
-    reviews = ProtocolReview.objects.filter(study__in=ids, **({"reviewed_at__lte": at} if at else {}))
+    reviews = ProtocolReview.objects.filter(study__in=ids, **one, **({"reviewed_at__lte": at} if at else {}))
     for review in reviews.order_by("reviewed_at", "pk"):
         facts[review.study_id].reviews[review.site_id] = review  # the newest wins
     # Registrations are append-only too: as of a moment, the newest one made by then.
-    registrations = DatasetRegistration.objects.filter(study__in=ids, **({"registered_at__lte": at} if at else {}))
+    registrations = DatasetRegistration.objects.filter(study__in=ids, **one,
+                                                       **({"registered_at__lte": at} if at else {}))
     for registration in registrations.order_by("registered_at", "pk"):
         facts[registration.study_id].datasets[registration.site_id] = registration  # the newest wins
     return facts

@@ -261,10 +261,7 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
         round_check_deadline(round_id=round_id, moment=moment)
     # A site that became ineligible may leave every remaining eligible site already submitted.
     for round_id in ours.filter(deadline__gt=moment).values_list("pk", flat=True):
-        with transaction.atomic():
-            round_ = lock_round(round_id)
-            if round_.status == RoundStatus.OPEN:
-                round_complete_if_ready(round_, moment=moment)
+        _complete_if_ready(round_id, moment)
     secure_rounds_tick(moment=moment)
     aggregations_redispatch(moment=moment)  # a worker died while aggregating, or took the task with it
     _sweep_now_and_then()
@@ -272,6 +269,19 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
     for study_id in idle.values_list("pk", flat=True):
         round_open_next(study_id=study_id, moment=moment)
     governance_watch(moment=moment)
+
+
+def _complete_if_ready(round_id: int, moment: datetime) -> None:
+    """Finish the open round if every eligible site has submitted. Read first, without a lock: on most beats
+    the round still waits for sites, and locking it would queue the beat for the write lock (SQLite has one)
+    behind the sites' submissions, and any aggregation behind the beat. The decision is taken again locked."""
+    round_ = Round.objects.select_related("study").filter(pk=round_id, status=RoundStatus.OPEN).first()
+    if round_ is None or not round_progress(round_, moment=moment).complete:
+        return
+    with transaction.atomic():
+        round_ = lock_round(round_id)
+        if round_.status == RoundStatus.OPEN:
+            round_complete_if_ready(round_, moment=moment)
 
 
 def _sweep_now_and_then() -> None:

@@ -445,8 +445,18 @@ def secure_rounds_tick(*, moment: datetime) -> None:
     """Close the stages whose deadline passed (with the sites that answered), and the stages a site's lost
     eligibility has completed."""
     live = SecureRound.objects.filter(stage__in=SECURE_STAGES_OPEN, round__status=RoundStatus.OPEN)
-    for round_id in live.values_list("round_id", flat=True):
+    for secure in live.select_related("round__study"):
+        # Read first, without a lock: on most beats the stage still waits for sites, and locking the round would
+        # queue the beat behind their messages for SQLite's one write lock. Decided again, locked.
+        if secure.stage_deadline > moment and not _looks_complete(secure, moment):
+            continue
         with transaction.atomic():
-            round_ = lock_round(round_id)
+            round_ = lock_round(secure.round_id)
             secure = _secure_of(round_)
             _advance(round_, secure, moment, deadline_passed=secure.stage_deadline <= moment)
+
+
+def _looks_complete(secure: SecureRound, moment: datetime) -> bool:
+    gate = evaluate(secure.round.study, GateAction.AGGREGATE, moment=moment)
+    expected = _expected(secure, _eligible_codes(gate))
+    return bool(expected) and expected <= set(_messages(secure, secure.stage))

@@ -11,6 +11,7 @@ core the way a thread pool would, without hundreds of threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -198,17 +199,23 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-async def run_swarm(server: str, sites: Sequence[SimulatedSite], *, done: Callable[[], bool], poll: float,
-                    studies: Sequence[int] = (), connections: int = 32, check_every: float = 0.5,
+async def run_swarm(server: str | Sequence[str], sites: Sequence[SimulatedSite], *, done: Callable[[], bool],
+                    poll: float, studies: Sequence[int] = (), connections: int = 32, check_every: float = 0.5,
                     timeout: float = 600.0) -> SwarmLog:
     """Run one agent per site against `server` until `done()` says the federation is over (checked every
-    `check_every` seconds, off the event loop: it may query a database), or `timeout` seconds passed."""
+    `check_every` seconds, off the event loop: it may query a database), or `timeout` seconds passed. Several
+    servers (one coordinator behind several ASGI processes) share the agents in turn, as a load balancer would."""
     log, stop = SwarmLog(), asyncio.Event()
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=server.rstrip("/"), limits=limits, timeout=60.0,
-                                 follow_redirects=False) as http:
-        tasks = [asyncio.create_task(SwarmAgent(http, site, log, studies=studies).run(stop, poll=poll))
-                 for site in sites]
+    servers = [server] if isinstance(server, str) else list(server)
+    each = max(1, connections // len(servers))
+    limits = httpx.Limits(max_connections=each, max_keepalive_connections=each)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=url.rstrip("/"), limits=limits,
+                                                                     timeout=60.0, follow_redirects=False))
+                   for url in servers]
+        tasks = [asyncio.create_task(SwarmAgent(clients[i % len(clients)], site, log, studies=studies)
+                                     .run(stop, poll=poll))
+                 for i, site in enumerate(sites)]
         deadline = time.monotonic() + timeout
         try:
             while not await asyncio.to_thread(done):

@@ -34,10 +34,18 @@
   let lastId = Number(root.dataset.lastEventId) || 0;
   const sites = new Map(state.sites.map((s) => [s.id, s]));
   /* Past a dozen sites the page summarises (aggregation/site_summary.py): live updates keep to the sites it
-   * details (the worst sites' lines; this page's heatmap and governance rows); a reload re-ranks them. */
+   * details (this page's heatmap and governance rows; the worst sites' lines). As rounds end and the gate
+   * changes, the worst sites are ranked again as the server ranks them (refused now first, then the most
+   * rounds missed) and the AUC chart's lines follow, and the spread band gains each new version's point from
+   * every site's AUC in the event. Misses count only rounds that opened while the page was open; a reload
+   * counts them all, and re-ranks the heatmap's rows. */
   const summary = state.summary || {summarised: false};
   const lineSites = new Set(summary.line_site_ids || []);
   const rowSites = new Set(summary.row_site_ids || []);
+  const aucBySite = new Map(Object.entries(summary.auc || {}).map(([id, points]) => [Number(id), new Map(points)]));
+  const misses = new Map(Object.entries(summary.misses || {}).map(([id, n]) => [Number(id), n]));
+  let refusedNow = new Set(summary.refused_site_ids || []);
+  const sentByRound = new Map(); // rounds opened while the page is open: the sites counted in so far
   const eligibleByRound = new Map(Object.entries(state.eligible_by_round).map(([k, v]) => [Number(k), new Set(v)]));
 
   // --- small DOM helpers ------------------------------------------------------------------------------
@@ -174,6 +182,80 @@
     const lo = xs.map((x) => Math.min(...byX.get(x)));
     window.Plotly.restyle(gd, {x: [xs, xs], y: [hi, lo], text: [text, text]},
       [traceIndex(gd, "band:max"), traceIndex(gd, "band:min")]);
+  }
+
+  /* In a summary, the band's point at version x from every site's AUC the event carries (the lines are few). */
+  function bandPoint(x, values) {
+    const gd = charts.sites;
+    if (!gd || !values.length || traceIndex(gd, "band:max") < 0) return;
+    const hi = traceIndex(gd, "band:max"), lo = traceIndex(gd, "band:min");
+    const xs = Array.from(gd.data[hi].x || []), top = Array.from(gd.data[hi].y || []);
+    const bottom = Array.from(gd.data[lo].y || []), text = Array.from(gd.data[lo].text || []);
+    let at = xs.indexOf(x);
+    if (at < 0) {
+      at = xs.findIndex((v) => v > x);
+      if (at < 0) at = xs.length;
+      xs.splice(at, 0, x); top.splice(at, 0, null); bottom.splice(at, 0, null); text.splice(at, 0, "");
+    }
+    top[at] = Math.max(...values);
+    bottom[at] = Math.min(...values);
+    text[at] = values.length + " sites, SD " + sd(values).toFixed(3);
+    window.Plotly.restyle(gd, {x: [xs, xs], y: [top, bottom], text: [text, text]}, [hi, lo]);
+    touched("sites");
+  }
+
+  function worse(a, b) {
+    const key = (id) => [refusedNow.has(id) ? 0 : 1, -(misses.get(id) || 0)];
+    const [ka, kb] = [key(a), key(b)];
+    if (ka[0] !== kb[0]) return ka[0] - kb[0];
+    if (ka[1] !== kb[1]) return ka[1] - kb[1];
+    const [na, nb] = [siteName(a).toLowerCase(), siteName(b).toLowerCase()];
+    return na < nb ? -1 : na > nb ? 1 : a - b;
+  }
+
+  /* The worst sites again; lines leave the per-site charts with their site, and a site that enters the worst
+   * gets its AUC line from the points the page holds (its other charts' lines start with the next round). */
+  function rerank() {
+    if (!summary.summarised) return;
+    const worst = new Set(Array.from(sites.keys()).sort(worse).slice(0, summary.worst_lines));
+    const left = Array.from(lineSites).filter((id) => !worst.has(id));
+    const entered = Array.from(worst).filter((id) => !lineSites.has(id));
+    if (!left.length && !entered.length) return;
+    lineSites.clear();
+    worst.forEach((id) => lineSites.add(id));
+    ["sites", "elapsed", "norms"].forEach((name) => {
+      const gd = charts[name];
+      if (!gd) return;
+      const gone = left.map((id) => traceIndex(gd, "site:" + id)).filter((i) => i >= 0).sort((a, b) => b - a);
+      if (gone.length) window.Plotly.deleteTraces(gd, gone);
+      if (gone.length) touched(name);
+    });
+    entered.forEach((id) => {
+      const points = Array.from((aucBySite.get(id) || new Map()).entries()).sort((a, b) => a[0] - b[0]);
+      points.forEach(([x, y]) => upsertSite("sites", id, x, y, ""));
+    });
+  }
+
+  function summaryRoundMetrics(d) {
+    const bySite = d.evaluated_by_site || {};
+    const values = [];
+    Object.keys(bySite).forEach((id) => {
+      const auc = bySite[id].val_auc;
+      if (auc === null || auc === undefined) return;
+      values.push(auc);
+      if (aucBySite.has(Number(id))) aucBySite.get(Number(id)).set(d.evaluated_version, auc);
+    });
+    bandPoint(d.evaluated_version, values);
+  }
+
+  function summaryRoundEnded(d) {
+    const sent = sentByRound.get(d.round);
+    if (!sent || d.status === "aggregating") return;
+    sentByRound.delete(d.round);
+    (eligibleByRound.get(d.round) || new Set()).forEach((id) => {
+      if (!sent.has(id)) misses.set(id, (misses.get(id) || 0) + 1);
+    });
+    rerank();
   }
 
   function setParticipation(round, submitted, eligible) {
@@ -434,6 +516,7 @@
     "round.opened": (d) => {
       (d.eligible_sites || []).forEach((s) => ensureSite(s.site_id, s.site));
       eligibleByRound.set(d.round, new Set((d.eligible_sites || []).map((s) => s.site_id)));
+      if (!sentByRound.has(d.round)) sentByRound.set(d.round, new Set());
       addRound(d.round);
       setParticipation(d.round, 0, d.eligible);
       setProgress({round: d.round, kind: d.kind, status: "open", submitted: 0, eligible: d.eligible,
@@ -441,6 +524,7 @@
     },
     "update.received": (d) => {
       ensureSite(d.site_id, d.site);
+      counted(d, true);
       // Another site's counts and times are withheld from a site admin (`studies.disclosure`): the state only.
       setCell(d.round, d.site_id, "submitted",
         d.num_examples === null || d.num_examples === undefined ? "" : d.num_examples + " examples, " + clock(d.received_at));
@@ -451,12 +535,14 @@
     },
     "statistics.received": (d, event) => {
       ensureSite(d.site_id, d.site);
+      counted(d, true);
       setCell(d.round, d.site_id, "submitted", "statistics received " + clock(event.at));
       setParticipation(d.round, d.submitted, d.eligible);
       progressCount(d);
     },
     "evaluation.received": (d, event) => {
       ensureSite(d.site_id, d.site);
+      counted(d, true);
       setCell(d.round, d.site_id, "submitted", "final model evaluated " + clock(d.received_at || event.at));
       setParticipation(d.round, d.submitted, d.eligible);
       progressCount(d);
@@ -468,13 +554,21 @@
     },
     "update.excluded": (d) => {
       ensureSite(d.site_id, d.site);
+      counted(d, false);
       // Counted as submitted by an eligible site until now; the gate at aggregation no longer allows it.
       if (setCell(d.round, d.site_id, "excluded", d.reason) === "submitted") {
         const was = participationOf(d.round);
         if (was) setParticipation(d.round, Math.max(was[0] - 1, 0), Math.max(was[1] - 1, 0));
       }
     },
-    "gate.evaluated": (d) => renderGate(d.gate),
+    "gate.evaluated": (d) => {
+      renderGate(d.gate);
+      if (summary.summarised && d.gate && d.gate.eligible_site_ids) {
+        const eligible = new Set(d.gate.eligible_site_ids);
+        refusedNow = new Set(Array.from(sites.keys()).filter((id) => !eligible.has(id)));
+        rerank();
+      }
+    },
     "aggregation.started": (d) => { if (isCurrent(d.round)) setProgress({status: "aggregating", reason: d.reason}); },
     "round.closed": roundMoved,
     "round.blocked": roundMoved,
@@ -490,6 +584,7 @@
         upsertSite("sites", Number(id), d.evaluated_version, bySite[id].val_auc, "");
       });
       if (charts.sites && Object.keys(bySite).length) redrawBand();
+      if (summary.summarised) summaryRoundMetrics(d);
       noteGaps(d.evaluated_version, bySite);
       Object.keys(d.sites || {}).forEach((id) => upsertSite("norms", Number(id), d.round, d.sites[id].weight_norm, ""));
       upsert("norms", "global", d.round, d.global_weight_norm, () => ({name: "Global model"}));
@@ -505,6 +600,13 @@
 
   function roundMoved(d) {
     if (isCurrent(d.round)) setProgress({status: d.status, reason: d.reason, deadline: ""});
+    if (summary.summarised) summaryRoundEnded(d);
+  }
+
+  /* A site counted in a round opened while the page is open (or, excluded, no longer): for the misses. */
+  function counted(d, yes) {
+    const sent = sentByRound.get(d.round);
+    if (sent) yes ? sent.add(Number(d.site_id)) : sent.delete(Number(d.site_id));
   }
 
   function apply(event) {

@@ -53,8 +53,11 @@ def governance_watch(*, moment: datetime | None = None) -> int:
     published = _last_gate_payloads([study.pk for study in studies])
     changed = 0
     for study in studies:
+        last = published.get(study.pk)
+        if last is not None and _signature(last["gate"]) == _signature(verdicts[study.pk].as_dict()):
+            continue  # unchanged, as on most beats: no transaction, which on SQLite waits for the write lock
         with transaction.atomic():
-            if _announce_if_changed(study, verdicts[study.pk], published.get(study.pk), moment):
+            if _announce_if_changed(study, verdicts[study.pk], last, moment):
                 changed += 1
     return changed
 

@@ -93,3 +93,25 @@ def test_an_out_of_range_page_shows_a_valid_page(p, model_store, page_param):
     study = _study_with_a_closed_round(p, [p.site_a, p.site_b, *_sites(p, 12, "Site")], "Fourteen sites")
     body = page(client_for(p.pi).get(dashboard_url(study) + f"?page={page_param}"))
     assert len(embedded(body, "dashboard-figures")["heatmap"]["data"][0]["y"]) == 14
+
+
+def test_a_summary_bands_every_site_and_gives_the_page_what_it_needs_to_rank_the_worst_sites_live(p, model_store):
+    extra = _sites(p, 12, "Clinic")
+    late = extra[3]
+    study = _study_with_a_closed_round(p, [p.site_a, p.site_b, *extra], "Fourteen sites", silent=(late,))
+
+    body = page(client_for(p.pi).get(dashboard_url(study)))
+
+    figures, state = embedded(body, "dashboard-figures"), embedded(body, "dashboard-state")
+    traces = {str(t.get("meta")): t for t in figures["sites"]["data"]}
+    summary = state["summary"]
+    assert summary["line_site_ids"][0] == late.pk  # the worst: it missed the round (so it has no AUC to draw)
+    lines = [meta for meta in traces if meta.startswith("site:")]
+    assert lines == [f"site:{site_id}" for site_id in summary["line_site_ids"][1:]]
+    # The band spans every site's AUC of v0 (0.50 to 0.63, the silent site's none), not only the lines' sites.
+    assert traces["band:max"]["y"] == [0.63] and traces["band:min"]["y"] == [0.5]
+    assert traces["band:min"]["text"] == ["13 sites, SD 0.042"]
+    assert summary["worst_lines"] == WORST_LINES and summary["refused_site_ids"] == []
+    assert summary["misses"][str(late.pk)] == 1 and sum(summary["misses"].values()) == 1
+    assert summary["auc"][str(late.pk)] == [] and summary["auc"][str(extra[11].pk)] == [[0, 0.63]]
+    assert len(summary["auc"]) == 14

@@ -318,3 +318,26 @@ def test_it_rejects_an_unknown_action_and_a_naive_moment(p):
         evaluate(study, "train")
     with pytest.raises(ValueError, match="aware moment"):
         evaluate(study, "aggregate", moment=datetime(2027, 1, 1, 12, 0))
+
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_it_answers_about_one_site_as_its_evaluation_of_every_site_does(p, action):
+    """Asked about one site for anything but aggregation, the gate reads that site's records alone: the same
+    checks and verdict as in the evaluation of every site at the same moment (without the quorum)."""
+    study = active_study(p, quorum=2)
+    site_c = Site.objects.create(name="Karolinska", code="ki", timezone="Europe/Stockholm")
+    participation = study.participations.get(site=p.site_b)
+    services.participation_suspend(actor=p.site_b_admin, participation=participation, reason="Audit.")
+    moment = timezone.now()
+    every_site = evaluate(study, "aggregate", moment=moment)
+    quorum = [c for c in every_site.study_checks if c.name == "quorum"]
+    assert quorum and not quorum[0].passed  # one of two sites eligible, quorum 2
+    for site, eligible in ((p.site_a, True), (p.site_b, False), (site_c, False)):  # eligible, suspended, uninvited
+        one = evaluate(study, action, site=site, moment=moment)
+        expected_checks = every_site.study_checks if action == "aggregate" else every_site.study_checks[:-1]
+        assert one.study_checks == expected_checks
+        assert one.sites == ((every_site.for_site(site.pk),) if site != site_c else one.sites)
+        assert one.allowed is (eligible and action != "aggregate")
+    assert failures(evaluate(study, "submit_update", site=site_c)) == [
+        ("participation", "Karolinska", "The site is not taking part in this study.")]

@@ -31,7 +31,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--sites", type=int, default=20)
         parser.add_argument("--rounds", type=int, default=3)
-        parser.add_argument("--server", help="a running coordinator on this database (default: start one here)")
+        parser.add_argument("--server", help="a running coordinator on this database (default: start one here); "
+                                             "several of its server processes comma-separated share the agents")
         parser.add_argument("--strategy", choices=Strategy.values, default="fedavg")
         parser.add_argument("--seed", type=int, default=0, help="the sites' synthetic data and batch order")
         parser.add_argument("--poll", type=float, help="seconds between an agent's polls (default: grows with N)")
@@ -90,7 +91,7 @@ class Command(BaseCommand):
             return simulation.training_rounds_closed(study_id) >= rounds
 
         try:
-            return asyncio.run(run_swarm(server, agents, done=done, poll=poll, studies=[study_id],
+            return asyncio.run(run_swarm(server.split(","), agents, done=done, poll=poll, studies=[study_id],
                                          connections=options["connections"], timeout=options["timeout"]))
         except (SwarmError, TimeoutError) as exc:
             raise CommandError(f"The simulation stopped: {exc}") from exc

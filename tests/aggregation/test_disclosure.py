@@ -108,12 +108,12 @@ def test_a_site_admins_websocket_stream_shows_no_other_sites_figures(p, study):
 
     async def stream(user) -> list[dict]:
         communicator = await open_socket(user, study.pk, "?after=0")
-        hello = await communicator.receive_json_from(timeout=3)
-        messages = [await communicator.receive_json_from(timeout=3) for _ in range(hello["last_id"])]
+        hello = await communicator.receive_json_from(timeout=30)
+        messages = [await communicator.receive_json_from(timeout=30) for _ in range(hello["last_id"])]
         # Live, through the hub: another update from site B arrives while the viewer watches.
         update = await sync_to_async(Update.objects.filter(site=p.site_b).select_related("round").first)()
         await sync_to_async(_publish_update)(study, update)
-        messages.append(await communicator.receive_json_from(timeout=3))
+        messages.append(await communicator.receive_json_from(timeout=30))
         await communicator.disconnect()
         return messages
 

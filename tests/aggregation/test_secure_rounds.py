@@ -382,3 +382,18 @@ def test_a_statistics_round_whose_counts_exceed_the_registered_rows_fails_closed
     round_.refresh_from_db()
     assert round_.status == RoundStatus.FAILED and "no statistics are released" in round_.status_reason
     assert not Standardization.objects.filter(study=study).exists()
+
+
+def test_a_server_optimiser_takes_its_step_from_the_unmasked_aggregate(p):
+    study, round_, sites, codes = started(p, strategy="fedadam", server_learning_rate=0.5)
+    sites.every_stage(*codes)
+
+    version = round_aggregate(round_id=round_.pk)
+
+    # FedAdam's first step moves every coordinate by the same amount in the aggregate's direction (Adam normalises
+    # it), not by the aggregate itself (FedAvg's result), and keeps its optimiser state for the next round.
+    change, mean = new_model_change(round_, version), sites.expected_change(codes)
+    moved = np.abs(mean) > 1e-3
+    assert np.all(np.sign(change[moved]) == np.sign(mean[moved]))
+    assert np.ptp(np.abs(change[moved])) < 1e-3 * np.abs(change).max() and not np.allclose(change, mean, atol=1e-3)
+    assert version.optimizer_state_path

@@ -122,7 +122,7 @@ def _metrics(request: Request) -> dict[str, Any]:
     return metrics
 
 
-def _require_identity_encoding(request: Request) -> None:
+def require_identity_encoding(request: Request) -> None:
     """The body is the safetensors bytes as they are: a compressed (or falsely labelled) body is refused,
     not read as if it were plain."""
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
@@ -132,7 +132,7 @@ def _require_identity_encoding(request: Request) -> None:
                                "uncompressed, without a Content-Encoding header.", code="content_encoding")
 
 
-def _body(request: Request) -> bytes:
+def read_body(request: Request) -> bytes:
     """The upload, read no further than the limit (the ASGI middleware already refused larger bodies)."""
     limit = settings.MAX_UPDATE_BYTES
     if int(request.headers.get("Content-Length") or 0) > limit:
@@ -167,11 +167,11 @@ class AgentUpdateSubmitApi(AgentApi):
                    summary="Submit the site's trained weights (safetensors)")
     def post(self, request: Request, round_id: int) -> Response:
         try:
-            _require_identity_encoding(request)
+            require_identity_encoding(request)
             key = request.headers.get("Idempotency-Key", "").strip()
             if not key or len(key) > 100:
                 raise ValidationFailed("Send an Idempotency-Key header (at most 100 characters).", code="bad_header")
-            parsed = {"body": _body(request), "round_number": _header_int(request, "X-Round"),
+            parsed = {"body": read_body(request), "round_number": _header_int(request, "X-Round"),
                       "base_version": _header_int(request, "X-Base-Version"),
                       "num_examples": _header_int(request, "X-Num-Examples"), "metrics": _metrics(request)}
         except DomainError as exc:

@@ -14,7 +14,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from aggregation.api import _body, _require_identity_encoding
+from aggregation.api import read_body, require_identity_encoding
 from aggregation.audit_actions import AggregationAction
 from aggregation.flower_auth import FlowerTokenAuthentication, IsFlowerCoordinator
 from aggregation.models import FlowerCoordinatorToken
@@ -64,8 +64,8 @@ class FlowerInitialModelApi(FlowerApi):
                    summary="Record the Flower app's initial parameters (safetensors) as the study's v0")
     def post(self, request: Request) -> Response:
         try:
-            _require_identity_encoding(request)
-            body = _body(request)
+            require_identity_encoding(request)
+            body = read_body(request)
         except DomainError as exc:
             record_denial(actor=request.user, action=AggregationAction.FLOWER_INITIAL_MODEL, reason=exc.message,
                           study=request.user.study_id, details={"code": exc.code})
@@ -134,8 +134,8 @@ class FlowerRoundVersionApi(FlowerApi):
                    summary="The aggregated parameters (safetensors; headers X-Flower-Strategy, X-Acted-On)")
     def post(self, request: Request, round_id: int) -> Response:
         try:
-            _require_identity_encoding(request)
-            body = _body(request)
+            require_identity_encoding(request)
+            body = read_body(request)
             strategy = request.headers.get("X-Flower-Strategy", "").strip()[:100] or "unnamed"
             acted_on = _json_header(request, "X-Acted-On")
         except DomainError as exc:

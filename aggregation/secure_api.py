@@ -11,7 +11,7 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from aggregation.api import AGENT, AgentApi, _body, _require_identity_encoding
+from aggregation.api import AGENT, AgentApi, read_body, require_identity_encoding
 from aggregation.audit_actions import AggregationAction
 from aggregation.services import secure
 from consortium.api_base import UnauditedRead, errors
@@ -89,11 +89,11 @@ class AgentSecureMaskedInputApi(AgentApi):
                            "tensor)")
     def post(self, request: Request, round_id: int) -> Response:
         try:
-            _require_identity_encoding(request)
+            require_identity_encoding(request)
             digest = request.headers.get("X-SHA256", "").strip().lower()
             if not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise ValidationFailed("Header X-SHA256 must be the body's SHA-256 in hex.", code="bad_header")
-            parsed = {"body": _body(request), "sha256": digest, "masked_with": _masked_with(request)}
+            parsed = {"body": read_body(request), "sha256": digest, "masked_with": _masked_with(request)}
         except DomainError as exc:
             # Refused before the service runs: audited all the same, as the service audits its refusals.
             record_denial(actor=request.user, action=AggregationAction.SECURE_SUBMIT, reason=exc.message,

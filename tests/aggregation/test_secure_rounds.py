@@ -38,9 +38,11 @@ from consortium.federated.secagg import (
 from consortium.federated.secagg.distributed_dp import privatize, ring_clip, site_noise_std
 from sites.agent.secure import DistributedPrivacy
 from sites.models import Site
+from sites.services import agent_token_create
 from studies.models import Participation, StudyEvent
 from studies.services import participation_suspend
 from tests.aggregation.support import agent_for, open_round
+from tests.aggregation.test_api_agent import agent_client
 from tests.base import active_study, appoint_site_admin
 from tests.studies.test_views_study import client_for
 
@@ -397,3 +399,18 @@ def test_a_server_optimiser_takes_its_step_from_the_unmasked_aggregate(p):
     assert np.all(np.sign(change[moved]) == np.sign(mean[moved]))
     assert np.ptp(np.abs(change[moved])) < 1e-3 * np.abs(change).max() and not np.allclose(change, mean, atol=1e-3)
     assert version.optimizer_state_path
+
+
+def test_over_http_a_malformed_masked_input_header_is_a_clear_audited_400_and_a_plain_round_has_no_stages(p, fed):
+    study, round_, sites, codes = started(p)
+    token = agent_token_create(actor=p.site_admin_of(p.site_a), site=p.site_a, name="HTTP agent")[1]
+    api = agent_client(token)
+    state = api.get(f"/api/agent/rounds/{round_.pk}/secagg/").json()
+    assert state["stage"] == "keys" and RoundConfig.from_wire(state["config"]).min_sites == 3
+    response = api.post(f"/api/agent/rounds/{round_.pk}/secagg/masked-input/", data=b"x",
+                        content_type="application/octet-stream", HTTP_X_SHA256="nope", HTTP_X_MASKED_WITH="[]")
+    assert response.status_code == 400 and "X-SHA256" in response.json()["detail"]
+    assert AuditEvent.objects.filter(action="aggregation.secure.submit", outcome="denied").exists()
+    plain = open_round(fed.study)
+    answer = agent_client(fed.plaintext_a).get(f"/api/agent/rounds/{plain.pk}/secagg/")
+    assert answer.status_code == 404 and "not a secure-aggregation round" in answer.json()["detail"]

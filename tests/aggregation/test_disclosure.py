@@ -6,6 +6,7 @@ Site B reports figures found nowhere else (its example count, its metrics, its u
 message that holds one of them discloses site B."""
 
 import json
+import re
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -56,7 +57,14 @@ def b_figures(study: Study, p) -> list[str]:
             *(f"{value:.6f}"[:7] for pair in norms for value in pair)]
 
 
+# What may hold any digits without being a site's figure: timestamps ("...T10:51:10.988123") and a round's
+# aggregation times. Left out before matching, or "0.988" would be found in the seconds of a timestamp.
+NOT_FIGURES = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?'
+                         r'|"(duration|wait)_seconds": [-+0-9.eE]+')
+
+
 def leaked(text: str, figures: list[str]) -> list[str]:
+    text = NOT_FIGURES.sub("", text)
     return [figure for figure in figures if figure in text]
 
 

@@ -484,7 +484,7 @@ _SECURE_WEIGHTING = ("Secure aggregation: the mean of {sites} sites' masked chan
 def _produce_secure_version(round_: Round, gate: GateResult, computed: Computed, result: Any) -> ModelVersion:
     study, base = round_.study, round_.base_version
     digests = secure.masked_digests(round_)
-    sites = {site.code: site for site in secure.sites_by_code(round_, result.survivors + result.dropped)}
+    sites = {site.code: site for site in secure.sites_by_code(result.survivors + result.dropped)}
     agreement = AgreementVersion.objects.filter(study=study).order_by("-version").first()
     provenance = {**version_provenance(study, round_, [], gate, computed.weighting),
                   "aggregation_seconds": computed.seconds, "weight_norm": computed.weight_norm}

@@ -13,7 +13,7 @@ a masked sum. A stage closes when every site expected in it has answered, or at 
 that did; too few fails the round closed with the reason. Every message and every close is audited."""
 
 import base64
-import hashlib
+import math
 import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -33,6 +33,7 @@ from aggregation.services.round_state import move_round
 from aggregation.storage import absolute, store, stored_path
 from consortium.audit.log import SYSTEM, audited_service, record
 from consortium.errors import Conflict, GateRefused, NotFound, ValidationFailed
+from consortium.federated import codec
 from consortium.federated.secagg import (
     CoordinatorRound,
     Keys,
@@ -89,13 +90,7 @@ def secure_round_start(round_: Round, gate: GateResult, moment: datetime) -> Sec
 
 
 def parameter_count(version: ModelVersion) -> int:
-    total = 0
-    for shape, _dtype in version.spec.values():
-        size = 1
-        for dim in shape:
-            size *= int(dim)
-        total += size
-    return total
+    return sum(math.prod(shape) for shape, _dtype in version.spec.values())
 
 
 def _stage_deadline(round_: Round, stage: str, moment: datetime) -> datetime:
@@ -202,7 +197,7 @@ def _submit(actor: Any, round_id: int, stage: str, parse, add, *, payload: Any, 
                                site=actor.site_id) from error
     path, digest = "", ""
     if body is not None:
-        digest = _sha256(body)
+        digest = codec.sha256_hex(body)
         path = stored_path("secure", round_.study_id, digest)
     row = SecureMessage(round=round_, site_id=actor.site_id, stage=stage, payload=_wire(message, payload), path=path,
                         sha256=digest, size_bytes=len(body) if body is not None else 0,
@@ -220,10 +215,6 @@ def _submit(actor: Any, round_id: int, stage: str, parse, add, *, payload: Any, 
 
 def _wire(message: Any, payload: Any) -> dict[str, Any]:
     return message.to_wire() if hasattr(message, "to_wire") else payload
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- rebuilding the coordinator's side -----------------------------------------------------------------------
@@ -408,15 +399,15 @@ def masked_digests(round_: Round) -> dict[str, str]:
 
 def registered_rows(round_: Round, codes: Iterable[str]) -> int:
     """The rows the sites registered for the study's data set (each site's newest registration)."""
-    total = 0
-    for site in Site.objects.filter(code__in=list(codes)):
-        newest = (DatasetRegistration.objects.filter(study_id=round_.study_id, site=site)
-                  .order_by("-registered_at", "-pk").values_list("rows", flat=True).first())
-        total += newest or 0
-    return total
+    newest: dict[int, int] = {}  # one query; the first row per site, newest first, is the one that counts
+    rows = (DatasetRegistration.objects.filter(study_id=round_.study_id, site__code__in=list(codes))
+            .order_by("-registered_at", "-pk").values_list("site_id", "rows"))
+    for site_id, count in rows:
+        newest.setdefault(site_id, count)
+    return sum(newest.values())
 
 
-def sites_by_code(round_: Round, codes: Iterable[str]) -> list[Site]:
+def sites_by_code(codes: Iterable[str]) -> list[Site]:
     return list(Site.objects.filter(code__in=list(codes)))
 
 

@@ -151,9 +151,10 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
 
 
 def start_worker(log: Path, *, tick_seconds: int = 5) -> subprocess.Popen:
-    """A real Celery worker with the embedded scheduler (beat) that opens rounds and enforces deadlines."""
+    """A real Celery worker with the embedded scheduler (beat) that opens rounds and enforces deadlines; two
+    processes, so that an aggregation never waits behind a beat's tick."""
     schedule = Path(settings.DATA_DIR) / "celerybeat-schedule"
-    command = ["celery", "-A", "consortium", "worker", "--beat", "--schedule", str(schedule), "--concurrency", "1",
+    command = ["celery", "-A", "consortium", "worker", "--beat", "--schedule", str(schedule), "--concurrency", "2",
                "--loglevel", "INFO"]
     return spawn(command, log, ROUNDS_TICK_SECONDS=str(tick_seconds))
 

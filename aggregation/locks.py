@@ -8,12 +8,13 @@ from studies.locks import lock_study
 from studies.models import Participation
 
 
-def lock_round(round_id: int) -> Round:
+def lock_round(round_id: int, *, study_id: int | None = None) -> Round:
     """The round and its study under their row locks, study first (levels 1 and 2 of `consortium.locks`)."""
-    study_id = Round.objects.filter(pk=round_id).values_list("study_id", flat=True).get()  # never changes
+    if study_id is None:
+        study_id = Round.objects.filter(pk=round_id).values_list("study_id", flat=True).get()  # never changes
     study = lock_study(study_id)
     # `of`: PostgreSQL cannot lock the nullable side of the outer join to base_version.
-    round_ = locked(Round.objects.select_related("base_version").filter(pk=round_id), of=("self",)).get()
+    round_ = locked(Round.objects.with_base_version().filter(pk=round_id), of=("self",)).get()
     round_.study = study
     return round_
 
@@ -25,5 +26,5 @@ def lock_round_for_site(round_id: int, site_id: int, *, lock: bool = True) -> Ro
     if study_id is None or not Participation.objects.filter(study_id=study_id, site_id=site_id).exists():
         raise NotFound("No such round.")
     if lock:
-        return lock_round(round_id)
-    return Round.objects.select_related("study", "base_version").get(pk=round_id)
+        return lock_round(round_id, study_id=study_id)
+    return Round.objects.with_base_version().select_related("study").get(pk=round_id)

@@ -38,6 +38,15 @@ class ModelVersion(models.Model):
         return f"{self.study} v{self.number}"
 
 
+class RoundQuerySet(models.QuerySet):
+    def with_base_version(self) -> "RoundQuerySet":
+        """Rounds with their base version, without the reports that grow with the number of sites (the
+        verdict at aggregation; the version's provenance and evaluation: hundreds of KB at 200 sites), which
+        an agent's polls, downloads and submissions never read. A deferred field still loads when read."""
+        return self.select_related("base_version").defer(
+            "gate_result", "base_version__provenance", "base_version__evaluation")
+
+
 class Round(models.Model):
     """A federated round: a statistics round, a training round from `base_version`, or the evaluation of
     the final `base_version` after the last training round."""
@@ -57,6 +66,10 @@ class Round(models.Model):
                                          "when no worker has claimed the round a little while after.")
     closed_at = models.DateTimeField(null=True, blank=True)
     gate_result = models.JSONField(default=dict, blank=True, help_text="The gate's verdict at aggregation.")
+    expected_site_ids = models.JSONField(
+        default=list, blank=True, help_text="The sites the gate allowed when the round opened: those it waits for.")
+
+    objects = RoundQuerySet.as_manager()
 
     class Meta:
         ordering = ["study", "number"]

@@ -36,7 +36,7 @@ def open_rounds_for_site(site_id: int) -> list[dict[str, Any]]:
     rounds = (
         Round.objects.filter(status=RoundStatus.OPEN, flower__isnull=True, study__participations__site_id=site_id,
                              study__participations__status__in=PARTICIPATION_CURRENT)
-        .select_related("study", "base_version", "secure").order_by("opened_at").distinct()
+        .with_base_version().select_related("study", "secure").order_by("opened_at").distinct()
     )
     standardizations = {s.study_id: s for s in Standardization.objects.filter(study__in=[r.study_id for r in rounds])}
     answer = []

@@ -2,7 +2,9 @@
 (`manage.py simulate`, the embedded default: SQLite, daphne, one worker), and one large-model aggregation.
 
 Per site count: update ingest (updates/s, from the first to the last update of a round as the coordinator
-received them), the time from a round's last update to the next round opened (p50, p99), the wall time, and
+received them; the agents submit each round's updates together once all have trained, `simulate --burst`, so
+that the figure is the coordinator's and not the agents' pace; `--paced` lets each submit when it is done),
+the time from a round's last update to the next round opened (p50, p99), the wall time, and
 then, on that database, the gate's time and query count and the dashboard's render time and query count.
 For a 50M-parameter model (`--params`): one FedAvg of four updates in one piece, and in two parameter shards
 on two worker processes at once (what the Celery chord of `aggregation.services.sharding` does with two
@@ -41,7 +43,8 @@ def main() -> None:
     args = _arguments()
     rows = []
     for sites in [] if args.large_only else args.sites or ([20] if args.quick else [20, 100, 200]):
-        row = _federation(sites, args.rounds or (2 if args.quick else 3), args.timeout, args.server)
+        row = _federation(sites, args.rounds or (2 if args.quick else 3), args.timeout, args.server,
+                          burst=not args.paced)
         if args.dashboard_rounds:
             row.update(_dashboard(sites, args.dashboard_rounds))
         rows.append(row)
@@ -67,12 +70,15 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--large-only", action="store_true", help="only the large-model aggregation")
     parser.add_argument("--no-large", action="store_true", help="skip the large-model aggregation")
     parser.add_argument("--server", help="run the federations against this running coordinator (its DATABASE_URL)")
+    parser.add_argument("--paced", action="store_true", help="each agent submits as soon as it has trained "
+                                                             "(default: each round's updates together)")
     parser.add_argument("--dashboard-rounds", type=int, help="also time the dashboard page of a study with this many "
                                                               "closed rounds (built through the services)")
     return parser.parse_args()
 
 
-def _federation(sites: int, rounds: int, timeout: float, server: str | None = None) -> dict[str, Any]:
+def _federation(sites: int, rounds: int, timeout: float, server: str | None = None, *,
+                burst: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
         # Embedded: a throwaway database and broker of its own. Against a server: that server's database.
         env = dict(os.environ) if server else {key: value for key, value in os.environ.items()
@@ -80,7 +86,7 @@ def _federation(sites: int, rounds: int, timeout: float, server: str | None = No
         if not server:
             env.update(CONSORTIUM_DATA_DIR=folder)
         command = [sys.executable, "manage.py", "simulate", "--sites", str(sites), "--rounds", str(rounds), "--timeout",
-                   str(timeout), *(["--server", server] if server else [])]
+                   str(timeout), *(["--server", server] if server else []), *(["--burst"] if burst else [])]
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout + 900)
         if result.returncode:
             raise SystemExit(f"simulate --sites {sites} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
@@ -236,7 +242,7 @@ def _gate_timed(study: Any) -> dict[str, Any]:
 
 def _print_row(row: dict[str, Any]) -> None:
     print(f"{row['sites']:>4} sites x {row['rounds']} rounds ({row['server']}): ingest {row['updates_per_s']} "
-          f"updates/s, last update -> next round open p50 {row['last_submission_to_next_open_p50_s']} s, p99 "
+          f"updates/s ({'together' if row.get('burst') else 'paced'}), last update -> next round open p50 {row['last_submission_to_next_open_p50_s']} s, p99 "
           f"{row['last_submission_to_next_open_p99_s']} s; gate {row['gate_ms']} ms / {row['gate_queries']} queries; "
           f"dashboard data ({row['rounds']} rounds) {row['dashboard_ms']} ms / {row['dashboard_queries']} queries; "
           f"setup {row['setup_seconds']} s, wall {row['wall_seconds']} s", flush=True)

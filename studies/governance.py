@@ -10,7 +10,7 @@ round started now, which sites would take part, and why not the others.
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -167,9 +167,21 @@ def evaluate(
         return _not_yet(study, action, moment, site_id)
     # Only aggregation counts the quorum over every site; asked about one site for anything else, the gate
     # reads that site's records alone (the agents' polls and submissions: cheap whatever the number of sites).
-    alone = site_id if site_id and action != GateAction.AGGREGATE else None
-    facts = _load([then], moment, at, site_id=alone)[study.pk]
+    alone = [site_id] if site_id and action != GateAction.AGGREGATE else None
+    facts = _load([then], moment, at, site_ids=alone)[study.pk]
     return _judge(then, facts, action, moment, site_id, historical=at is not None)
+
+
+def evaluate_sites(study: Study, action: str, site_ids: Sequence[int], *,
+                   moment: datetime | None = None) -> dict[int, GateResult]:
+    """The gate asked about each of these sites alone, as `evaluate(study, action, site=id)` answers, from one
+    load of their records: a submission asks about its own site and about the sites that may show its round
+    is still incomplete. Not for aggregation, which judges every site."""
+    if action == GateAction.AGGREGATE:
+        raise ValueError("Aggregation is judged over every site: use evaluate().")
+    moment = _checked_moment(action, moment, None)
+    facts = _load([study], moment, site_ids=list(site_ids))[study.pk]
+    return {site_id: _judge(study, facts, action, moment, site_id) for site_id in site_ids}
 
 
 def evaluate_many(studies: Iterable[Study], action: str = GateAction.AGGREGATE, *,
@@ -207,12 +219,12 @@ class _Facts:
 
 
 def _load(studies: list[Study], moment: datetime, at: datetime | None = None,
-          site_id: int | None = None) -> dict[int, _Facts]:
+          site_ids: list[int] | None = None) -> dict[int, _Facts]:
     """Eight queries, whatever the number of studies and sites; as of a moment nine (the sites come apart),
-    plus one for the study as it stood (`evaluate`). With `site_id`, the per-site facts of that site only."""
+    plus one for the study as it stood (`evaluate`). With `site_ids`, the per-site facts of those sites only."""
     facts = {study.pk: _Facts() for study in studies}
     ids = list(facts)
-    one = {"site_id": site_id} if site_id else {}
+    one = {"site_id__in": site_ids} if site_ids else {}
     agreements = as_of(AgreementVersion, at).filter(study__in=ids).order_by("study", "-version")
     for agreement in agreements if at else agreements.defer("text"):  # a historical row has no deferred loading
         facts[agreement.study_id].agreement = facts[agreement.study_id].agreement or agreement

@@ -24,7 +24,7 @@ class Progress:
 
     submitted: frozenset[int]
     eligible: frozenset[int]
-    gate: GateResult
+    gate: GateResult | None  # None: judged incomplete without asking the gate about every site
 
     @property
     def complete(self) -> bool:

@@ -4,6 +4,7 @@ audited."""
 
 import math
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -25,7 +26,7 @@ from consortium.federated import codec, zoo
 from consortium.federated.metric_keys import VAL_AUC, VAL_EXAMPLES
 from consortium.version import code_version
 from studies.choices import GateAction, GateCheck, RevocationPolicy, StudyStatus
-from studies.governance import GateResult, evaluate
+from studies.governance import Check, GateResult, evaluate
 from studies.locks import lock_study
 from studies.models import Study
 from studies.privacy import privacy_budget
@@ -34,6 +35,8 @@ from studies.services.privacy import study_stop_for_privacy
 
 # The model store's temporary files are swept at most this often by each scheduler process.
 SWEEP_EVERY_SECONDS = 60.0
+# Sites asked about, one at a time, for proof that a round is still incomplete (`submission_progress`).
+INCOMPLETE_WITNESSES = 3
 _next_sweep = 0.0
 
 
@@ -44,11 +47,7 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
     moment = moment or timezone.now()
     with transaction.atomic():
         study = lock_study(study_id)
-        if study.status != StudyStatus.ACTIVE or Round.objects.filter(study=study, status__in=ROUND_LIVE).exists():
-            return None
-        if study.flower_tokens.filter(revoked_at__isnull=True).exists():
-            return None  # a Flower coordinator runs this study's rounds (`aggregation.services.flower`)
-        kind = _next_kind(study)
+        kind = _due_kind(study)
         if kind is None:
             return None
         gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
@@ -58,24 +57,52 @@ def round_open_next(*, study_id: int, moment: datetime | None = None) -> Round |
         base = None if kind == RoundKind.STATISTICS else _latest_version(study)
         last = Round.objects.filter(study=study).order_by("-number").values_list("number", flat=True).first() or 0
         round_ = Round(study=study, number=last + 1, kind=kind, base_version=base, opened_at=moment,
-                       deadline=moment + timedelta(minutes=study.round_deadline_minutes))
+                       deadline=moment + timedelta(minutes=study.round_deadline_minutes),
+                       expected_site_ids=[v.site_id for v in gate.eligible_sites])
         round_.full_clean()
         round_.save()
         secure_round = study.secure_aggregation and kind in (RoundKind.TRAINING, RoundKind.STATISTICS)
         record(actor=SYSTEM, action=AggregationAction.ROUND_OPENED, target=round_, study=study,
                details={"round": round_.number, "kind": round_.kind, "base_version": base.number if base else None,
                         "deadline": round_.deadline.isoformat(), "secure_aggregation": secure_round,
-                        "eligible_site_ids": [v.site_id for v in gate.eligible_sites]})
+                        "eligible_site_ids": round_.expected_site_ids})
         _events.round_opened(round_, gate)
         if secure_round:
             secure_round_start(round_, gate, moment)
         return round_
 
 
+def _due_kind(study: Study) -> str | None:
+    """The kind of round the study would open next, or None: it is not active, has a live round, is run by a
+    Flower coordinator (`aggregation.services.flower`), or has no round left to run."""
+    if study.status != StudyStatus.ACTIVE or Round.objects.filter(study=study, status__in=ROUND_LIVE).exists():
+        return None
+    if study.flower_tokens.filter(revoked_at__isnull=True).exists():
+        return None
+    return _next_kind(study)
+
+
+def _open_if_due(study_id: int, moment: datetime) -> None:
+    """The beat's opening of a round, read first without a lock: on most beats there is nothing to open (the
+    study's rounds are done, or the gate refuses it), and taking the study's lock would queue the beat for the
+    write lock (SQLite has one) among the sites' submissions. `round_open_next` decides again, locked."""
+    study = Study.objects.filter(pk=study_id).first()
+    if study is None or _due_kind(study) is None:
+        return
+    gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
+    if gate.allowed or _budget_refused(gate) is not None:
+        round_open_next(study_id=study_id, moment=moment)
+
+
+def _budget_refused(gate: GateResult) -> Check | None:
+    """The gate's privacy-budget check, if it refuses."""
+    return next((c for c in gate.study_checks if c.name == GateCheck.PRIVACY_BUDGET and not c.passed), None)
+
+
 def _stop_if_budget_used_up(study: Study, gate: GateResult) -> None:
     """No training round fits the privacy target any more: the study stops, with the gate's reason."""
-    check = next((c for c in gate.study_checks if c.name == GateCheck.PRIVACY_BUDGET), None)
-    if check is not None and not check.passed and privacy_budget(study).exhausted:
+    check = _budget_refused(gate)
+    if check is not None and privacy_budget(study).exhausted:
         study_stop_for_privacy(study=study, reason=check.reason)
 
 
@@ -115,13 +142,37 @@ def _latest_version(study: Study) -> ModelVersion:
 def round_progress(round_: Round, *, moment: datetime | None = None) -> Progress:
     """Which sites have submitted to the round, and which the gate allows now."""
     gate = evaluate(round_.study, GateAction.AGGREGATE, moment=moment)
+    return Progress(_submitted(round_), frozenset(verdict.site_id for verdict in gate.eligible_sites), gate)
+
+
+def incomplete_witnesses(round_: Round, site_id: int) -> list[int]:
+    """The sites that may show the round still incomplete once `site_id` has submitted: a few of the sites it
+    waits for (allowed at its opening) that have not submitted yet. The submission asks the gate about them
+    together with its own site (`governance.evaluate_sites`) and passes those still allowed on."""
+    waiting = set(round_.expected_site_ids) - _submitted(round_) - {site_id}
+    return sorted(waiting)[:INCOMPLETE_WITNESSES]
+
+
+def submission_progress(round_: Round, *, still_allowed: Sequence[int] = (),
+                        moment: datetime | None = None) -> Progress:
+    """The progress after one site's submission, without asking the gate about every site each time (at 200
+    sites that was most of a submission's cost). A site the round waits for that has not submitted and that
+    the gate still allows (`still_allowed`, of `incomplete_witnesses`; the round's lock keeps it from
+    submitting meanwhile) proves the round incomplete. Only without one is the whole gate asked, so a round
+    is only ever completed on every site's verdict now."""
+    if still_allowed:
+        return Progress(_submitted(round_), frozenset(round_.expected_site_ids), None)
+    return round_progress(round_, moment=moment)
+
+
+def _submitted(round_: Round) -> frozenset[int]:
     if round_.kind == RoundKind.STATISTICS:
         submitted = SiteStatistics.objects.filter(round=round_).values_list("site_id", flat=True)
     elif round_.kind == RoundKind.EVALUATION:
         submitted = Evaluation.objects.filter(round=round_).values_list("site_id", flat=True)
     else:
         submitted = round_.updates.filter(status=UpdateStatus.ACCEPTED).values_list("site_id", flat=True)
-    return Progress(frozenset(submitted), frozenset(verdict.site_id for verdict in gate.eligible_sites), gate)
+    return frozenset(submitted)
 
 
 def round_complete_if_ready(round_: Round, *, moment: datetime | None = None, progress: Progress | None = None) -> None:
@@ -267,7 +318,7 @@ def rounds_tick(*, moment: datetime | None = None) -> None:
     _sweep_now_and_then()
     idle = Study.objects.filter(status=StudyStatus.ACTIVE).exclude(rounds_run__status__in=ROUND_LIVE)
     for study_id in idle.values_list("pk", flat=True):
-        round_open_next(study_id=study_id, moment=moment)
+        _open_if_due(study_id, moment)
     governance_watch(moment=moment)
 
 

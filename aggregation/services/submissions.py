@@ -15,7 +15,7 @@ from aggregation.choices import RoundKind, RoundStatus
 from aggregation.locks import lock_round_for_site
 from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
 from aggregation.services import _events
-from aggregation.services.rounds import round_complete_if_ready, round_progress
+from aggregation.services.rounds import incomplete_witnesses, round_complete_if_ready, submission_progress
 from aggregation.storage import spec, store, stored_path, verified_bytes, version_tensors
 from consortium.audit.log import audited_service, record
 from consortium.audit.models import AuditEvent
@@ -36,12 +36,24 @@ from consortium.federated.metric_keys import (
 )
 from consortium.locks import locked
 from studies.choices import GateAction
-from studies.governance import evaluate
+from studies.governance import GateResult, evaluate, evaluate_sites
 from studies.models import DatasetRegistration
 
 
 def _require_gate(round_: Round, site_id: int, action: str) -> None:
-    gate = evaluate(round_.study, action, site=site_id)
+    _refuse_unless_allowed(evaluate(round_.study, action, site=site_id), round_, site_id)
+
+
+def _require_gate_for_submission(round_: Round, site_id: int, action: str) -> list[int]:
+    """The gate for the submitting site, asked together with the sites that may show the round still
+    incomplete after it (one load for all); returns those the gate still allows (for `submission_progress`)."""
+    witnesses = incomplete_witnesses(round_, site_id)
+    gates = evaluate_sites(round_.study, action, [site_id, *witnesses])
+    _refuse_unless_allowed(gates[site_id], round_, site_id)
+    return [witness for witness in witnesses if gates[witness].eligible_sites]
+
+
+def _refuse_unless_allowed(gate: GateResult, round_: Round, site_id: int) -> None:
     if not gate.allowed:
         failing = gate.failures
         raise GateRefused("The gate refuses this site now: " + " ".join(check.reason for check in failing),
@@ -110,7 +122,7 @@ def update_submit(
     _check_numbers(num_examples, metrics, round_)
     _check_known_examples(num_examples, round_, actor)
     _check_registered_examples(num_examples, round_, actor)
-    _require_gate(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
+    still_allowed = _require_gate_for_submission(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
     tensors = _decode(body, round_)
     weight_norm, delta_norm = _norms(tensors, version_tensors(round_.base_version))
     _check_norm(delta_norm, round_)
@@ -120,14 +132,16 @@ def update_submit(
                     size_bytes=len(body), num_examples=num_examples, metrics=metrics, weight_norm=weight_norm,
                     delta_norm=delta_norm, idempotency_key=idempotency_key, submitted_by=actor.get_username(),
                     downloaded_at=_downloaded_at(round_, actor.site_id), received_at=timezone.now())
-    update.full_clean()
+    # Its round, site and base version were just read under the round's lock, and one update per site was
+    # checked above: only the fields are validated (no query per foreign key).
+    update.full_clean(exclude=["round", "site", "base_version"], validate_unique=False, validate_constraints=False)
     update.save()
     # Before `record`: a row lock comes before the audit chain's lock (`consortium.locks`).
     _record_base_evaluation(round_.base_version, actor.site_id, metrics.get(BASE), histogram)
     record(actor=actor, action=AggregationAction.UPDATE_ACCEPTED, target=update, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "sha256": digest, "num_examples": num_examples,
                                         "metrics": metrics, "weight_norm": weight_norm, "delta_norm": delta_norm})
-    progress = round_progress(round_)
+    progress = submission_progress(round_, still_allowed=still_allowed)
     _events.update_received(update, round_, progress)
     round_complete_if_ready(round_, progress=progress)
     # Written last, once every check has passed and every row is in place: a refusal leaves no file behind.
@@ -252,7 +266,7 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
     stay in the version's evaluation: no page and no event shows them."""
     if not base or not base.get(VAL_EXAMPLES):
         return
-    version = locked(ModelVersion.objects.filter(pk=version.pk)).get()
+    version = locked(ModelVersion.objects.filter(pk=version.pk).only("pk", "evaluation")).get()
     key = str(site_id)
     entry = {name: base.get(name) for name in EVALUATION_METRICS}
     if entry[VAL_AUC] is None:
@@ -297,7 +311,7 @@ def statistics_submit(
                        code="duplicate_statistics", study=round_.study_id, site=actor.site_id)
     _require_open(round_, RoundKind.STATISTICS)
     _check_statistics(round_, features, count, sums, sums_of_squares)
-    _require_gate(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
+    still_allowed = _require_gate_for_submission(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
     row = SiteStatistics(round=round_, site_id=actor.site_id, features=features, count=count, sums=sums,
                          sums_of_squares=sums_of_squares, received_at=timezone.now())
     row.full_clean()
@@ -305,7 +319,7 @@ def statistics_submit(
     # The figures themselves stay out of the audit details: no site's statistics are shown to others.
     record(actor=actor, action=AggregationAction.STATISTICS_ACCEPTED, target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "count": count, "features": len(features)})
-    progress = round_progress(round_)
+    progress = submission_progress(round_, still_allowed=still_allowed)
     _events.statistics_received(round_, actor.site, count, progress)
     round_complete_if_ready(round_, progress=progress)
     return row
@@ -343,7 +357,7 @@ def evaluation_submit(*, actor: Any, round_id: int, round_number: int, base_vers
         raise Conflict(f"Round {round_.number} evaluates model v{round_.base_version.number}, not v{base_version}.",
                        code="stale_model", study=round_.study_id)
     entry, histogram = _checked_evaluation(metrics, round_, required=True)
-    _require_gate(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
+    still_allowed = _require_gate_for_submission(round_, actor.site_id, GateAction.SUBMIT_UPDATE)
     row = Evaluation(round=round_, site_id=actor.site_id, metrics=entry, submitted_by=actor.get_username(),
                      received_at=timezone.now())
     row.full_clean()
@@ -354,7 +368,7 @@ def evaluation_submit(*, actor: Any, round_id: int, round_number: int, base_vers
     record(actor=actor, action=AggregationAction.EVALUATION_ACCEPTED, target=round_, study=round_.study_id,
            site=actor.site_id, details={"round": round_.number, "version": round_.base_version.number,
                                         "metrics": entry, SCORE_HISTOGRAM: histogram is not None})
-    progress = round_progress(round_)
+    progress = submission_progress(round_, still_allowed=still_allowed)
     _events.evaluation_received(row, round_, progress)
     round_complete_if_ready(round_, progress=progress)
     return row

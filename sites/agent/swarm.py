@@ -77,12 +77,30 @@ def synthetic_sites(codes: Sequence[str], tokens: Mapping[str, str], *, features
     return sites
 
 
+class Burst:
+    """Holds each agent's trained update until every agent of the swarm has one for the round (or `patience`
+    seconds passed), then lets them all submit at once: the round's updates then arrive as fast as the
+    coordinator takes them, so its ingest is measured rather than the agents' pace of polling and training."""
+
+    def __init__(self, agents: int, *, patience: float = 60.0):
+        self.agents, self.patience = agents, patience
+        self._ready: dict[int, tuple[list[int], asyncio.Event]] = {}
+
+    async def wait(self, round_id: int) -> None:
+        count, everyone = self._ready.setdefault(round_id, ([0], asyncio.Event()))
+        count[0] += 1
+        if count[0] >= self.agents:
+            everyone.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(everyone.wait(), timeout=self.patience)
+
+
 class SwarmAgent:
     """One simulated site: polls its open rounds, trains, submits; like `runner.Agent`, but asynchronous."""
 
     def __init__(self, http: httpx.AsyncClient, site: SimulatedSite, log: SwarmLog, *, studies: Sequence[int] = (),
-                 val_fraction: float = 0.2):
-        self.http, self.site, self.log = http, site, log
+                 val_fraction: float = 0.2, burst: Burst | None = None):
+        self.http, self.site, self.log, self.burst = http, site, log, burst
         self.studies = set(studies)
         self.val_fraction = val_fraction
         self.finished: set[int] = set()
@@ -123,6 +141,8 @@ class SwarmAgent:
                    "X-Round": str(round_["number"]), "X-Base-Version": str(version),
                    "X-Num-Examples": str(update.num_examples),
                    "X-Metrics": json.dumps(_json_safe(update.metrics), allow_nan=False, separators=(",", ":"))}
+        if self.burst:
+            await self.burst.wait(round_["round_id"])
         started = time.perf_counter()
         await self._request("POST", f"/api/agent/rounds/{round_['round_id']}/update/",
                             content=codec.encode(update.state), headers=headers)
@@ -201,11 +221,13 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 async def run_swarm(server: str | Sequence[str], sites: Sequence[SimulatedSite], *, done: Callable[[], bool],
                     poll: float, studies: Sequence[int] = (), connections: int = 32, check_every: float = 0.5,
-                    timeout: float = 600.0) -> SwarmLog:
+                    timeout: float = 600.0, burst: bool = False) -> SwarmLog:
     """Run one agent per site against `server` until `done()` says the federation is over (checked every
     `check_every` seconds, off the event loop: it may query a database), or `timeout` seconds passed. Several
-    servers (one coordinator behind several ASGI processes) share the agents in turn, as a load balancer would."""
+    servers (one coordinator behind several ASGI processes) share the agents in turn, as a load balancer would.
+    With `burst`, the agents submit each training round's updates together (`Burst`)."""
     log, stop = SwarmLog(), asyncio.Event()
+    together = Burst(len(sites)) if burst else None
     servers = [server] if isinstance(server, str) else list(server)
     each = max(1, connections // len(servers))
     limits = httpx.Limits(max_connections=each, max_keepalive_connections=each)
@@ -213,8 +235,8 @@ async def run_swarm(server: str | Sequence[str], sites: Sequence[SimulatedSite],
         clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=url.rstrip("/"), limits=limits,
                                                                      timeout=60.0, follow_redirects=False))
                    for url in servers]
-        tasks = [asyncio.create_task(SwarmAgent(clients[i % len(clients)], site, log, studies=studies)
-                                     .run(stop, poll=poll))
+        tasks = [asyncio.create_task(SwarmAgent(clients[i % len(clients)], site, log, studies=studies,
+                                                burst=together).run(stop, poll=poll))
                  for i, site in enumerate(sites)]
         deadline = time.monotonic() + timeout
         try:

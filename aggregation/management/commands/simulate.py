@@ -38,6 +38,8 @@ class Command(BaseCommand):
         parser.add_argument("--poll", type=float, help="seconds between an agent's polls (default: grows with N)")
         parser.add_argument("--connections", type=int, default=32, help="HTTP connections shared by the agents")
         parser.add_argument("--timeout", type=float, default=900)
+        parser.add_argument("--burst", action="store_true", help="the agents submit each round's updates together, "
+                                                                  "once all have trained: measures the ingest")
 
     def handle(self, *args: Any, **options: Any) -> None:
         sites, rounds = options["sites"], options["rounds"]
@@ -72,7 +74,7 @@ class Command(BaseCommand):
                    "setup_seconds": round(setup_seconds, 2), "wall_seconds": round(wall, 2),
                    **simulation.run_figures(run.study.pk),
                    "submit_latency_p50_s": _median(log.submit_seconds), "polls": log.polls, "retries": log.retries,
-                   "refused": len(log.refused), "server": options["server"] or "embedded"}
+                   "refused": len(log.refused), "server": options["server"] or "embedded", "burst": options["burst"]}
         self.stdout.write(json.dumps(figures, sort_keys=True))
 
     def _swarm(self, run: simulation.Simulation, server: str, options: dict[str, Any], processes: list) -> Any:
@@ -92,7 +94,8 @@ class Command(BaseCommand):
 
         try:
             return asyncio.run(run_swarm(server.split(","), agents, done=done, poll=poll, studies=[study_id],
-                                         connections=options["connections"], timeout=options["timeout"]))
+                                         connections=options["connections"], timeout=options["timeout"],
+                                         burst=options["burst"]))
         except (SwarmError, TimeoutError) as exc:
             raise CommandError(f"The simulation stopped: {exc}") from exc
 

@@ -241,8 +241,9 @@ def _gate_timed(study: Any) -> dict[str, Any]:
 
 
 def _print_row(row: dict[str, Any]) -> None:
+    pace = "together" if row.get("burst") else "paced"
     print(f"{row['sites']:>4} sites x {row['rounds']} rounds ({row['server']}): ingest {row['updates_per_s']} "
-          f"updates/s ({'together' if row.get('burst') else 'paced'}), last update -> next round open p50 {row['last_submission_to_next_open_p50_s']} s, p99 "
+          f"updates/s ({pace}), last update -> next round open p50 {row['last_submission_to_next_open_p50_s']} s, p99 "
           f"{row['last_submission_to_next_open_p99_s']} s; gate {row['gate_ms']} ms / {row['gate_queries']} queries; "
           f"dashboard data ({row['rounds']} rounds) {row['dashboard_ms']} ms / {row['dashboard_queries']} queries; "
           f"setup {row['setup_seconds']} s, wall {row['wall_seconds']} s", flush=True)

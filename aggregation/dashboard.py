@@ -16,13 +16,12 @@ their versions, updates and statistics, the round-opened and refused-update even
 import json
 import math
 import statistics as stats
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-import plotly.graph_objects as go
 from django.conf import settings
-from django.db.models import Prefetch
 from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
@@ -58,13 +57,41 @@ class SiteRef:
     color: str
 
 
+class Sent(NamedTuple):
+    """One site's part in a round as the charts read it: its statistics, its evaluation of the final model or its
+    update (`num_examples`, `weight_norm` and `downloaded_at` are an update's). Plain rows, not model instances:
+    200 sites and 50 rounds make 10,000 updates."""
+
+    kind: str  # "statistics", "evaluation" or "update", the order in which they fill a site's cell
+    round_id: int
+    site_id: int
+    site: str
+    excluded: bool
+    reason: str
+    received_at: datetime
+    num_examples: int | None = None
+    weight_norm: float | None = None
+    downloaded_at: datetime | None = None
+
+
+class Received(NamedTuple):
+    """A cell's detail that says when the part arrived, worded only when the cell is shown (a summary shows one
+    page of sites)."""
+
+    what: str
+    at: datetime
+
+    def __str__(self) -> str:
+        return f"{self.what}{_clock(self.at)}"
+
+
 @dataclass(frozen=True)
 class RoundView:
     """One round as the charts see it: who was eligible, and each site's cell (state, why)."""
 
     round: Round
     eligible: frozenset[int] | None
-    cells: dict[int, tuple[str, str]]
+    cells: dict[int, tuple[str, "str | Received"]]
 
     @property
     def submitted(self) -> int:
@@ -160,23 +187,27 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
     events = list(StudyEvent.objects.filter(study=study).order_by("-seq")[:FEED_SIZE])  # first: see module doc
     last_id = events[0].seq if events else 0
     rounds = _rounds(study)
+    sent = _sent(study)
     opened, refusals = _round_marks(study)
     gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
     now_eligible = frozenset(verdict.site_id for verdict in gate.eligible_sites)
-    views = [_disclosed_view(_round_view(r, opened, refusals, now_eligible), disclosure) for r in rounds]
-    sites = _sites(gate, rounds, opened, refusals)
+    views = [_disclosed_view(_round_view(r, sent.get(r.pk, ()), opened, refusals, now_eligible), disclosure)
+             for r in rounds]
+    sites = _sites(gate, sent, opened, refusals)
     summary = summarise(sites, views, now_eligible, site_filter=site_filter, page=page)
     shown = [site for site in summary.lines if disclosure.sees_site(site.site_id)]
+    evaluated = _evaluated(rounds)
+    every = site_auc_series(evaluated)
     figures = {
-        "global": global_metric_figure(rounds, disclosure),
-        "sites": site_metric_figure(rounds, shown, band=disclosure.full),
+        "global": global_metric_figure(evaluated, disclosure),
+        "sites": site_metric_figure(every, shown, band=disclosure.full),
         "participation": participation_figure(views),
-        "elapsed": elapsed_figure(rounds, shown),
-        "norms": norms_figure(rounds, shown),
+        "elapsed": elapsed_figure(rounds, sent, shown),
+        "norms": norms_figure(rounds, sent, shown),
         "heatmap": heatmap_figure(views, summary.rows),
     }
     points = {name: distinct_x(figure) for name, figure in figures.items()}
-    gaps = auc_gaps(rounds, shown)
+    gaps = auc_gaps(evaluated, shown)
     state = {"study": study.pk, "last_event_id": last_id, "palette": PALETTE,
              "sites": [{"id": s.site_id, "name": s.name, "color": s.color} for s in sites],
              "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
@@ -185,7 +216,6 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
     if summary.summarised:
         # Live, the worst sites change as rounds end: the page re-ranks them and draws a line that enters the
         # worst from the AUCs of the sites this viewer may see (`static/js/dashboard.js`).
-        every = site_auc_series(rounds)
         state["summary"]["auc"] = {site.site_id: every.get(site.site_id, []) for site in sites
                                    if disclosure.sees_site(site.site_id)}
     panel = gate_panel(gate.as_dict())
@@ -201,13 +231,7 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
 
 
 def _rounds(study: Study) -> list[Round]:
-    """Every round, oldest first, with its base and produced versions, updates and who sent statistics."""
-    updates = Update.objects.select_related("site").only(
-        "round", "site", "status", "exclusion_reason", "num_examples", "weight_norm", "downloaded_at", "received_at",
-        "site__name")
-    statistics = SiteStatistics.objects.select_related("site").only("round", "site", "received_at", "exclusion_reason",
-                                                                    "site__name")
-    evaluations = Evaluation.objects.select_related("site").only("round", "site", "received_at", "site__name")
+    """Every round, oldest first, with its base and produced versions."""
     # Only the parts of the large JSON columns that the charts show, extracted by the database: a round's gate
     # (every check of every site), a version's provenance and its sites' score histograms grow with the sites,
     # and decoding them all took a third of the page at 100 sites and 50 rounds.
@@ -218,9 +242,26 @@ def _rounds(study: Study) -> list[Round]:
                           evaluated_sites_json=KeyTextTransform("sites", "base_version__evaluation"),
                           evaluated_global_json=KeyTextTransform("global", "base_version__evaluation"),
                           produced_norm=KeyTextTransform("weight_norm", "produced_version__provenance"))
-                .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics),
-                                  Prefetch("evaluations", queryset=evaluations))
                 .order_by("number"))
+
+
+def _sent(study: Study) -> dict[int, list[Sent]]:
+    """Per round id, what the sites sent: statistics, evaluations, then updates (the order they fill a cell)."""
+    statistics = SiteStatistics.objects.filter(round__study=study).order_by().values_list(
+        "round_id", "site_id", "site__name", "exclusion_reason", "received_at")
+    evaluations = Evaluation.objects.filter(round__study=study).order_by().values_list(
+        "round_id", "site_id", "site__name", "received_at")
+    updates = Update.objects.filter(round__study=study).order_by().values_list(
+        "round_id", "site_id", "site__name", "status", "exclusion_reason", "received_at", "num_examples",
+        "weight_norm", "downloaded_at")
+    rows = [*(Sent("statistics", r, s, name, bool(why), why, at) for r, s, name, why, at in statistics),
+            *(Sent("evaluation", r, s, name, False, "", at) for r, s, name, at in evaluations),
+            *(Sent("update", r, s, name, status == UpdateStatus.EXCLUDED, why, at, n, norm, downloaded)
+              for r, s, name, status, why, at, n, norm, downloaded in updates)]
+    by_round: dict[int, list[Sent]] = {}
+    for row in rows:
+        by_round.setdefault(row.round_id, []).append(row)
+    return by_round
 
 
 def _round_marks(study: Study) -> tuple[dict[int, dict[int, str]], dict[int, dict[int, str]]]:
@@ -238,8 +279,8 @@ def _round_marks(study: Study) -> tuple[dict[int, dict[int, str]], dict[int, dic
     return opened, refusals
 
 
-def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict[int, dict[int, str]],
-                now_eligible: frozenset[int]) -> RoundView:
+def _round_view(round_: Round, sent: Iterable[Sent], opened: dict[int, dict[int, str]],
+                refusals: dict[int, dict[int, str]], now_eligible: frozenset[int]) -> RoundView:
     """The round's eligible sites: the gate's at aggregation, else the live gate's for a live round, else
     those eligible when it opened; and each site's cell."""
     gated = _json(round_.eligible_json) if hasattr(round_, "eligible_json") else round_.gate_result.get(
@@ -250,16 +291,19 @@ def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict
         eligible = now_eligible
     else:
         eligible = frozenset(opened[round_.pk]) if round_.pk in opened else None
-    cells = {site: ("refused", reason) for site, reason in refusals.get(round_.pk, {}).items()}
-    for row in round_.statistics.all():
-        cells[row.site_id] = (("excluded", row.exclusion_reason) if row.exclusion_reason
-                              else ("submitted", f"statistics received {_clock(row.received_at)}"))
-    for row in round_.evaluations.all():
-        cells[row.site_id] = ("submitted", f"final model evaluated {_clock(row.received_at)}")
-    for update in round_.updates.all():
-        cells[update.site_id] = (("excluded", update.exclusion_reason) if update.status == UpdateStatus.EXCLUDED
-                                 else ("submitted", f"{update.num_examples} examples, {_clock(update.received_at)}"))
+    cells: dict[int, tuple[str, str | Received]] = {
+        site: ("refused", reason) for site, reason in refusals.get(round_.pk, {}).items()}
+    for row in sent:
+        cells[row.site_id] = ("excluded", row.reason) if row.excluded else ("submitted", _received(row))
     return RoundView(round_, eligible, cells)
+
+
+def _received(row: Sent) -> Received:
+    if row.kind == "statistics":
+        return Received("statistics received ", row.received_at)
+    if row.kind == "evaluation":
+        return Received("final model evaluated ", row.received_at)
+    return Received(f"{row.num_examples} examples, ", row.received_at)
 
 
 def _disclosed_view(view: RoundView, disclosure: Disclosure) -> RoundView:
@@ -270,14 +314,12 @@ def _disclosed_view(view: RoundView, disclosure: Disclosure) -> RoundView:
     return RoundView(view.round, view.eligible, cells)
 
 
-def _sites(gate: GateResult, rounds: list[Round], opened: dict[int, dict[int, str]],
+def _sites(gate: GateResult, sent: dict[int, list[Sent]], opened: dict[int, dict[int, str]],
            refusals: dict[int, dict[int, str]]) -> list[SiteRef]:
     """Every site the study has invited or heard from, by name, each with its colour."""
     names = {verdict.site_id: verdict.site_name for verdict in gate.sites}
-    for round_ in rounds:
-        names.update({u.site_id: u.site.name for u in round_.updates.all()})
-        names.update({s.site_id: s.site.name for s in round_.statistics.all()})
-        names.update({e.site_id: e.site.name for e in round_.evaluations.all()})
+    for rows in sent.values():
+        names.update((row.site_id, row.site) for row in rows)
     for eligible in opened.values():
         names.update({site: name for site, name in eligible.items() if site not in names})
     for refused in refusals.values():
@@ -301,23 +343,31 @@ def _clock(moment: datetime) -> str:
 # --- figures -------------------------------------------------------------------------------------------
 
 
-def _layout(x_title: str, y_title: str, *, empty: str, height: int = 360, **extra: Any) -> go.Layout:
+# The figures are the plain dicts plotly.js takes, in the shape plotly.py's `go.Figure(...).to_plotly_json()` gave
+# them (tests/aggregation/test_dashboard_plotly.py validates them with it): building them through plotly.py's
+# validators took a fifth of the page at 100 sites. NONE is what plotly.py writes for `template="none"`.
+NONE = {"data": {"scatter": [{"type": "scatter"}]}}
+
+
+def _layout(x_title: str, y_title: str, *, empty: str, height: int = 360, **extra: Any) -> dict[str, Any]:
     """The charts' shared look: light grid, legend above the plot, a note in it while there is no data."""
     axis = {"gridcolor": GRID, "zeroline": False, "automargin": True}
-    return go.Layout(
-        template="none", height=height, margin={"l": 60, "r": 60, "t": 10, "b": 40}, hovermode="closest",
-        font={"family": "system-ui, sans-serif", "size": 12}, paper_bgcolor="#fff", plot_bgcolor="#fff",
-        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom", "entrywidth": 0.5,
-                "entrywidthmode": "fraction"}, xaxis={**axis, "title": {"text": x_title}},
-        yaxis={**axis, "title": {"text": y_title}},
-        annotations=[{"text": empty, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
-                      "font": {"color": "#59636e"}}] if empty else [], **extra)
+    layout = {
+        "template": NONE, "height": height, "margin": {"l": 60, "r": 60, "t": 10, "b": 40}, "hovermode": "closest",
+        "font": {"family": "system-ui, sans-serif", "size": 12}, "paper_bgcolor": "#fff", "plot_bgcolor": "#fff",
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "entrywidth": 0.5,
+                   "entrywidthmode": "fraction"}, "xaxis": {**axis, "title": {"text": x_title}},
+        "yaxis": {**axis, "title": {"text": y_title}}, **extra}
+    if empty:
+        layout["annotations"] = [{"text": empty, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5,
+                                  "y": 0.5, "font": {"color": "#59636e"}}]
+    return layout
 
 
-def _figure(traces: list[Any], layout: go.Layout) -> dict[str, Any]:
+def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
     """The figure as plotly.js takes it; one x tick per round or version, or per few once there are many."""
-    figure = go.Figure(data=traces, layout=layout).to_plotly_json()
-    figure["layout"]["xaxis"]["dtick"] = max(1, math.ceil(distinct_x(figure) / MAX_X_TICKS))
+    figure = {"data": traces, "layout": layout}
+    layout["xaxis"]["dtick"] = max(1, math.ceil(distinct_x(figure) / MAX_X_TICKS))
     return figure
 
 
@@ -331,19 +381,19 @@ def plotly_text(value: str) -> str:
 
 
 def _line(name: str, meta: str, xs: list[Any], ys: list[Any], color: str, unit: str, *,
-          line: dict[str, Any] | None = None, **extra: Any) -> go.Scatter:
+          line: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     label = plotly_text(name)
-    return go.Scatter(x=xs, y=ys, name=label, meta=meta, mode="lines+markers", line={"color": color, **(line or {})},
-                      hovertemplate=f"{label}: %{{y:.3f}}{unit}<extra>%{{x}}</extra>", **extra)
+    return {"type": "scatter", "x": xs, "y": ys, "name": label, "meta": meta, "mode": "lines+markers",
+            "line": {"color": color, **(line or {})},
+            "hovertemplate": f"{label}: %{{y:.3f}}{unit}<extra>%{{x}}</extra>", **extra}
 
 
 def _evaluated(rounds: list[Round]) -> list[tuple[int, dict[str, Any]]]:
     """(version number, its evaluation) of each version a round trained from and that round has ended.
     While the round is live the sites' evaluations are still arriving: a partial mean is not shown, and the
     point appears when the round's `round.metrics` event does (a blocked or failed round sends one too)."""
-    versions = {r.base_version.number: _base_evaluation(r) for r in rounds
-                if r.base_version is not None and r.status not in ROUND_LIVE}
-    return sorted(versions.items())
+    versions = {r.base_version.number: r for r in rounds if r.base_version is not None and r.status not in ROUND_LIVE}
+    return [(number, _base_evaluation(versions[number])) for number in sorted(versions)]
 
 
 def _base_evaluation(round_: Round) -> dict[str, Any]:
@@ -359,10 +409,11 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def global_metric_figure(rounds: list[Round], disclosure: Disclosure = FULL) -> dict[str, Any]:
+def global_metric_figure(evaluated: list[tuple[int, dict[str, Any]]], disclosure: Disclosure = FULL
+                         ) -> dict[str, Any]:
     """Each evaluated version's AUC, accuracy and loss on the sites' held-out splits, weighted by rows; a version
     evaluated by fewer sites than the viewer may see pooled is left out."""
-    points = [(number, ev.get("global") or {}) for number, ev in _evaluated(rounds)
+    points = [(number, ev.get("global") or {}) for number, ev in evaluated
               if disclosure.sees_pool((ev.get("sites") or {}).keys())]
     points = [(number, g) for number, g in points if any(g.get(key) is not None for key in GLOBAL_METRICS)]
     xs = [number for number, _ in points]
@@ -373,24 +424,24 @@ def global_metric_figure(rounds: list[Round], disclosure: Disclosure = FULL) -> 
                      empty="" if xs else "No model version has been evaluated yet.",
                      yaxis2={"title": {"text": "Loss"}, "overlaying": "y", "side": "right", "showgrid": False,
                              "zeroline": False})
-    layout.yaxis.range = [0, 1.02]
+    layout["yaxis"]["range"] = [0, 1.02]
     return _figure(traces, layout)
 
 
-def site_auc_series(rounds: list[Round]) -> dict[int, list[tuple[int, float]]]:
+def site_auc_series(evaluated: list[tuple[int, dict[str, Any]]]) -> dict[int, list[tuple[int, float]]]:
     """Per site, its AUC of each evaluated version: (version, AUC), oldest first."""
     series: dict[int, list[tuple[int, float]]] = {}
-    for number, evaluation in _evaluated(rounds):
+    for number, evaluation in evaluated:
         for key, metrics in (evaluation.get("sites") or {}).items():
             if metrics.get(VAL_AUC) is not None:
                 series.setdefault(int(key), []).append((number, metrics[VAL_AUC]))
     return series
 
 
-def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool = True) -> dict[str, Any]:
-    """Each of `sites`' AUC of each evaluated version, and (`band`) the band from the lowest to the highest of
-    every site, also those drawn without a line (a summary draws only the worst sites' lines)."""
-    every = site_auc_series(rounds)
+def site_metric_figure(every: dict[int, list[tuple[int, float]]], sites: list[SiteRef], *, band: bool = True
+                       ) -> dict[str, Any]:
+    """Each of `sites`' AUC of each evaluated version (`every`: `site_auc_series`), and (`band`) the band from the
+    lowest to the highest of every site, also those drawn without a line (a summary draws only the worst sites')."""
     series = {site.site_id: every[site.site_id] for site in sites if site.site_id in every}
     traces = [*(spread_band(every) if band else []), *_site_traces(sites, series, "")]
     layout = _layout("Model version evaluated", "Site's AUC",
@@ -398,12 +449,12 @@ def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool 
     return _figure(traces, layout)
 
 
-def auc_gaps(rounds: list[Round], sites: list[SiteRef]) -> list[dict[str, Any]]:
+def auc_gaps(evaluated: list[tuple[int, dict[str, Any]]], sites: list[SiteRef]) -> list[dict[str, Any]]:
     """What the sites' chart cannot show, and why: per site and reason, the evaluated versions for which the
     site reported no AUC of its own (e.g. only one class in its validation split). The global AUC still counts
     those rows (it comes from the sites' score histograms). `static/js/dashboard.js` words them the same way."""
     gaps: dict[tuple[int, str], list[int]] = {}
-    for number, evaluation in _evaluated(rounds):
+    for number, evaluation in evaluated:
         for key, metrics in (evaluation.get("sites") or {}).items():
             if metrics.get(VAL_AUC) is None and metrics.get(VAL_AUC_NOTE):
                 gaps.setdefault((int(key), metrics[VAL_AUC_NOTE]), []).append(number)
@@ -427,7 +478,7 @@ def gap_text(site: str, versions: list[int], reason: str) -> str:
     return f"{site}: no AUC of its own for {listed} ({reason})."
 
 
-def spread_band(series: dict[int, list[tuple[int, float]]]) -> list[go.Scatter]:
+def spread_band(series: dict[int, list[tuple[int, float]]]) -> list[dict[str, Any]]:
     """The min–max band across sites per version (the upper edge, then the lower edge filled up to it);
     its hover gives the standard deviation between sites."""
     by_x: dict[int, list[float]] = {}
@@ -436,15 +487,17 @@ def spread_band(series: dict[int, list[tuple[int, float]]]) -> list[go.Scatter]:
             by_x.setdefault(x, []).append(y)
     xs = sorted(by_x)
     spread = [f"{len(by_x[x])} sites, SD {stats.pstdev(by_x[x]):.3f}" for x in xs]
-    upper = go.Scatter(x=xs, y=[max(by_x[x]) for x in xs], meta="band:max", mode="lines", line={"width": 0},
-                       showlegend=False, hoverinfo="skip")
-    lower = go.Scatter(x=xs, y=[min(by_x[x]) for x in xs], meta="band:min", mode="lines", line={"width": 0},
-                       fill="tonexty", fillcolor="rgba(11,92,173,0.12)", name="Spread between sites (min–max)",
-                       text=spread, hovertemplate="Spread: %{text}<extra>v%{x}</extra>")
+    upper = {"type": "scatter", "x": xs, "y": [max(by_x[x]) for x in xs], "meta": "band:max", "mode": "lines",
+             "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"}
+    lower = {"type": "scatter", "x": xs, "y": [min(by_x[x]) for x in xs], "meta": "band:min", "mode": "lines",
+             "line": {"width": 0}, "fill": "tonexty", "fillcolor": "rgba(11,92,173,0.12)",
+             "name": "Spread between sites (min–max)", "text": spread,
+             "hovertemplate": "Spread: %{text}<extra>v%{x}</extra>"}
     return [upper, lower]
 
 
-def _site_traces(sites: list[SiteRef], series: dict[int, list[tuple[int, float]]], unit: str) -> list[go.Scatter]:
+def _site_traces(sites: list[SiteRef], series: dict[int, list[tuple[int, float]]], unit: str
+                 ) -> list[dict[str, Any]]:
     return [_line(site.name, f"site:{site.site_id}", [x for x, _ in series[site.site_id]],
                   [y for _, y in series[site.site_id]], site.color, unit)
             for site in sites if series.get(site.site_id)]
@@ -452,37 +505,42 @@ def _site_traces(sites: list[SiteRef], series: dict[int, list[tuple[int, float]]
 
 def participation_figure(views: list[RoundView]) -> dict[str, Any]:
     """Per round, the share of eligible sites that sent their part (rounds of unknown eligibility skipped)."""
-    known = [v for v in views if v.eligible]
-    bars = go.Bar(x=[v.round.number for v in known], y=[100 * v.submitted / len(v.eligible) for v in known],
-                  meta="rate", marker={"color": "#0b5cad"}, name="Participation",
-                  text=[f"{v.submitted}/{len(v.eligible)}" for v in known], textposition="auto",
-                  customdata=[[v.submitted, len(v.eligible)] for v in known],
-                  hovertemplate="Round %{x}: %{text} eligible sites submitted<extra></extra>")
+    known = [(v.round.number, v.submitted, len(v.eligible)) for v in views if v.eligible]
+    bars = {"type": "bar", "x": [number for number, _, _ in known], "y": [100 * n / of for _, n, of in known],
+            "meta": "rate", "marker": {"color": "#0b5cad"}, "name": "Participation",
+            "text": [f"{n}/{of}" for _, n, of in known], "textposition": "auto",
+            "customdata": [[n, of] for _, n, of in known],
+            "hovertemplate": "Round %{x}: %{text} eligible sites submitted<extra></extra>"}
     layout = _layout("Round", "Submitted (%)", empty="" if known else "No round has opened yet.")
-    layout.yaxis.range = [0, 105]
+    layout["yaxis"]["range"] = [0, 105]
     return _figure([bars], layout)
 
 
-def elapsed_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
+def _updates(rounds: list[Round], sent: dict[int, list[Sent]], sites: list[SiteRef]) -> Iterable[tuple[int, Sent]]:
+    """(round number, update) of `sites`, oldest round first."""
+    drawn = {site.site_id for site in sites}
+    return ((r.number, row) for r in rounds for row in sent.get(r.pk, ())
+            if row.kind == "update" and row.site_id in drawn)
+
+
+def elapsed_figure(rounds: list[Round], sent: dict[int, list[Sent]], sites: list[SiteRef]) -> dict[str, Any]:
     """Per site and round, the seconds from downloading the model to submitting the update (rows from before
     downloads were timed have no start and are skipped)."""
     series: dict[int, list[tuple[int, float]]] = {}
-    for round_ in rounds:
-        for u in round_.updates.all():
-            if u.downloaded_at is not None:
-                series.setdefault(u.site_id, []).append((round_.number, (u.received_at - u.downloaded_at)
-                                                         .total_seconds()))
+    for number, u in _updates(rounds, sent, sites):
+        if u.downloaded_at is not None:
+            series.setdefault(u.site_id, []).append((number, (u.received_at - u.downloaded_at).total_seconds()))
     layout = _layout("Round", "Seconds", empty="" if series else "No timed update yet.")
     return _figure(_site_traces(sites, series, " s"), layout)
 
 
-def norms_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
+def norms_figure(rounds: list[Round], sent: dict[int, list[Sent]], sites: list[SiteRef]) -> dict[str, Any]:
     """Per round, the L2 norm of each site's update beside the norm of the global model it produced."""
     series: dict[int, list[tuple[int, float]]] = {}
+    for number, u in _updates(rounds, sent, sites):
+        series.setdefault(u.site_id, []).append((number, u.weight_norm))
     produced: list[tuple[int, float]] = []
     for round_ in rounds:
-        for u in round_.updates.all():
-            series.setdefault(u.site_id, []).append((round_.number, u.weight_norm))
         version = getattr(round_, "produced_version", None)
         norm = (_json(round_.produced_norm) if hasattr(round_, "produced_norm")
                 else version.provenance.get("weight_norm") if version is not None else None)
@@ -504,18 +562,17 @@ def heatmap_figure(views: list[RoundView], sites: list[SiteRef]) -> dict[str, An
         text.append([plotly_text(f"{state}: {why}" if why else state) for state, why in cells])
     n = len(CELL_STATES)
     scale = [[edge, color] for i, color in enumerate(CELL_COLORS) for edge in (i / n, (i + 1) / n)]
-    heatmap = go.Heatmap(x=[v.round.number for v in views], y=[plotly_text(s.name) for s in sites], z=z, text=text,
-                         meta="cells", zmin=-0.5, zmax=n - 0.5, colorscale=scale, xgap=2, ygap=2,
-                         hovertemplate="%{y}, round %{x}: %{text}<extra></extra>",
-                         colorbar={"tickvals": list(range(n)), "ticktext": list(CELL_STATES), "thickness": 12})
+    heatmap = {"type": "heatmap", "x": [v.round.number for v in views], "y": [plotly_text(s.name) for s in sites],
+               "z": z, "text": text, "meta": "cells", "zmin": -0.5, "zmax": n - 0.5, "colorscale": scale, "xgap": 2,
+               "ygap": 2, "hovertemplate": "%{y}, round %{x}: %{text}<extra></extra>",
+               "colorbar": {"tickvals": list(range(n)), "ticktext": list(CELL_STATES), "thickness": 12}}
     layout = _layout("Round", "", empty="" if views else "No round has opened yet.",
                      height=max(200, 80 + 34 * len(sites)))
-    layout.yaxis.autorange = "reversed"
-    layout.yaxis.type = "category"
+    layout["yaxis"].update(autorange="reversed", type="category")
     return _figure([heatmap], layout)
 
 
-def heatmap_cell(view: RoundView, site_id: int) -> tuple[str, str]:
+def heatmap_cell(view: RoundView, site_id: int) -> tuple[str, "str | Received"]:
     if site_id in view.cells:
         return view.cells[site_id]
     if view.eligible is not None and site_id not in view.eligible:

@@ -58,31 +58,28 @@ class SiteRef:
 
 
 class Sent(NamedTuple):
-    """One site's part in a round as the charts read it: its statistics, its evaluation of the final model or its
-    update (`num_examples`, `weight_norm` and `downloaded_at` are an update's). Plain rows, not model instances:
-    200 sites and 50 rounds make 10,000 updates."""
+    """One site's part in a round (its statistics, its evaluation of the final model or its update) as every chart
+    reads it: who sent it, whether it counted and, but for an update, when it came. Plain rows, not model
+    instances: 200 sites and 50 rounds make 10,000 updates."""
 
-    kind: str  # "statistics", "evaluation" or "update", the order in which they fill a site's cell
-    round_id: int
     site_id: int
     site: str
     excluded: bool
-    reason: str
+    reason: str  # why it was excluded, else what came when ("" for an update: see `Sent.details`)
+
+
+class UpdateDetail(NamedTuple):
+    """What only a site's heatmap row and its lines show of its update to a round, read for those sites alone (a
+    summary shows a page of rows and the worst sites' lines)."""
+
     received_at: datetime
-    num_examples: int | None = None
-    weight_norm: float | None = None
-    downloaded_at: datetime | None = None
+    num_examples: int
+    weight_norm: float
+    downloaded_at: datetime | None
 
-
-class Received(NamedTuple):
-    """A cell's detail that says when the part arrived, worded only when the cell is shown (a summary shows one
-    page of sites)."""
-
-    what: str
-    at: datetime
-
-    def __str__(self) -> str:
-        return f"{self.what}{_clock(self.at)}"
+    @property
+    def text(self) -> str:
+        return f"{self.num_examples} examples, {_clock(self.received_at)}"
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ class RoundView:
 
     round: Round
     eligible: frozenset[int] | None
-    cells: dict[int, tuple[str, "str | Received"]]
+    cells: dict[int, tuple[str, str]]
 
     @property
     def submitted(self) -> int:
@@ -196,15 +193,17 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
     sites = _sites(gate, sent, opened, refusals)
     summary = summarise(sites, views, now_eligible, site_filter=site_filter, page=page)
     shown = [site for site in summary.lines if disclosure.sees_site(site.site_id)]
+    details = _update_details(study, {site.site_id for site in [*summary.rows, *shown]
+                                      if disclosure.sees_site(site.site_id)})
     evaluated = _evaluated(rounds)
     every = site_auc_series(evaluated)
     figures = {
         "global": global_metric_figure(evaluated, disclosure),
         "sites": site_metric_figure(every, shown, band=disclosure.full),
         "participation": participation_figure(views),
-        "elapsed": elapsed_figure(rounds, sent, shown),
-        "norms": norms_figure(rounds, sent, shown),
-        "heatmap": heatmap_figure(views, summary.rows),
+        "elapsed": elapsed_figure(rounds, details, shown),
+        "norms": norms_figure(rounds, details, shown),
+        "heatmap": heatmap_figure(views, summary.rows, details),
     }
     points = {name: distinct_x(figure) for name, figure in figures.items()}
     gaps = auc_gaps(evaluated, shown)
@@ -246,22 +245,33 @@ def _rounds(study: Study) -> list[Round]:
 
 
 def _sent(study: Study) -> dict[int, list[Sent]]:
-    """Per round id, what the sites sent: statistics, evaluations, then updates (the order they fill a cell)."""
+    """Per round id, what the sites sent: statistics, evaluations, then updates (the order they fill a cell).
+    Statistics and evaluations come once per site in a study (a statistics round, a final evaluation), so
+    their times are read here; an update's are read only for the sites shown (`_update_details`)."""
     statistics = SiteStatistics.objects.filter(round__study=study).order_by().values_list(
         "round_id", "site_id", "site__name", "exclusion_reason", "received_at")
     evaluations = Evaluation.objects.filter(round__study=study).order_by().values_list(
         "round_id", "site_id", "site__name", "received_at")
     updates = Update.objects.filter(round__study=study).order_by().values_list(
-        "round_id", "site_id", "site__name", "status", "exclusion_reason", "received_at", "num_examples",
-        "weight_norm", "downloaded_at")
-    rows = [*(Sent("statistics", r, s, name, bool(why), why, at) for r, s, name, why, at in statistics),
-            *(Sent("evaluation", r, s, name, False, "", at) for r, s, name, at in evaluations),
-            *(Sent("update", r, s, name, status == UpdateStatus.EXCLUDED, why, at, n, norm, downloaded)
-              for r, s, name, status, why, at, n, norm, downloaded in updates)]
+        "round_id", "site_id", "site__name", "status", "exclusion_reason")
+    rows = [
+        *((r, Sent(site, name, bool(why), why or f"statistics received {_clock(at)}"))
+          for r, site, name, why, at in statistics),
+        *((r, Sent(site, name, False, f"final model evaluated {_clock(at)}")) for r, site, name, at in evaluations),
+        *((r, Sent(site, name, status == UpdateStatus.EXCLUDED, why)) for r, site, name, status, why in updates)]
     by_round: dict[int, list[Sent]] = {}
-    for row in rows:
-        by_round.setdefault(row.round_id, []).append(row)
+    for round_id, row in rows:
+        by_round.setdefault(round_id, []).append(row)
     return by_round
+
+
+def _update_details(study: Study, site_ids: set[int]) -> dict[tuple[int, int], UpdateDetail]:
+    """Per (round id, site id), the details of the updates of `site_ids`."""
+    if not site_ids:
+        return {}
+    updates = Update.objects.filter(round__study=study, site_id__in=site_ids).order_by().values_list(
+        "round_id", "site_id", "received_at", "num_examples", "weight_norm", "downloaded_at")
+    return {(round_id, site_id): UpdateDetail(*rest) for round_id, site_id, *rest in updates}
 
 
 def _round_marks(study: Study) -> tuple[dict[int, dict[int, str]], dict[int, dict[int, str]]]:
@@ -291,23 +301,15 @@ def _round_view(round_: Round, sent: Iterable[Sent], opened: dict[int, dict[int,
         eligible = now_eligible
     else:
         eligible = frozenset(opened[round_.pk]) if round_.pk in opened else None
-    cells: dict[int, tuple[str, str | Received]] = {
-        site: ("refused", reason) for site, reason in refusals.get(round_.pk, {}).items()}
+    cells = {site: ("refused", reason) for site, reason in refusals.get(round_.pk, {}).items()}
     for row in sent:
-        cells[row.site_id] = ("excluded", row.reason) if row.excluded else ("submitted", _received(row))
+        cells[row.site_id] = ("excluded" if row.excluded else "submitted", row.reason)
     return RoundView(round_, eligible, cells)
 
 
-def _received(row: Sent) -> Received:
-    if row.kind == "statistics":
-        return Received("statistics received ", row.received_at)
-    if row.kind == "evaluation":
-        return Received("final model evaluated ", row.received_at)
-    return Received(f"{row.num_examples} examples, ", row.received_at)
-
-
 def _disclosed_view(view: RoundView, disclosure: Disclosure) -> RoundView:
-    """Other sites' cells keep their state (everyone sees who submitted) but not its details (counts, times)."""
+    """Other sites' cells keep their state (everyone sees who submitted) but not its details (why, counts, times;
+    their updates' are not even read: `_update_details`)."""
     if disclosure.full:
         return view
     cells = {site: cell if disclosure.sees_site(site) else (cell[0], "") for site, cell in view.cells.items()}
@@ -516,29 +518,31 @@ def participation_figure(views: list[RoundView]) -> dict[str, Any]:
     return _figure([bars], layout)
 
 
-def _updates(rounds: list[Round], sent: dict[int, list[Sent]], sites: list[SiteRef]) -> Iterable[tuple[int, Sent]]:
-    """(round number, update) of `sites`, oldest round first."""
-    drawn = {site.site_id for site in sites}
-    return ((r.number, row) for r in rounds for row in sent.get(r.pk, ())
-            if row.kind == "update" and row.site_id in drawn)
+def _updates(rounds: list[Round], details: dict[tuple[int, int], UpdateDetail], sites: list[SiteRef]
+             ) -> Iterable[tuple[int, int, UpdateDetail]]:
+    """(round number, site id, update) of `sites`, oldest round first."""
+    return ((r.number, site.site_id, detail) for r in rounds for site in sites
+            if (detail := details.get((r.pk, site.site_id))) is not None)
 
 
-def elapsed_figure(rounds: list[Round], sent: dict[int, list[Sent]], sites: list[SiteRef]) -> dict[str, Any]:
+def elapsed_figure(rounds: list[Round], details: dict[tuple[int, int], UpdateDetail], sites: list[SiteRef]
+                   ) -> dict[str, Any]:
     """Per site and round, the seconds from downloading the model to submitting the update (rows from before
     downloads were timed have no start and are skipped)."""
     series: dict[int, list[tuple[int, float]]] = {}
-    for number, u in _updates(rounds, sent, sites):
+    for number, site_id, u in _updates(rounds, details, sites):
         if u.downloaded_at is not None:
-            series.setdefault(u.site_id, []).append((number, (u.received_at - u.downloaded_at).total_seconds()))
+            series.setdefault(site_id, []).append((number, (u.received_at - u.downloaded_at).total_seconds()))
     layout = _layout("Round", "Seconds", empty="" if series else "No timed update yet.")
     return _figure(_site_traces(sites, series, " s"), layout)
 
 
-def norms_figure(rounds: list[Round], sent: dict[int, list[Sent]], sites: list[SiteRef]) -> dict[str, Any]:
+def norms_figure(rounds: list[Round], details: dict[tuple[int, int], UpdateDetail], sites: list[SiteRef]
+                 ) -> dict[str, Any]:
     """Per round, the L2 norm of each site's update beside the norm of the global model it produced."""
     series: dict[int, list[tuple[int, float]]] = {}
-    for number, u in _updates(rounds, sent, sites):
-        series.setdefault(u.site_id, []).append((number, u.weight_norm))
+    for number, site_id, u in _updates(rounds, details, sites):
+        series.setdefault(site_id, []).append((number, u.weight_norm))
     produced: list[tuple[int, float]] = []
     for round_ in rounds:
         version = getattr(round_, "produced_version", None)
@@ -553,11 +557,13 @@ def norms_figure(rounds: list[Round], sent: dict[int, list[Sent]], sites: list[S
     return _figure(traces, layout)
 
 
-def heatmap_figure(views: list[RoundView], sites: list[SiteRef]) -> dict[str, Any]:
-    """Site x round: submitted, excluded (why), refused (why) or missing (not eligible, or nothing came)."""
+def heatmap_figure(views: list[RoundView], sites: list[SiteRef], details: dict[tuple[int, int], UpdateDetail]
+                   ) -> dict[str, Any]:
+    """Site x round: submitted (what, when: an update's from `details`, read for the rows the viewer may see),
+    excluded (why), refused (why) or missing (not eligible, or nothing came)."""
     z, text = [], []
     for site in sites:
-        cells = [heatmap_cell(view, site.site_id) for view in views]
+        cells = [heatmap_cell(view, site.site_id, details) for view in views]
         z.append([CELL_STATES.index(state) for state, _ in cells])
         text.append([plotly_text(f"{state}: {why}" if why else state) for state, why in cells])
     n = len(CELL_STATES)
@@ -572,9 +578,11 @@ def heatmap_figure(views: list[RoundView], sites: list[SiteRef]) -> dict[str, An
     return _figure([heatmap], layout)
 
 
-def heatmap_cell(view: RoundView, site_id: int) -> tuple[str, "str | Received"]:
+def heatmap_cell(view: RoundView, site_id: int, details: dict[tuple[int, int], UpdateDetail]) -> tuple[str, str]:
     if site_id in view.cells:
-        return view.cells[site_id]
+        state, why = view.cells[site_id]
+        update = details.get((view.round.pk, site_id)) if state == "submitted" and not why else None
+        return state, update.text if update is not None else why
     if view.eligible is not None and site_id not in view.eligible:
         return "missing", "not eligible"
     return "missing", "no update"

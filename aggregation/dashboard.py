@@ -10,19 +10,21 @@ Two rules keep the first render and the stream in step:
   trained from it has ended (its `round.metrics` event), never a partial mean of a live round.
 
 Queries are bounded whatever the number of rounds, sites and events: the newest events, the rounds with
-their versions, updates and statistics, the round-opened and refused-update events, and the gate's six.
+their versions, what the sites sent (statistics, evaluations, updates), the round-opened and refused-update
+events, the gate's six, and the details of the updates of the sites shown. At 200 sites and 50 rounds that is
+10,000 updates: they are read as plain rows, only the columns every site needs, and the figures are built as
+plain dicts (see `NONE`).
 """
 
 import json
 import math
 import statistics as stats
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-import plotly.graph_objects as go
 from django.conf import settings
-from django.db.models import Prefetch
 from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
@@ -56,6 +58,31 @@ class SiteRef:
     site_id: int
     name: str
     color: str
+
+
+class Sent(NamedTuple):
+    """One site's part in a round (its statistics, its evaluation of the final model or its update) as every chart
+    reads it: who sent it, whether it counted and, but for an update, when it came. Plain rows, not model
+    instances: 200 sites and 50 rounds make 10,000 updates."""
+
+    site_id: int
+    site: str
+    excluded: bool
+    reason: str  # why it was excluded, else what came when ("" for an update: see `Sent.details`)
+
+
+class UpdateDetail(NamedTuple):
+    """What only a site's heatmap row and its lines show of its update to a round, read for those sites alone (a
+    summary shows a page of rows and the worst sites' lines)."""
+
+    received_at: datetime
+    num_examples: int
+    weight_norm: float
+    downloaded_at: datetime | None
+
+    @property
+    def text(self) -> str:
+        return f"{self.num_examples} examples, {_clock(self.received_at)}"
 
 
 @dataclass(frozen=True)
@@ -160,23 +187,29 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
     events = list(StudyEvent.objects.filter(study=study).order_by("-seq")[:FEED_SIZE])  # first: see module doc
     last_id = events[0].seq if events else 0
     rounds = _rounds(study)
+    sent = _sent(study)
     opened, refusals = _round_marks(study)
     gate = evaluate(study, GateAction.AGGREGATE, moment=moment)
     now_eligible = frozenset(verdict.site_id for verdict in gate.eligible_sites)
-    views = [_disclosed_view(_round_view(r, opened, refusals, now_eligible), disclosure) for r in rounds]
-    sites = _sites(gate, rounds, opened, refusals)
+    views = [_disclosed_view(_round_view(r, sent.get(r.pk, ()), opened, refusals, now_eligible), disclosure)
+             for r in rounds]
+    sites = _sites(gate, sent, opened, refusals)
     summary = summarise(sites, views, now_eligible, site_filter=site_filter, page=page)
     shown = [site for site in summary.lines if disclosure.sees_site(site.site_id)]
+    details = _update_details(study, {site.site_id for site in [*summary.rows, *shown]
+                                      if disclosure.sees_site(site.site_id)})
+    evaluated = _evaluated(rounds)
+    every = site_auc_series(evaluated)
     figures = {
-        "global": global_metric_figure(rounds, disclosure),
-        "sites": site_metric_figure(rounds, shown, band=disclosure.full),
+        "global": global_metric_figure(evaluated, disclosure),
+        "sites": site_metric_figure(every, shown, band=disclosure.full),
         "participation": participation_figure(views),
-        "elapsed": elapsed_figure(rounds, shown),
-        "norms": norms_figure(rounds, shown),
-        "heatmap": heatmap_figure(views, summary.rows),
+        "elapsed": elapsed_figure(rounds, details, shown),
+        "norms": norms_figure(rounds, details, shown),
+        "heatmap": heatmap_figure(views, summary.rows, details),
     }
     points = {name: distinct_x(figure) for name, figure in figures.items()}
-    gaps = auc_gaps(rounds, shown)
+    gaps = auc_gaps(evaluated, shown)
     state = {"study": study.pk, "last_event_id": last_id, "palette": PALETTE,
              "sites": [{"id": s.site_id, "name": s.name, "color": s.color} for s in sites],
              "eligible_by_round": {v.round.number: sorted(v.eligible) for v in views if v.eligible is not None},
@@ -185,7 +218,6 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
     if summary.summarised:
         # Live, the worst sites change as rounds end: the page re-ranks them and draws a line that enters the
         # worst from the AUCs of the sites this viewer may see (`static/js/dashboard.js`).
-        every = site_auc_series(rounds)
         state["summary"]["auc"] = {site.site_id: every.get(site.site_id, []) for site in sites
                                    if disclosure.sees_site(site.site_id)}
     panel = gate_panel(gate.as_dict())
@@ -201,13 +233,7 @@ def study_dashboard(study: Study, *, moment: datetime | None = None, disclosure:
 
 
 def _rounds(study: Study) -> list[Round]:
-    """Every round, oldest first, with its base and produced versions, updates and who sent statistics."""
-    updates = Update.objects.select_related("site").only(
-        "round", "site", "status", "exclusion_reason", "num_examples", "weight_norm", "downloaded_at", "received_at",
-        "site__name")
-    statistics = SiteStatistics.objects.select_related("site").only("round", "site", "received_at", "exclusion_reason",
-                                                                    "site__name")
-    evaluations = Evaluation.objects.select_related("site").only("round", "site", "received_at", "site__name")
+    """Every round, oldest first, with its base and produced versions."""
     # Only the parts of the large JSON columns that the charts show, extracted by the database: a round's gate
     # (every check of every site), a version's provenance and its sites' score histograms grow with the sites,
     # and decoding them all took a third of the page at 100 sites and 50 rounds.
@@ -218,9 +244,37 @@ def _rounds(study: Study) -> list[Round]:
                           evaluated_sites_json=KeyTextTransform("sites", "base_version__evaluation"),
                           evaluated_global_json=KeyTextTransform("global", "base_version__evaluation"),
                           produced_norm=KeyTextTransform("weight_norm", "produced_version__provenance"))
-                .prefetch_related(Prefetch("updates", queryset=updates), Prefetch("statistics", queryset=statistics),
-                                  Prefetch("evaluations", queryset=evaluations))
                 .order_by("number"))
+
+
+def _sent(study: Study) -> dict[int, list[Sent]]:
+    """Per round id, what the sites sent: statistics, evaluations, then updates (the order they fill a cell).
+    Statistics and evaluations come once per site in a study (a statistics round, a final evaluation), so
+    their times are read here; an update's are read only for the sites shown (`_update_details`)."""
+    statistics = SiteStatistics.objects.filter(round__study=study).order_by().values_list(
+        "round_id", "site_id", "site__name", "exclusion_reason", "received_at")
+    evaluations = Evaluation.objects.filter(round__study=study).order_by().values_list(
+        "round_id", "site_id", "site__name", "received_at")
+    updates = Update.objects.filter(round__study=study).order_by().values_list(
+        "round_id", "site_id", "site__name", "status", "exclusion_reason")
+    rows = [
+        *((r, Sent(site, name, bool(why), why or f"statistics received {_clock(at)}"))
+          for r, site, name, why, at in statistics),
+        *((r, Sent(site, name, False, f"final model evaluated {_clock(at)}")) for r, site, name, at in evaluations),
+        *((r, Sent(site, name, status == UpdateStatus.EXCLUDED, why)) for r, site, name, status, why in updates)]
+    by_round: dict[int, list[Sent]] = {}
+    for round_id, row in rows:
+        by_round.setdefault(round_id, []).append(row)
+    return by_round
+
+
+def _update_details(study: Study, site_ids: set[int]) -> dict[tuple[int, int], UpdateDetail]:
+    """Per (round id, site id), the details of the updates of `site_ids`."""
+    if not site_ids:
+        return {}
+    updates = Update.objects.filter(round__study=study, site_id__in=site_ids).order_by().values_list(
+        "round_id", "site_id", "received_at", "num_examples", "weight_norm", "downloaded_at")
+    return {(round_id, site_id): UpdateDetail(*rest) for round_id, site_id, *rest in updates}
 
 
 def _round_marks(study: Study) -> tuple[dict[int, dict[int, str]], dict[int, dict[int, str]]]:
@@ -238,8 +292,8 @@ def _round_marks(study: Study) -> tuple[dict[int, dict[int, str]], dict[int, dic
     return opened, refusals
 
 
-def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict[int, dict[int, str]],
-                now_eligible: frozenset[int]) -> RoundView:
+def _round_view(round_: Round, sent: Iterable[Sent], opened: dict[int, dict[int, str]],
+                refusals: dict[int, dict[int, str]], now_eligible: frozenset[int]) -> RoundView:
     """The round's eligible sites: the gate's at aggregation, else the live gate's for a live round, else
     those eligible when it opened; and each site's cell."""
     gated = _json(round_.eligible_json) if hasattr(round_, "eligible_json") else round_.gate_result.get(
@@ -251,33 +305,26 @@ def _round_view(round_: Round, opened: dict[int, dict[int, str]], refusals: dict
     else:
         eligible = frozenset(opened[round_.pk]) if round_.pk in opened else None
     cells = {site: ("refused", reason) for site, reason in refusals.get(round_.pk, {}).items()}
-    for row in round_.statistics.all():
-        cells[row.site_id] = (("excluded", row.exclusion_reason) if row.exclusion_reason
-                              else ("submitted", f"statistics received {_clock(row.received_at)}"))
-    for row in round_.evaluations.all():
-        cells[row.site_id] = ("submitted", f"final model evaluated {_clock(row.received_at)}")
-    for update in round_.updates.all():
-        cells[update.site_id] = (("excluded", update.exclusion_reason) if update.status == UpdateStatus.EXCLUDED
-                                 else ("submitted", f"{update.num_examples} examples, {_clock(update.received_at)}"))
+    for row in sent:
+        cells[row.site_id] = ("excluded" if row.excluded else "submitted", row.reason)
     return RoundView(round_, eligible, cells)
 
 
 def _disclosed_view(view: RoundView, disclosure: Disclosure) -> RoundView:
-    """Other sites' cells keep their state (everyone sees who submitted) but not its details (counts, times)."""
+    """Other sites' cells keep their state (everyone sees who submitted) but not its details (why, counts, times;
+    their updates' are not even read: `_update_details`)."""
     if disclosure.full:
         return view
     cells = {site: cell if disclosure.sees_site(site) else (cell[0], "") for site, cell in view.cells.items()}
     return RoundView(view.round, view.eligible, cells)
 
 
-def _sites(gate: GateResult, rounds: list[Round], opened: dict[int, dict[int, str]],
+def _sites(gate: GateResult, sent: dict[int, list[Sent]], opened: dict[int, dict[int, str]],
            refusals: dict[int, dict[int, str]]) -> list[SiteRef]:
     """Every site the study has invited or heard from, by name, each with its colour."""
     names = {verdict.site_id: verdict.site_name for verdict in gate.sites}
-    for round_ in rounds:
-        names.update({u.site_id: u.site.name for u in round_.updates.all()})
-        names.update({s.site_id: s.site.name for s in round_.statistics.all()})
-        names.update({e.site_id: e.site.name for e in round_.evaluations.all()})
+    for rows in sent.values():
+        names.update((row.site_id, row.site) for row in rows)
     for eligible in opened.values():
         names.update({site: name for site, name in eligible.items() if site not in names})
     for refused in refusals.values():
@@ -301,23 +348,31 @@ def _clock(moment: datetime) -> str:
 # --- figures -------------------------------------------------------------------------------------------
 
 
-def _layout(x_title: str, y_title: str, *, empty: str, height: int = 360, **extra: Any) -> go.Layout:
+# The figures are the plain dicts plotly.js takes, in the shape plotly.py's `go.Figure(...).to_plotly_json()` gave
+# them (tests/aggregation/test_dashboard_plotly.py validates them with it): building them through plotly.py's
+# validators took a fifth of the page at 100 sites. NONE is what plotly.py writes for `template="none"`.
+NONE = {"data": {"scatter": [{"type": "scatter"}]}}
+
+
+def _layout(x_title: str, y_title: str, *, empty: str, height: int = 360, **extra: Any) -> dict[str, Any]:
     """The charts' shared look: light grid, legend above the plot, a note in it while there is no data."""
     axis = {"gridcolor": GRID, "zeroline": False, "automargin": True}
-    return go.Layout(
-        template="none", height=height, margin={"l": 60, "r": 60, "t": 10, "b": 40}, hovermode="closest",
-        font={"family": "system-ui, sans-serif", "size": 12}, paper_bgcolor="#fff", plot_bgcolor="#fff",
-        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom", "entrywidth": 0.5,
-                "entrywidthmode": "fraction"}, xaxis={**axis, "title": {"text": x_title}},
-        yaxis={**axis, "title": {"text": y_title}},
-        annotations=[{"text": empty, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
-                      "font": {"color": "#59636e"}}] if empty else [], **extra)
+    layout = {
+        "template": NONE, "height": height, "margin": {"l": 60, "r": 60, "t": 10, "b": 40}, "hovermode": "closest",
+        "font": {"family": "system-ui, sans-serif", "size": 12}, "paper_bgcolor": "#fff", "plot_bgcolor": "#fff",
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "entrywidth": 0.5,
+                   "entrywidthmode": "fraction"}, "xaxis": {**axis, "title": {"text": x_title}},
+        "yaxis": {**axis, "title": {"text": y_title}}, **extra}
+    if empty:
+        layout["annotations"] = [{"text": empty, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5,
+                                  "y": 0.5, "font": {"color": "#59636e"}}]
+    return layout
 
 
-def _figure(traces: list[Any], layout: go.Layout) -> dict[str, Any]:
+def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
     """The figure as plotly.js takes it; one x tick per round or version, or per few once there are many."""
-    figure = go.Figure(data=traces, layout=layout).to_plotly_json()
-    figure["layout"]["xaxis"]["dtick"] = max(1, math.ceil(distinct_x(figure) / MAX_X_TICKS))
+    figure = {"data": traces, "layout": layout}
+    layout["xaxis"]["dtick"] = max(1, math.ceil(distinct_x(figure) / MAX_X_TICKS))
     return figure
 
 
@@ -331,19 +386,19 @@ def plotly_text(value: str) -> str:
 
 
 def _line(name: str, meta: str, xs: list[Any], ys: list[Any], color: str, unit: str, *,
-          line: dict[str, Any] | None = None, **extra: Any) -> go.Scatter:
+          line: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     label = plotly_text(name)
-    return go.Scatter(x=xs, y=ys, name=label, meta=meta, mode="lines+markers", line={"color": color, **(line or {})},
-                      hovertemplate=f"{label}: %{{y:.3f}}{unit}<extra>%{{x}}</extra>", **extra)
+    return {"type": "scatter", "x": xs, "y": ys, "name": label, "meta": meta, "mode": "lines+markers",
+            "line": {"color": color, **(line or {})},
+            "hovertemplate": f"{label}: %{{y:.3f}}{unit}<extra>%{{x}}</extra>", **extra}
 
 
 def _evaluated(rounds: list[Round]) -> list[tuple[int, dict[str, Any]]]:
     """(version number, its evaluation) of each version a round trained from and that round has ended.
     While the round is live the sites' evaluations are still arriving: a partial mean is not shown, and the
     point appears when the round's `round.metrics` event does (a blocked or failed round sends one too)."""
-    versions = {r.base_version.number: _base_evaluation(r) for r in rounds
-                if r.base_version is not None and r.status not in ROUND_LIVE}
-    return sorted(versions.items())
+    versions = {r.base_version.number: r for r in rounds if r.base_version is not None and r.status not in ROUND_LIVE}
+    return [(number, _base_evaluation(versions[number])) for number in sorted(versions)]
 
 
 def _base_evaluation(round_: Round) -> dict[str, Any]:
@@ -359,10 +414,11 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def global_metric_figure(rounds: list[Round], disclosure: Disclosure = FULL) -> dict[str, Any]:
+def global_metric_figure(evaluated: list[tuple[int, dict[str, Any]]], disclosure: Disclosure = FULL
+                         ) -> dict[str, Any]:
     """Each evaluated version's AUC, accuracy and loss on the sites' held-out splits, weighted by rows; a version
     evaluated by fewer sites than the viewer may see pooled is left out."""
-    points = [(number, ev.get("global") or {}) for number, ev in _evaluated(rounds)
+    points = [(number, ev.get("global") or {}) for number, ev in evaluated
               if disclosure.sees_pool((ev.get("sites") or {}).keys())]
     points = [(number, g) for number, g in points if any(g.get(key) is not None for key in GLOBAL_METRICS)]
     xs = [number for number, _ in points]
@@ -373,24 +429,24 @@ def global_metric_figure(rounds: list[Round], disclosure: Disclosure = FULL) -> 
                      empty="" if xs else "No model version has been evaluated yet.",
                      yaxis2={"title": {"text": "Loss"}, "overlaying": "y", "side": "right", "showgrid": False,
                              "zeroline": False})
-    layout.yaxis.range = [0, 1.02]
+    layout["yaxis"]["range"] = [0, 1.02]
     return _figure(traces, layout)
 
 
-def site_auc_series(rounds: list[Round]) -> dict[int, list[tuple[int, float]]]:
+def site_auc_series(evaluated: list[tuple[int, dict[str, Any]]]) -> dict[int, list[tuple[int, float]]]:
     """Per site, its AUC of each evaluated version: (version, AUC), oldest first."""
     series: dict[int, list[tuple[int, float]]] = {}
-    for number, evaluation in _evaluated(rounds):
+    for number, evaluation in evaluated:
         for key, metrics in (evaluation.get("sites") or {}).items():
             if metrics.get(VAL_AUC) is not None:
                 series.setdefault(int(key), []).append((number, metrics[VAL_AUC]))
     return series
 
 
-def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool = True) -> dict[str, Any]:
-    """Each of `sites`' AUC of each evaluated version, and (`band`) the band from the lowest to the highest of
-    every site, also those drawn without a line (a summary draws only the worst sites' lines)."""
-    every = site_auc_series(rounds)
+def site_metric_figure(every: dict[int, list[tuple[int, float]]], sites: list[SiteRef], *, band: bool = True
+                       ) -> dict[str, Any]:
+    """Each of `sites`' AUC of each evaluated version (`every`: `site_auc_series`), and (`band`) the band from the
+    lowest to the highest of every site, also those drawn without a line (a summary draws only the worst sites')."""
     series = {site.site_id: every[site.site_id] for site in sites if site.site_id in every}
     traces = [*(spread_band(every) if band else []), *_site_traces(sites, series, "")]
     layout = _layout("Model version evaluated", "Site's AUC",
@@ -398,12 +454,12 @@ def site_metric_figure(rounds: list[Round], sites: list[SiteRef], *, band: bool 
     return _figure(traces, layout)
 
 
-def auc_gaps(rounds: list[Round], sites: list[SiteRef]) -> list[dict[str, Any]]:
+def auc_gaps(evaluated: list[tuple[int, dict[str, Any]]], sites: list[SiteRef]) -> list[dict[str, Any]]:
     """What the sites' chart cannot show, and why: per site and reason, the evaluated versions for which the
     site reported no AUC of its own (e.g. only one class in its validation split). The global AUC still counts
     those rows (it comes from the sites' score histograms). `static/js/dashboard.js` words them the same way."""
     gaps: dict[tuple[int, str], list[int]] = {}
-    for number, evaluation in _evaluated(rounds):
+    for number, evaluation in evaluated:
         for key, metrics in (evaluation.get("sites") or {}).items():
             if metrics.get(VAL_AUC) is None and metrics.get(VAL_AUC_NOTE):
                 gaps.setdefault((int(key), metrics[VAL_AUC_NOTE]), []).append(number)
@@ -427,7 +483,7 @@ def gap_text(site: str, versions: list[int], reason: str) -> str:
     return f"{site}: no AUC of its own for {listed} ({reason})."
 
 
-def spread_band(series: dict[int, list[tuple[int, float]]]) -> list[go.Scatter]:
+def spread_band(series: dict[int, list[tuple[int, float]]]) -> list[dict[str, Any]]:
     """The min–max band across sites per version (the upper edge, then the lower edge filled up to it);
     its hover gives the standard deviation between sites."""
     by_x: dict[int, list[float]] = {}
@@ -436,15 +492,17 @@ def spread_band(series: dict[int, list[tuple[int, float]]]) -> list[go.Scatter]:
             by_x.setdefault(x, []).append(y)
     xs = sorted(by_x)
     spread = [f"{len(by_x[x])} sites, SD {stats.pstdev(by_x[x]):.3f}" for x in xs]
-    upper = go.Scatter(x=xs, y=[max(by_x[x]) for x in xs], meta="band:max", mode="lines", line={"width": 0},
-                       showlegend=False, hoverinfo="skip")
-    lower = go.Scatter(x=xs, y=[min(by_x[x]) for x in xs], meta="band:min", mode="lines", line={"width": 0},
-                       fill="tonexty", fillcolor="rgba(11,92,173,0.12)", name="Spread between sites (min–max)",
-                       text=spread, hovertemplate="Spread: %{text}<extra>v%{x}</extra>")
+    upper = {"type": "scatter", "x": xs, "y": [max(by_x[x]) for x in xs], "meta": "band:max", "mode": "lines",
+             "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"}
+    lower = {"type": "scatter", "x": xs, "y": [min(by_x[x]) for x in xs], "meta": "band:min", "mode": "lines",
+             "line": {"width": 0}, "fill": "tonexty", "fillcolor": "rgba(11,92,173,0.12)",
+             "name": "Spread between sites (min–max)", "text": spread,
+             "hovertemplate": "Spread: %{text}<extra>v%{x}</extra>"}
     return [upper, lower]
 
 
-def _site_traces(sites: list[SiteRef], series: dict[int, list[tuple[int, float]]], unit: str) -> list[go.Scatter]:
+def _site_traces(sites: list[SiteRef], series: dict[int, list[tuple[int, float]]], unit: str
+                 ) -> list[dict[str, Any]]:
     return [_line(site.name, f"site:{site.site_id}", [x for x, _ in series[site.site_id]],
                   [y for _, y in series[site.site_id]], site.color, unit)
             for site in sites if series.get(site.site_id)]
@@ -452,37 +510,44 @@ def _site_traces(sites: list[SiteRef], series: dict[int, list[tuple[int, float]]
 
 def participation_figure(views: list[RoundView]) -> dict[str, Any]:
     """Per round, the share of eligible sites that sent their part (rounds of unknown eligibility skipped)."""
-    known = [v for v in views if v.eligible]
-    bars = go.Bar(x=[v.round.number for v in known], y=[100 * v.submitted / len(v.eligible) for v in known],
-                  meta="rate", marker={"color": "#0b5cad"}, name="Participation",
-                  text=[f"{v.submitted}/{len(v.eligible)}" for v in known], textposition="auto",
-                  customdata=[[v.submitted, len(v.eligible)] for v in known],
-                  hovertemplate="Round %{x}: %{text} eligible sites submitted<extra></extra>")
+    known = [(v.round.number, v.submitted, len(v.eligible)) for v in views if v.eligible]
+    bars = {"type": "bar", "x": [number for number, _, _ in known], "y": [100 * n / of for _, n, of in known],
+            "meta": "rate", "marker": {"color": "#0b5cad"}, "name": "Participation",
+            "text": [f"{n}/{of}" for _, n, of in known], "textposition": "auto",
+            "customdata": [[n, of] for _, n, of in known],
+            "hovertemplate": "Round %{x}: %{text} eligible sites submitted<extra></extra>"}
     layout = _layout("Round", "Submitted (%)", empty="" if known else "No round has opened yet.")
-    layout.yaxis.range = [0, 105]
+    layout["yaxis"]["range"] = [0, 105]
     return _figure([bars], layout)
 
 
-def elapsed_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
+def _updates(rounds: list[Round], details: dict[tuple[int, int], UpdateDetail], sites: list[SiteRef]
+             ) -> Iterable[tuple[int, int, UpdateDetail]]:
+    """(round number, site id, update) of `sites`, oldest round first."""
+    return ((r.number, site.site_id, detail) for r in rounds for site in sites
+            if (detail := details.get((r.pk, site.site_id))) is not None)
+
+
+def elapsed_figure(rounds: list[Round], details: dict[tuple[int, int], UpdateDetail], sites: list[SiteRef]
+                   ) -> dict[str, Any]:
     """Per site and round, the seconds from downloading the model to submitting the update (rows from before
     downloads were timed have no start and are skipped)."""
     series: dict[int, list[tuple[int, float]]] = {}
-    for round_ in rounds:
-        for u in round_.updates.all():
-            if u.downloaded_at is not None:
-                series.setdefault(u.site_id, []).append((round_.number, (u.received_at - u.downloaded_at)
-                                                         .total_seconds()))
+    for number, site_id, u in _updates(rounds, details, sites):
+        if u.downloaded_at is not None:
+            series.setdefault(site_id, []).append((number, (u.received_at - u.downloaded_at).total_seconds()))
     layout = _layout("Round", "Seconds", empty="" if series else "No timed update yet.")
     return _figure(_site_traces(sites, series, " s"), layout)
 
 
-def norms_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
+def norms_figure(rounds: list[Round], details: dict[tuple[int, int], UpdateDetail], sites: list[SiteRef]
+                 ) -> dict[str, Any]:
     """Per round, the L2 norm of each site's update beside the norm of the global model it produced."""
     series: dict[int, list[tuple[int, float]]] = {}
+    for number, site_id, u in _updates(rounds, details, sites):
+        series.setdefault(site_id, []).append((number, u.weight_norm))
     produced: list[tuple[int, float]] = []
     for round_ in rounds:
-        for u in round_.updates.all():
-            series.setdefault(u.site_id, []).append((round_.number, u.weight_norm))
         version = getattr(round_, "produced_version", None)
         norm = (_json(round_.produced_norm) if hasattr(round_, "produced_norm")
                 else version.provenance.get("weight_norm") if version is not None else None)
@@ -495,29 +560,32 @@ def norms_figure(rounds: list[Round], sites: list[SiteRef]) -> dict[str, Any]:
     return _figure(traces, layout)
 
 
-def heatmap_figure(views: list[RoundView], sites: list[SiteRef]) -> dict[str, Any]:
-    """Site x round: submitted, excluded (why), refused (why) or missing (not eligible, or nothing came)."""
+def heatmap_figure(views: list[RoundView], sites: list[SiteRef], details: dict[tuple[int, int], UpdateDetail]
+                   ) -> dict[str, Any]:
+    """Site x round: submitted (what, when: an update's from `details`, read for the rows the viewer may see),
+    excluded (why), refused (why) or missing (not eligible, or nothing came)."""
     z, text = [], []
     for site in sites:
-        cells = [heatmap_cell(view, site.site_id) for view in views]
+        cells = [heatmap_cell(view, site.site_id, details) for view in views]
         z.append([CELL_STATES.index(state) for state, _ in cells])
         text.append([plotly_text(f"{state}: {why}" if why else state) for state, why in cells])
     n = len(CELL_STATES)
     scale = [[edge, color] for i, color in enumerate(CELL_COLORS) for edge in (i / n, (i + 1) / n)]
-    heatmap = go.Heatmap(x=[v.round.number for v in views], y=[plotly_text(s.name) for s in sites], z=z, text=text,
-                         meta="cells", zmin=-0.5, zmax=n - 0.5, colorscale=scale, xgap=2, ygap=2,
-                         hovertemplate="%{y}, round %{x}: %{text}<extra></extra>",
-                         colorbar={"tickvals": list(range(n)), "ticktext": list(CELL_STATES), "thickness": 12})
+    heatmap = {"type": "heatmap", "x": [v.round.number for v in views], "y": [plotly_text(s.name) for s in sites],
+               "z": z, "text": text, "meta": "cells", "zmin": -0.5, "zmax": n - 0.5, "colorscale": scale, "xgap": 2,
+               "ygap": 2, "hovertemplate": "%{y}, round %{x}: %{text}<extra></extra>",
+               "colorbar": {"tickvals": list(range(n)), "ticktext": list(CELL_STATES), "thickness": 12}}
     layout = _layout("Round", "", empty="" if views else "No round has opened yet.",
                      height=max(200, 80 + 34 * len(sites)))
-    layout.yaxis.autorange = "reversed"
-    layout.yaxis.type = "category"
+    layout["yaxis"].update(autorange="reversed", type="category")
     return _figure([heatmap], layout)
 
 
-def heatmap_cell(view: RoundView, site_id: int) -> tuple[str, str]:
+def heatmap_cell(view: RoundView, site_id: int, details: dict[tuple[int, int], UpdateDetail]) -> tuple[str, str]:
     if site_id in view.cells:
-        return view.cells[site_id]
+        state, why = view.cells[site_id]
+        update = details.get((view.round.pk, site_id)) if state == "submitted" and not why else None
+        return state, update.text if update is not None else why
     if view.eligible is not None and site_id not in view.eligible:
         return "missing", "not eligible"
     return "missing", "no update"

@@ -14,6 +14,7 @@ workers); the results must be bit for bit equal.
     .venv/bin/python bench/scale.py --quick    # 20 sites, 2 rounds; 10M parameters (under three minutes)
     .venv/bin/python bench/scale.py --sites 200 --rounds 5 --json
     .venv/bin/python bench/scale.py --sites 200 --dashboard-rounds 50 --no-large   # + the page at 50 rounds
+    .venv/bin/python bench/scale.py --sites 200 --dashboard-rounds 50 --dashboard-keep /tmp/dash  # page only
     DATABASE_URL=postgres://... REDIS_URL=redis://... .venv/bin/python bench/scale.py --server http://127.0.0.1:8000
 
 `--dashboard-rounds R` builds, per site count, a second study of R closed training rounds through the services
@@ -22,6 +23,8 @@ completes) on a throwaway SQLite database, then times the dashboard page as its 
 client: view, selector, template; median of 5) and counts its queries. `--server URL` runs the federation
 against a coordinator already running (`make prod`), on the database that DATABASE_URL names (the same as the
 coordinator's); the gate is timed on that database. The websocket event rate is `bench/ws_fanout.py`'s figure.
+`--dashboard-keep DIR` keeps each dashboard study in DIR/<sites>x<R>; one kept there already is not built again:
+its page is timed again, and the federation is skipped.
 """
 
 import argparse
@@ -43,10 +46,16 @@ def main() -> None:
     args = _arguments()
     rows = []
     for sites in [] if args.large_only else args.sites or ([20] if args.quick else [20, 100, 200]):
+        kept = _kept(args.dashboard_keep, sites, args.dashboard_rounds)
+        if kept is not None and (kept / "study.json").exists():  # re-time a kept study's page only
+            row = {"sites": sites, **_dashboard(sites, args.dashboard_rounds, kept)}
+            rows.append(row)
+            _print_dashboard(row)
+            continue
         row = _federation(sites, args.rounds or (2 if args.quick else 3), args.timeout, args.server,
                           burst=not args.paced)
         if args.dashboard_rounds:
-            row.update(_dashboard(sites, args.dashboard_rounds))
+            row.update(_dashboard(sites, args.dashboard_rounds, kept))
         rows.append(row)
         _print_row(rows[-1])
     large = None
@@ -74,6 +83,8 @@ def _arguments() -> argparse.Namespace:
                                                              "(default: each round's updates together)")
     parser.add_argument("--dashboard-rounds", type=int, help="also time the dashboard page of a study with this many "
                                                               "closed rounds (built through the services)")
+    parser.add_argument("--dashboard-keep", type=Path, help="keep the dashboard studies in this folder; a study "
+                                                            "already kept there is timed again, not rebuilt")
     return parser.parse_args()
 
 
@@ -125,9 +136,16 @@ def _reads(study_id: int) -> None:
     print(json.dumps(figures))
 
 
-def _dashboard(sites: int, rounds: int) -> dict[str, Any]:
-    """`_dashboard_build` in a child with its own data folder and SQLite file, tasks run eagerly (no worker)."""
-    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as folder:
+def _kept(keep: Path | None, sites: int, rounds: int | None) -> Path | None:
+    return keep / f"{sites}x{rounds}" if keep is not None and rounds else None
+
+
+def _dashboard(sites: int, rounds: int, kept: Path | None = None) -> dict[str, Any]:
+    """`_dashboard_build` in a child with its own data folder and SQLite file, tasks run eagerly (no worker);
+    the folder is `kept` when given (and the child only times the page if it holds a built study)."""
+    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as scratch:
+        folder = str(kept or scratch)
+        Path(folder).mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items()
                if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
         env.update(CONSORTIUM_DATA_DIR=folder, CELERY_TASK_ALWAYS_EAGER="1", AUDIT_CHECKPOINT_INTERVAL="0")
@@ -145,7 +163,18 @@ def _dashboard_build(sites: int, rounds: int) -> None:
     _django()
     import io
 
+    from django.conf import settings
     from django.core.management import call_command
+
+    from studies.models import Study
+
+    marker = Path(settings.DATA_DIR) / "study.json"
+    if marker.exists():  # kept by `--dashboard-keep`: time the page again
+        kept = json.loads(marker.read_text())
+        study = Study.objects.get(pk=kept["study_id"])
+        print(json.dumps({**{key: kept[key] for key in ("dashboard_rounds", "dashboard_build_s")},
+                          **_page(study, f"/studies/{study.pk}/dashboard/"), **_gate_timed(study)}))
+        return
 
     from aggregation import simulation
     from aggregation.choices import RoundKind, RoundStatus
@@ -171,6 +200,8 @@ def _dashboard_build(sites: int, rounds: int) -> None:
             raise SystemExit(f"round {round_.number} did not close: {Round.objects.get(pk=round_.pk).status}")
     built = time.perf_counter() - started
     closed = simulation.training_rounds_closed(run.study.pk)
+    marker.write_text(json.dumps({"study_id": run.study.pk, "dashboard_rounds": closed,
+                                  "dashboard_build_s": round(built, 1)}))
     print(json.dumps({"dashboard_rounds": closed, "dashboard_build_s": round(built, 1),
                       **_page(run.study, f"/studies/{run.study.pk}/dashboard/"), **_gate_timed(run.study)}))
 
@@ -248,9 +279,14 @@ def _print_row(row: dict[str, Any]) -> None:
           f"dashboard data ({row['rounds']} rounds) {row['dashboard_ms']} ms / {row['dashboard_queries']} queries; "
           f"setup {row['setup_seconds']} s, wall {row['wall_seconds']} s", flush=True)
     if "dashboard_page_ms" in row:
-        print(f"     dashboard page at {row['dashboard_rounds']} closed rounds: {row['dashboard_page_ms']} ms / "
-              f"{row['dashboard_page_queries']} queries, {row['dashboard_page_kb']} KiB (built in "
-              f"{row['dashboard_build_s']} s; gate there {row['gate_ms_at_dashboard_rounds']} ms)", flush=True)
+        _print_dashboard(row, "    ")
+
+
+def _print_dashboard(row: dict[str, Any], lead: str = "") -> None:
+    lead = lead or f"{row['sites']:>4} sites,"
+    print(f"{lead} dashboard page at {row['dashboard_rounds']} closed rounds: {row['dashboard_page_ms']} ms / "
+          f"{row['dashboard_page_queries']} queries, {row['dashboard_page_kb']} KiB (built in "
+          f"{row['dashboard_build_s']} s; gate there {row['gate_ms_at_dashboard_rounds']} ms)", flush=True)
 
 
 # --- the large model ---------------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 and the worst sites' lines, a page of heatmap and governance rows, worst first, a name filter) instead of one
 line, legend entry and row per site; and its query count does not grow with the number of sites."""
 
+import re
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from aggregation.models import Round
+from aggregation.models import Round, Update
 from aggregation.services import round_aggregate
 from aggregation.site_summary import PAGE_SIZE, WORST_LINES
 from sites.models import Site
@@ -86,6 +88,21 @@ def test_thirty_sites_are_summarised_worst_first_with_a_filter_and_pages(p, mode
     assert embedded(filtered, "dashboard-figures")["heatmap"]["data"][0]["y"] == sorted(
         [s.name for s in extra[:10]], key=lambda name: (name != late.name, name))
     assert filtered.count('<tr data-site-id=') == 10
+
+
+def test_every_row_of_every_page_and_every_line_shows_what_its_site_sent(p, model_store):
+    """An update's count, time and norm are read only for the sites a page shows: the rows of page 2 and of a
+    filter, and the worst sites' lines, have them all the same."""
+    study = _study_with_a_closed_round(p, [p.site_a, p.site_b, *_sites(p, 28, "Clinic")], "Thirty sites")
+    norms = dict(Update.objects.filter(round__study=study).values_list("site_id", "weight_norm"))
+    client = client_for(p.pi)
+    for query in ("", "?page=2", "?site=Clinic+1"):
+        figures = embedded(page(client.get(dashboard_url(study) + query)), "dashboard-figures")
+        first_round = [row[0] for row in figures["heatmap"]["data"][0]["text"]]
+        assert first_round and all(re.fullmatch(r"submitted: 10 examples, \d{4}-\d\d-\d\d \d\d:\d\d", cell)
+                                   for cell in first_round), query
+        lines = [t for t in figures["norms"]["data"] if str(t["meta"]).startswith("site:")]
+        assert len(lines) == WORST_LINES and all(t["y"] == [norms[int(t["meta"][5:])]] for t in lines), query
 
 
 @pytest.mark.parametrize("page_param", ["0", "999", "x", "-1"])

@@ -35,9 +35,9 @@ PLOTLY = "/static/vendor/plotly/plotly.min.js"
 BASE_METRICS = {"val_auc": 0.7, "val_accuracy": 0.6, "val_loss": 0.6, "val_examples": 20}
 # Queries of one dashboard view: session, user, roles, the study (as the user sees it), the audit event of the
 # view (chain head, insert), the newest events, the rounds with their versions, their updates, their
-# statistics, their evaluations, the round-opened and refused events, and the gate's six. PostgreSQL adds the
-# audit chain's lock.
-DASHBOARD_QUERIES = {"sqlite": 21, "postgresql": 22}  # the viewer's disclosure; the gate's reviews and data sets
+# statistics, their evaluations, the round-opened and refused events, the gate's six, and the details of the
+# updates of the sites shown. PostgreSQL adds the audit chain's lock.
+DASHBOARD_QUERIES = {"sqlite": 22, "postgresql": 23}  # the viewer's disclosure; the gate's reviews and data sets
 
 
 def dashboard_url(study: Study) -> str:

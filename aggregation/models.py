@@ -38,6 +38,23 @@ class ModelVersion(models.Model):
         return f"{self.study} v{self.number}"
 
 
+class ScoreHistogram(models.Model):
+    """One site's score histogram of a model version on its validation split (per-bin counts of positives and
+    negatives). The version's evaluation keeps their sum, which gives the federated ROC AUC; a site's own
+    histogram is kept here only so that a second evaluation of the same version by the same site (a round run
+    again from it) can take the first out of the sum. No page, event or export shows it."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="score_histograms")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    histogram = models.JSONField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "site"], name="score_histogram_per_site")]
+
+    def __str__(self) -> str:
+        return f"Score histogram of {self.version} by site {self.site_id}"
+
+
 class RoundQuerySet(models.QuerySet):
     def with_base_version(self) -> "RoundQuerySet":
         """Rounds with their base version, without the reports that grow with the number of sites (the

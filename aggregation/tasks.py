@@ -30,7 +30,9 @@ def aggregate_shards_commit(parts: list[dict[str, Any]], plan: dict[str, Any]) -
     aggregate.round_commit_shards(plan=plan, parts=parts)
 
 
-@shared_task(ignore_result=True)
+# Acknowledged late like the aggregations: a worker busy with a tick then reserves no other task (prefetch 1),
+# so an aggregation goes to an idle worker instead of waiting behind the tick.
+@shared_task(ignore_result=True, acks_late=True)
 def rounds_tick() -> None:
     """The scheduler's beat (see CELERY_BEAT_SCHEDULE): open rounds, enforce deadlines, recover lost work."""
     services.rounds_tick()

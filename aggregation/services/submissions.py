@@ -13,7 +13,7 @@ from django.utils import timezone
 from aggregation.audit_actions import AggregationAction
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.locks import lock_round_for_site
-from aggregation.models import Evaluation, ModelVersion, Round, SiteStatistics, Update
+from aggregation.models import Evaluation, ModelVersion, Round, ScoreHistogram, SiteStatistics, Update
 from aggregation.services import _events
 from aggregation.services.rounds import incomplete_witnesses, round_complete_if_ready, submission_progress
 from aggregation.storage import spec, store, stored_path, verified_bytes, version_tensors
@@ -215,8 +215,9 @@ def _norms(tensors: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> t
 
 
 def _split_base_evaluation(metrics: dict[str, Any], round_: Round) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The update's `base` evaluation checked, and its score histogram taken out: the histogram is kept only in
-    the model version's evaluation, never in the update's row, the audit log or a live event."""
+    """The update's `base` evaluation checked, and its score histogram taken out: the histogram is kept only
+    with the model version (`ScoreHistogram`, and in its evaluation's sum), never in the update's row, the audit
+    log or a live event."""
     if metrics.get(BASE) is None:
         return metrics, None
     base, histogram = _checked_evaluation(metrics[BASE], round_, required=False)
@@ -255,6 +256,11 @@ def _checked_evaluation(evaluation: Any, round_: Round, *, required: bool) -> tu
     return metrics, histogram
 
 
+# The version's evaluation keeps the sum of its sites' score histograms and which sites sent one.
+HISTOGRAM_SUM = "score_histogram_sum"
+HISTOGRAM_SITES = "score_histogram_sites"
+
+
 def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str, Any] | None,
                             histogram: dict[str, list[int]] | None = None) -> None:
     """Keep a site's evaluation of a model on its own validation split, and recompute the model's global figures.
@@ -262,8 +268,9 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
     Each site's loss, accuracy and AUC stay as it reported them; an AUC the site could not compute is null, with
     the reason. The global loss and accuracy are the sites' means weighted by validation rows; the global AUC is
     computed from the sum of the sites' score histograms (a federated ROC curve): the AUC over every site's
-    validation rows, without pooling any, and defined even when some sites hold one class only. The histograms
-    stay in the version's evaluation: no page and no event shows them."""
+    validation rows, without pooling any, and defined even when some sites hold one class only. The version keeps
+    the running sum (`ScoreHistogram` keeps each site's, never shown), so that recording one site costs the
+    same at 200 sites as at 2."""
     if not base or not base.get(VAL_EXAMPLES):
         return
     version = locked(ModelVersion.objects.filter(pk=version.pk).only("pk", "evaluation")).get()
@@ -272,22 +279,28 @@ def _record_base_evaluation(version: ModelVersion, site_id: int, base: dict[str,
     if entry[VAL_AUC] is None:
         entry[VAL_AUC_NOTE] = federated_metrics.auc_missing_reason(histogram)
     sites = {**version.evaluation.get("sites", {}), key: entry}
-    histograms = {k: v for k, v in version.evaluation.get("score_histograms", {}).items() if k != key}
+    total = version.evaluation.get(HISTOGRAM_SUM) or federated_metrics.summed([])
+    with_histogram = set(version.evaluation.get(HISTOGRAM_SITES, [])) - {key}
+    previous = ScoreHistogram.objects.filter(version=version, site_id=site_id).first()
+    if previous is not None:
+        total = federated_metrics.subtracted(total, previous.histogram)
+        previous.delete()
     if histogram is not None:
-        histograms[key] = histogram
-    version.evaluation = {"sites": sites, "global": _global_evaluation(sites, histograms),
-                          "score_histograms": histograms}
+        ScoreHistogram.objects.create(version=version, site_id=site_id, histogram=histogram)
+        total, with_histogram = federated_metrics.summed([total, histogram]), with_histogram | {key}
+    version.evaluation = {"sites": sites, "global": _global_evaluation(sites, with_histogram, total),
+                          HISTOGRAM_SUM: total, HISTOGRAM_SITES: sorted(with_histogram)}
     version.save(update_fields=["evaluation"])
 
 
-def _global_evaluation(sites: dict[str, dict[str, Any]], histograms: dict[str, dict[str, list[int]]]
-                       ) -> dict[str, Any]:
+def _global_evaluation(sites: dict[str, dict[str, Any]], with_histogram: set[str],
+                       histogram_sum: dict[str, list[int]]) -> dict[str, Any]:
     total = sum(entry[VAL_EXAMPLES] for entry in sites.values())
     figures: dict[str, Any] = {
         key: sum(e[key] * e[VAL_EXAMPLES] for e in sites.values()) / total
         for key in (VAL_LOSS, VAL_ACCURACY) if all(e.get(key) is not None for e in sites.values())}
-    if set(histograms) == set(sites):
-        auc = federated_metrics.auc_from_histogram(federated_metrics.summed(histograms.values()))
+    if with_histogram == set(sites):
+        auc = federated_metrics.auc_from_histogram(histogram_sum)
         method, note = "federated_roc", "only one class in every site's validation split"
     elif all(e.get(VAL_AUC) is not None for e in sites.values()):
         # Agents that send no score histogram: the mean of the sites' AUCs, weighted by validation rows.

@@ -51,6 +51,11 @@ def summed(histograms: Iterable[Mapping[str, Sequence[int]]], bins: int = SCORE_
     return total
 
 
+def subtracted(total: Mapping[str, Sequence[int]], histogram: Mapping[str, Sequence[int]]) -> Histogram:
+    """`total` without one of the histograms summed into it."""
+    return {key: [a - b for a, b in zip(total[key], histogram[key], strict=True)] for key in HISTOGRAM_KEYS}
+
+
 def auc_from_histogram(histogram: Mapping[str, Sequence[int]]) -> float | None:
     """ROC AUC from per-bin class counts: P(score of a positive > score of a negative), a shared bin
     counting one half. None when either class is absent (the AUC is then undefined)."""

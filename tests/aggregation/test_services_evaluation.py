@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from aggregation.choices import RoundKind, RoundStatus
 from aggregation.events import RoundEventKind
-from aggregation.models import Evaluation, ModelVersion, Round, Update
+from aggregation.models import Evaluation, ModelVersion, Round, ScoreHistogram, Update
 from aggregation.services import (
     model_download,
     round_aggregate,
@@ -96,8 +96,8 @@ def test_it_keeps_the_histograms_out_of_the_update_the_audit_log_and_the_live_ev
     submit(fed.agent_b, round_, metrics={**GOOD_METRICS, "base": BOTH})
     round_aggregate(round_id=round_.pk)
     v1.refresh_from_db()
-    assert v1.evaluation["score_histograms"] == {str(fed.p.site_a.pk): ONE_CLASS["score_histogram"],
-                                                 str(fed.p.site_b.pk): BOTH["score_histogram"]}
+    assert _histograms(v1) == {fed.p.site_a.pk: ONE_CLASS["score_histogram"],
+                               fed.p.site_b.pk: BOTH["score_histogram"]}
     assert all("score_histogram" not in update.metrics["base"] for update in Update.objects.filter(round=round_))
     everything = [*AuditEvent.objects.values_list("details", flat=True),
                   *StudyEvent.objects.values_list("payload", flat=True)]
@@ -151,7 +151,7 @@ def test_it_lets_a_site_download_the_final_model_and_send_its_evaluation(fed):
     assert accepted.details == {"round": 2, "version": 1, "metrics": row.metrics, "score_histogram": True}
     v1.refresh_from_db()
     assert v1.evaluation["sites"][str(fed.p.site_a.pk)]["val_auc"] == 0.875
-    assert v1.evaluation["score_histograms"] == {str(fed.p.site_a.pk): BOTH["score_histogram"]}
+    assert _histograms(v1) == {fed.p.site_a.pk: BOTH["score_histogram"]}
     received = StudyEvent.objects.filter(kind=RoundEventKind.EVALUATION_RECEIVED).get().payload
     assert (received["site_id"], received["version"], received["submitted"], received["eligible"]) == (
         fed.p.site_a.pk, 1, 1, 2)
@@ -265,3 +265,28 @@ def test_it_counts_an_evaluation_submitted_after_the_deadline_passed_no_more(fed
     with rejected(Conflict, "takes no more submissions", code="stale_round", status=409,
                   action="aggregation.evaluation.submit"):
         send_evaluation(fed.agent_a, final)
+
+
+def _histograms(version: ModelVersion) -> dict[int, dict]:
+    return dict(ScoreHistogram.objects.filter(version=version).values_list("site_id", "histogram"))
+
+
+def test_a_site_that_evaluates_a_version_again_replaces_its_histogram_in_the_sum(fed):
+    """A round blocked at its deadline runs again from the same version: a site's second evaluation of it takes
+    the first's place, in the sites' figures and in the summed histogram behind the federated AUC."""
+    round_, v1 = second_round(fed)
+    submit(fed.agent_a, round_, metrics={**GOOD_METRICS, "base": ONE_CLASS})
+    v1.refresh_from_db()
+    assert v1.evaluation["score_histogram_sum"] == ONE_CLASS["score_histogram"]
+    round_check_deadline(round_id=round_.pk, moment=round_.deadline)
+    assert Round.objects.get(pk=round_.pk).status == RoundStatus.BLOCKED  # one site of a quorum of two
+    again = open_round(fed.study)
+    assert again.base_version == v1
+    submit(fed.agent_a, again, metrics={**GOOD_METRICS, "base": BOTH})
+    submit(fed.agent_b, again, metrics={**GOOD_METRICS, "base": ONE_CLASS})
+    v1.refresh_from_db()
+    both = summed([BOTH["score_histogram"], ONE_CLASS["score_histogram"]])
+    assert _histograms(v1) == {fed.p.site_a.pk: BOTH["score_histogram"], fed.p.site_b.pk: ONE_CLASS["score_histogram"]}
+    assert v1.evaluation["score_histogram_sum"] == both
+    assert v1.evaluation["global"]["val_auc"] == pytest.approx(auc_from_histogram(both))
+    assert v1.evaluation["sites"][str(fed.p.site_a.pk)]["val_auc"] == BOTH["val_auc"]

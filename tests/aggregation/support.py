@@ -94,6 +94,13 @@ def three_site_study(p: Personas, site_c: Site, **protocol: Any) -> Study:
                         **{"federated_statistics": False, "num_features": 4, "quorum": 2, **protocol})
 
 
+def three_site_round(p: Personas) -> tuple[Study, Round, Site]:
+    """The first round of a fresh study of sites A, B and C (`third_site`), and site C."""
+    site_c = third_site(p)
+    study = three_site_study(p, site_c, title="Three sites")
+    return study, open_round(study), site_c
+
+
 def open_round(study: Study) -> Round:
     round_ = round_open_next(study_id=study.pk)
     assert round_ is not None, "the round did not open"

@@ -28,6 +28,7 @@ from tests.aggregation.support import (
     stored_files,
     submit,
     third_site,
+    three_site_round,
     three_site_study,
     update_tensors,
 )
@@ -318,9 +319,7 @@ def test_it_hands_the_round_to_aggregation_after_commit_once_every_eligible_site
 def test_it_aggregates_at_the_deadline_without_a_site_suspended_meanwhile(
         fed, monkeypatch, django_capture_on_commit_callbacks):
     enqueued = record_enqueued(monkeypatch)
-    site_c = third_site(fed.p)
-    study = three_site_study(fed.p, site_c, title="Three sites")
-    round_ = open_round(study)
+    study, round_, site_c = three_site_round(fed.p)
     c_agent, _ = agent_for(fed.p, site_c)
     submit(fed.agent_a, round_)
     submit(c_agent, round_)

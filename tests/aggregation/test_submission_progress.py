@@ -9,7 +9,15 @@ from aggregation.choices import RoundStatus
 from aggregation.models import Round
 from studies import services as study_services
 from studies.models import StudyEvent
-from tests.aggregation.support import agent_for, open_round, record_enqueued, submit, third_site, three_site_study
+from tests.aggregation.support import (
+    agent_for,
+    open_round,
+    record_enqueued,
+    submit,
+    third_site,
+    three_site_round,
+    three_site_study,
+)
 
 
 def _status(round_: Round) -> str:
@@ -22,18 +30,14 @@ def _received(round_: Round) -> list[tuple[int, int]]:
 
 
 def test_the_round_expects_the_sites_the_gate_allowed_at_its_opening(fed):
-    site_c = third_site(fed.p)
-    study = three_site_study(fed.p, site_c, title="Three sites")
-    round_ = open_round(study)
+    study, round_, site_c = three_site_round(fed.p)
     assert sorted(round_.expected_site_ids) == sorted([fed.p.site_a.pk, fed.p.site_b.pk, site_c.pk])
 
 
 def test_the_last_eligible_submission_completes_a_round_whose_missing_site_was_suspended_meanwhile(
         fed, monkeypatch, django_capture_on_commit_callbacks):
     enqueued = record_enqueued(monkeypatch)
-    site_c = third_site(fed.p)
-    study = three_site_study(fed.p, site_c, title="Three sites")
-    round_ = open_round(study)
+    study, round_, site_c = three_site_round(fed.p)
     c_agent, _ = agent_for(fed.p, site_c)
     submit(fed.agent_a, round_)
     assert _status(round_) == RoundStatus.OPEN  # B and C are still allowed and missing
@@ -73,9 +77,7 @@ def _of_some_sites(sql: str) -> bool:
 
 
 def test_a_submission_that_leaves_sites_missing_reads_no_other_sites_governance(fed):
-    site_c = third_site(fed.p)
-    study = three_site_study(fed.p, site_c, title="Three sites")
-    round_ = open_round(study)
+    study, round_, site_c = three_site_round(fed.p)
     with CaptureQueriesContext(connection) as first:
         submit(fed.agent_a, round_)
     reads = _participation_reads(first)

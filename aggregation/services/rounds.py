@@ -35,7 +35,7 @@ from studies.services.privacy import study_stop_for_privacy
 
 # The model store's temporary files are swept at most this often by each scheduler process.
 SWEEP_EVERY_SECONDS = 60.0
-# Sites asked about, one at a time, for proof that a round is still incomplete (`submission_progress`).
+# Missing sites asked about (with the submitting site, in one load) for proof that a round is still incomplete.
 INCOMPLETE_WITNESSES = 3
 _next_sweep = 0.0
 

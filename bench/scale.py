@@ -14,7 +14,7 @@ workers); the results must be bit for bit equal.
     .venv/bin/python bench/scale.py --quick    # 20 sites, 2 rounds; 10M parameters (under three minutes)
     .venv/bin/python bench/scale.py --sites 200 --rounds 5 --json
     .venv/bin/python bench/scale.py --sites 200 --dashboard-rounds 50 --no-large   # + the page at 50 rounds
-    .venv/bin/python bench/scale.py --sites 200 --dashboard-rounds 50 --dashboard-keep /tmp/dash  # page only
+    .venv/bin/python bench/scale.py --sites 200 --dashboard-rounds 50 --dashboard-keep data/bench-dash  # page only
     DATABASE_URL=postgres://... REDIS_URL=redis://... .venv/bin/python bench/scale.py --server http://127.0.0.1:8000
 
 `--dashboard-rounds R` builds, per site count, a second study of R closed training rounds through the services
